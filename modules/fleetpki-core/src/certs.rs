@@ -1,0 +1,199 @@
+//! Reading certificates, and the node's acceptance check of a certificate it received.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use time::OffsetDateTime;
+use x509_cert::der::{Decode, Encode};
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectAltName as SanExtension};
+use x509_cert::Certificate;
+
+use crate::csr::{general_name, oid};
+use crate::names::SubjectAltName;
+use crate::wire::Profile;
+use crate::{hex, sha256_hex, PkiError};
+
+/// What we read from a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub der: Vec<u8>,
+    pub common_name: Option<String>,
+    pub names: Vec<SubjectAltName>,
+    pub spki_der: Vec<u8>,
+    pub serial_hex: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub is_ca: bool,
+    pub server_auth: bool,
+    pub client_auth: bool,
+    pub sha256: String,
+}
+
+impl CertificateInfo {
+    pub fn pem(&self) -> String {
+        to_pem(&self.der)
+    }
+}
+
+pub fn to_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// Every certificate of a PEM bundle, in order.
+pub fn load_certificates(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect()
+}
+
+/// Parses the first certificate of a PEM text.
+pub fn parse_certificate(pem: &str, what: &str) -> Result<CertificateInfo, PkiError> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::CertificateParse { what: what.to_string(), detail: format!("no PEM certificate ({e:?})") })?;
+    parse_certificate_der(&der, what)
+}
+
+pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, PkiError> {
+    let bad = |detail: String| PkiError::CertificateParse { what: what.to_string(), detail };
+    let cert = Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
+    let tbs = cert.tbs_certificate();
+    let mut names = Vec::new();
+    let mut is_ca = false;
+    let (mut server_auth, mut client_auth) = (false, false);
+    if let Some(extensions) = tbs.extensions() {
+        for ext in extensions.iter() {
+            let bytes = ext.extn_value.as_bytes();
+            match ext.extn_id {
+                oid::SUBJECT_ALT_NAME => {
+                    let san = SanExtension::from_der(bytes).map_err(|e| bad(e.to_string()))?;
+                    names.extend(san.0.iter().filter_map(general_name));
+                }
+                oid::BASIC_CONSTRAINTS => is_ca = BasicConstraints::from_der(bytes).map_err(|e| bad(e.to_string()))?.ca,
+                oid::EXT_KEY_USAGE => {
+                    let eku = ExtendedKeyUsage::from_der(bytes).map_err(|e| bad(e.to_string()))?;
+                    server_auth = eku.0.contains(&oid::SERVER_AUTH);
+                    client_auth = eku.0.contains(&oid::CLIENT_AUTH);
+                }
+                _ => {}
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    let time = |t: &x509_cert::time::Time| {
+        let secs = t.to_unix_duration().as_secs();
+        OffsetDateTime::from_unix_timestamp(secs as i64).map_err(|e| bad(e.to_string()))
+    };
+    Ok(CertificateInfo {
+        der: der.to_vec(),
+        common_name: tbs.subject().common_name().ok().flatten().map(|cn| cn.value().into_owned()),
+        names,
+        spki_der: tbs.subject_public_key_info().to_der().map_err(|e| bad(e.to_string()))?,
+        serial_hex: hex(tbs.serial_number().as_bytes()),
+        not_before: time(&tbs.validity().not_before)?,
+        not_after: time(&tbs.validity().not_after)?,
+        is_ca,
+        server_auth,
+        client_auth,
+        sha256: sha256_hex(der),
+    })
+}
+
+/// What the node asked for: the certificate must be for exactly this.
+#[derive(Debug, Clone)]
+pub struct Expectation<'a> {
+    pub instance_id: &'a str,
+    pub spki_der: &'a [u8],
+    pub names: &'a [SubjectAltName],
+    pub profile: Profile,
+}
+
+/// Why a node refuses a certificate. Each has a reason code for warnings and tests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertRejection {
+    #[error("the certificate is not a readable PEM certificate: {0}")]
+    Malformed(String),
+    #[error("the certificate is for another key than this node's pending key")]
+    KeyMismatch,
+    #[error("the certificate does not validate against the pinned CA: {0}")]
+    Untrusted(String),
+    #[error("the certificate names {found} differ from the requested {expected}")]
+    NamesMismatch { expected: String, found: String },
+    #[error("the certificate's subject CN {found:?} is not this node's instance id {expected}")]
+    SubjectMismatch { expected: String, found: Option<String> },
+    #[error("the certificate lacks the extended key usages of profile {0} (serverAuth/clientAuth)")]
+    MissingUsage(&'static str),
+    #[error("the certificate is a CA certificate; a node only installs leaves")]
+    IsCa,
+}
+
+impl CertRejection {
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            CertRejection::Malformed(_) => "certificate_malformed",
+            CertRejection::KeyMismatch => "certificate_key_mismatch",
+            CertRejection::Untrusted(_) => "certificate_untrusted",
+            CertRejection::NamesMismatch { .. } => "certificate_names_mismatch",
+            CertRejection::SubjectMismatch { .. } => "certificate_subject_mismatch",
+            CertRejection::MissingUsage(_) => "certificate_usage_missing",
+            CertRejection::IsCa => "certificate_is_ca",
+        }
+    }
+}
+
+pub fn join_names(names: &[SubjectAltName]) -> String {
+    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The node's acceptance check: the leaf is for our key, names and profile, and validates (a
+/// real path validation: signatures, validity, CA constraints, pathlen, EKU) against the pinned
+/// anchors alone. The chain from the message only supplies intermediates, never anchors.
+pub fn check_issued_certificate(
+    certificate_pem: &str,
+    chain_pem: &str,
+    pinned_anchors: &[CertificateDer<'_>],
+    expect: &Expectation<'_>,
+    now: SystemTime,
+) -> Result<CertificateInfo, CertRejection> {
+    let info = parse_certificate(certificate_pem, "received certificate").map_err(|e| CertRejection::Malformed(e.to_string()))?;
+    if info.spki_der != expect.spki_der {
+        return Err(CertRejection::KeyMismatch);
+    }
+    if info.is_ca {
+        return Err(CertRejection::IsCa);
+    }
+    let anchors = pinned_anchors
+        .iter()
+        .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok())
+        .collect::<Vec<_>>();
+    if anchors.is_empty() {
+        return Err(CertRejection::Untrusted("the pinned CA file holds no usable certificate".into()));
+    }
+    let intermediates = load_certificates(chain_pem);
+    let leaf_der = CertificateDer::from(info.der.clone());
+    let leaf = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| CertRejection::Malformed(format!("{e:?}")))?;
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let time = UnixTime::since_unix_epoch(since_epoch);
+    let algorithms = webpki::ALL_VERIFICATION_ALGS;
+    let mut usages = Vec::new();
+    if expect.profile.server_auth() {
+        usages.push(webpki::KeyUsage::server_auth());
+    }
+    if expect.profile.client_auth() {
+        usages.push(webpki::KeyUsage::client_auth());
+    }
+    for usage in usages {
+        leaf.verify_for_usage(algorithms, &anchors, &intermediates, time, usage, None, None)
+            .map_err(|e| CertRejection::Untrusted(format!("{e:?}")))?;
+    }
+    // webpki accepts a leaf without an EKU extension; we require the profile's usages.
+    if (expect.profile.server_auth() && !info.server_auth) || (expect.profile.client_auth() && !info.client_auth) {
+        return Err(CertRejection::MissingUsage(expect.profile.as_str()));
+    }
+    if info.names != expect.names {
+        return Err(CertRejection::NamesMismatch { expected: join_names(expect.names), found: join_names(&info.names) });
+    }
+    if info.common_name.as_deref() != Some(expect.instance_id) {
+        return Err(CertRejection::SubjectMismatch { expected: expect.instance_id.to_string(), found: info.common_name });
+    }
+    Ok(info)
+}

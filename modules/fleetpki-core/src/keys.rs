@@ -1,0 +1,105 @@
+//! Private keys: generation on the node, loading in any of the PEM forms openssl writes.
+
+use std::fmt;
+
+use rcgen::{KeyPair, PublicKeyData};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+
+use crate::PkiError;
+
+/// A key type a node can generate (community.crypto's `type`/`curve`/`size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpec {
+    EcP256,
+    EcP384,
+    Rsa(u32),
+}
+
+impl KeySpec {
+    /// From community.crypto-style options; `size` only matters for RSA.
+    pub fn from_options(kind: &str, curve: &str, size: u32) -> Result<Self, PkiError> {
+        let bad = |detail: String| PkiError::KeyGeneration { what: kind.to_string(), detail };
+        match (kind, curve) {
+            ("ECC", "secp256r1") => Ok(KeySpec::EcP256),
+            ("ECC", "secp384r1") => Ok(KeySpec::EcP384),
+            ("ECC", other) => Err(bad(format!("unsupported curve {other}: use secp256r1 or secp384r1"))),
+            ("RSA", _) if matches!(size, 2048 | 3072 | 4096) => Ok(KeySpec::Rsa(size)),
+            ("RSA", _) => Err(bad(format!("unsupported RSA size {size}: use 2048, 3072 or 4096"))),
+            (other, _) => Err(bad(format!("unsupported key type {other}: use ECC or RSA"))),
+        }
+    }
+
+    pub fn generate(self) -> Result<KeyPair, PkiError> {
+        let result = match self {
+            KeySpec::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeySpec::EcP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeySpec::Rsa(bits) => {
+                let size = match bits {
+                    2048 => rcgen::RsaKeySize::_2048,
+                    3072 => rcgen::RsaKeySize::_3072,
+                    _ => rcgen::RsaKeySize::_4096,
+                };
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size)
+            }
+        };
+        result.map_err(|e| PkiError::KeyGeneration { what: self.to_string(), detail: e.to_string() })
+    }
+}
+
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySpec::EcP256 => f.write_str("ECDSA P-256"),
+            KeySpec::EcP384 => f.write_str("ECDSA P-384"),
+            KeySpec::Rsa(bits) => write!(f, "RSA-{bits}"),
+        }
+    }
+}
+
+/// Loads a PEM private key: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`, the seed's
+/// openssl CA) or SEC1 (`EC PRIVATE KEY`, openssl's `ecparam -genkey`). `what` names the key in
+/// errors (a path); the key material never appears in an error.
+pub fn load_private_key(pem: &str, what: &str) -> Result<KeyPair, PkiError> {
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::KeyParse { what: what.to_string(), detail: format!("no PEM private key found ({e:?})") })?;
+    KeyPair::try_from(&der).map_err(|e| PkiError::KeyParse { what: what.to_string(), detail: e.to_string() })
+}
+
+/// The DER SubjectPublicKeyInfo of a key: what a certificate for this key must carry.
+pub fn public_key_spki(key: &KeyPair) -> Vec<u8> {
+    key.subject_public_key_info()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_reload_from_their_pem() {
+        for spec in [KeySpec::EcP256, KeySpec::EcP384] {
+            let key = spec.generate().unwrap();
+            let pem = key.serialize_pem();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+            let back = load_private_key(&pem, "test").unwrap();
+            assert_eq!(public_key_spki(&back), public_key_spki(&key));
+        }
+    }
+
+    #[test]
+    fn options_map_to_specs_and_bad_ones_are_named() {
+        assert_eq!(KeySpec::from_options("ECC", "secp384r1", 0).unwrap(), KeySpec::EcP384);
+        assert_eq!(KeySpec::from_options("RSA", "secp256r1", 3072).unwrap(), KeySpec::Rsa(3072));
+        let err = KeySpec::from_options("RSA", "", 1024).unwrap_err().to_string();
+        assert!(err.contains("1024"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error_without_the_input() {
+        let err = load_private_key("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n", "/k.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/k.pem"), "{err}");
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
+}

@@ -1,0 +1,372 @@
+//! The install layout on a node: a directory per certificate version, a `current` symlink the
+//! service reads through (switched atomically, so key and certificate always change together),
+//! and a `pending/` slot for the key and request waiting for their certificate.
+//!
+//! ```text
+//! <root>/current -> versions/<serial>
+//! <root>/versions/<serial>/{privkey,cert,chain,fullchain}.pem
+//! <root>/pending/{privkey.pem,request.json}
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Profile, ReplyMode};
+use crate::PkiError;
+
+pub const KEY_FILE: &str = "privkey.pem";
+pub const CERT_FILE: &str = "cert.pem";
+pub const CHAIN_FILE: &str = "chain.pem";
+pub const FULLCHAIN_FILE: &str = "fullchain.pem";
+const REQUEST_FILE: &str = "request.json";
+
+/// Mode and ownership of a file we write (community.crypto's `mode`/`owner`/`group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePerms {
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+impl FilePerms {
+    pub fn private(owner: Option<String>, group: Option<String>, mode: u32) -> Self {
+        FilePerms { mode, owner, group }
+    }
+    /// Certificates are public: readable by all, owned like the key.
+    pub fn public_like(key: &FilePerms) -> Self {
+        FilePerms { mode: 0o644, owner: key.owner.clone(), group: key.group.clone() }
+    }
+}
+
+/// Parses an Ansible `mode` given as an octal string (`"0600"`, `"600"`) or integer.
+pub fn parse_mode(value: &str) -> Option<u32> {
+    let digits = value.trim().trim_start_matches("0o");
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// What the node asked for and is waiting on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub request_id: String,
+    pub instance_id: String,
+    /// `DNS:`/`IP:` names, sorted.
+    pub names: Vec<String>,
+    pub profile: Profile,
+    pub reply_mode: ReplyMode,
+    #[serde(default)]
+    pub reply_queue_url: Option<String>,
+    /// Unix seconds.
+    pub submitted_at: i64,
+}
+
+/// The installed key and certificate, as the service sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledPair {
+    pub key_pem: String,
+    pub cert_pem: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |e| PkiError::io(path, e)
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PkiError::io(path, e)),
+    }
+}
+
+/// Applies owner and group (by name) to a path.
+pub fn apply_ownership(path: &Path, perms: &FilePerms) -> Result<(), PkiError> {
+    use nix::unistd::{Group, User};
+    let fail = |what: String| PkiError::Io { path: path.into(), source: std::io::Error::other(what) };
+    let uid = match &perms.owner {
+        Some(name) => Some(
+            User::from_name(name)
+                .map_err(|e| fail(format!("cannot look up user {name}: {e}")))?
+                .ok_or_else(|| fail(format!("owner {name} does not exist on this host")))?
+                .uid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    let gid = match &perms.group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .map_err(|e| fail(format!("cannot look up group {name}: {e}")))?
+                .ok_or_else(|| fail(format!("group {name} does not exist on this host")))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid).map_err(io(path))?;
+    }
+    Ok(())
+}
+
+/// Writes a file atomically: a temp file in the same directory, created with the final mode (a
+/// key is never readable by others, not even for an instant), synced, then renamed into place.
+pub fn write_atomic(path: &Path, contents: &[u8], perms: &FilePerms) -> Result<(), PkiError> {
+    let dir = path.parent().ok_or_else(|| PkiError::Layout { path: path.into(), detail: "no parent directory".into() })?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(perms.mode & 0o600).open(&tmp).map_err(io(&tmp))?;
+    let result = (|| {
+        file.write_all(contents).map_err(io(&tmp))?;
+        apply_ownership(&tmp, perms)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(perms.mode)).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PkiError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), PkiError> {
+    match fs::create_dir(path) {
+        Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            ensure_dir(path, mode)
+        }
+        Err(e) => Err(PkiError::io(path, e)),
+    }
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A file of the installed pair, through `current/` (what services are configured with).
+    pub fn current_path(&self, file: &str) -> PathBuf {
+        self.root.join("current").join(file)
+    }
+
+    pub fn pending_key_path(&self) -> PathBuf {
+        self.root.join("pending").join(KEY_FILE)
+    }
+
+    fn pending_request_path(&self) -> PathBuf {
+        self.root.join("pending").join(REQUEST_FILE)
+    }
+
+    pub fn read_current(&self) -> Result<Option<InstalledPair>, PkiError> {
+        let key = read_optional(&self.current_path(KEY_FILE))?;
+        let cert = read_optional(&self.current_path(CERT_FILE))?;
+        Ok(match (key, cert) {
+            (Some(key_pem), Some(cert_pem)) => Some(InstalledPair { key_pem, cert_pem }),
+            _ => None,
+        })
+    }
+
+    pub fn read_pending_key(&self) -> Result<Option<String>, PkiError> {
+        read_optional(&self.pending_key_path())
+    }
+
+    pub fn read_pending(&self) -> Result<Option<PendingRequest>, PkiError> {
+        let path = self.pending_request_path();
+        match read_optional(&path)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| PkiError::Layout {
+                path,
+                detail: format!("unreadable pending request ({e}); delete it to submit a new request"),
+            }),
+        }
+    }
+
+    fn ensure_pending_dir(&self) -> Result<PathBuf, PkiError> {
+        ensure_dir(&self.root, 0o755)?;
+        let dir = self.root.join("pending");
+        ensure_dir(&dir, 0o700)?;
+        Ok(dir)
+    }
+
+    pub fn write_pending_key(&self, key_pem: &str, perms: &FilePerms) -> Result<(), PkiError> {
+        self.ensure_pending_dir()?;
+        write_atomic(&self.pending_key_path(), key_pem.as_bytes(), perms)
+    }
+
+    pub fn write_pending(&self, request: &PendingRequest) -> Result<(), PkiError> {
+        self.ensure_pending_dir()?;
+        let text = serde_json::to_vec_pretty(request).map_err(|e| PkiError::Build(e.to_string()))?;
+        write_atomic(&self.pending_request_path(), &text, &FilePerms::private(None, None, 0o600))
+    }
+
+    /// Forgets the pending request (the key stays, so a retry can reuse it).
+    pub fn clear_pending_request(&self) -> Result<(), PkiError> {
+        let path = self.pending_request_path();
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PkiError::io(path, e)),
+        }
+    }
+
+    /// Installs a verified pair as a new version and switches `current` to it in one rename.
+    /// The pending slot is emptied afterwards; the previous version is kept for rollback.
+    pub fn install(
+        &self,
+        serial_hex: &str,
+        key_pem: &str,
+        cert_pem: &str,
+        chain_pem: &str,
+        key_perms: &FilePerms,
+    ) -> Result<PathBuf, PkiError> {
+        if serial_hex.is_empty() || !serial_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(PkiError::Layout { path: self.root.clone(), detail: format!("bad serial {serial_hex:?}") });
+        }
+        ensure_dir(&self.root, 0o755)?;
+        let versions = self.root.join("versions");
+        ensure_dir(&versions, 0o755)?;
+        let final_dir = versions.join(serial_hex);
+        let staging = versions.join(format!(".{serial_hex}.tmp-{}", std::process::id()));
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        }
+        ensure_dir(&staging, 0o755)?;
+        let public = FilePerms::public_like(key_perms);
+        let cert = ensure_newline(cert_pem);
+        let chain = ensure_newline(chain_pem);
+        write_atomic(&staging.join(KEY_FILE), key_pem.as_bytes(), key_perms)?;
+        write_atomic(&staging.join(CERT_FILE), cert.as_bytes(), &public)?;
+        write_atomic(&staging.join(CHAIN_FILE), chain.as_bytes(), &public)?;
+        write_atomic(&staging.join(FULLCHAIN_FILE), format!("{cert}{chain}").as_bytes(), &public)?;
+        apply_ownership(&staging, key_perms)?;
+        if final_dir.exists() {
+            // Left by an interrupted earlier install of this same certificate.
+            fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+        }
+        fs::rename(&staging, &final_dir).map_err(io(&final_dir))?;
+        sync_dir(&versions)?;
+
+        let previous = fs::read_link(self.root.join("current")).ok();
+        let link_tmp = self.root.join(format!(".current.tmp-{}", std::process::id()));
+        let _ = fs::remove_file(&link_tmp);
+        symlink(Path::new("versions").join(serial_hex), &link_tmp).map_err(io(&link_tmp))?;
+        fs::rename(&link_tmp, self.root.join("current")).map_err(io(&self.root))?;
+        sync_dir(&self.root)?;
+
+        self.clear_pending_request()?;
+        let _ = fs::remove_file(self.pending_key_path());
+        self.prune_versions(serial_hex, previous.as_deref())?;
+        Ok(final_dir)
+    }
+
+    /// Keeps the current and the previous version; older ones go.
+    fn prune_versions(&self, current: &str, previous: Option<&Path>) -> Result<(), PkiError> {
+        let keep_previous = previous.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        let versions = self.root.join("versions");
+        for entry in fs::read_dir(&versions).map_err(io(&versions))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == current || Some(&name) == keep_previous.as_ref() || name.starts_with('.') {
+                continue;
+            }
+            fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
+        }
+        Ok(())
+    }
+}
+
+fn ensure_newline(pem: &str) -> String {
+    let trimmed = pem.trim_end();
+    format!("{trimmed}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_root(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fleetpki-layout-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn modes_parse_like_ansible() {
+        assert_eq!(parse_mode("0600"), Some(0o600));
+        assert_eq!(parse_mode("640"), Some(0o640));
+        assert_eq!(parse_mode("0o644"), Some(0o644));
+        assert_eq!(parse_mode("rw-"), None);
+        assert_eq!(parse_mode("99"), None);
+    }
+
+    #[test]
+    fn install_switches_current_and_keeps_one_previous_version() {
+        let root = temp_root("install");
+        let layout = Layout::new(&root);
+        let perms = FilePerms::private(None, None, 0o600);
+        for (i, serial) in ["0a", "0b", "0c"].iter().enumerate() {
+            layout.write_pending_key(&format!("key{i}"), &perms).unwrap();
+            layout.install(serial, &format!("key{i}"), &format!("cert{i}"), "chain", &perms).unwrap();
+            let pair = layout.read_current().unwrap().unwrap();
+            assert_eq!(pair.key_pem, format!("key{i}"));
+            assert_eq!(pair.cert_pem, format!("cert{i}\n"));
+        }
+        assert_eq!(fs::read_link(root.join("current")).unwrap(), Path::new("versions/0c"));
+        let mut kept: Vec<String> =
+            fs::read_dir(root.join("versions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        kept.sort();
+        assert_eq!(kept, ["0b", "0c"]);
+        let mode = fs::metadata(layout.current_path(KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read_to_string(layout.current_path(FULLCHAIN_FILE)).unwrap(), "cert2\nchain\n");
+        assert!(layout.read_pending_key().unwrap().is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn pending_request_round_trips_and_clears() {
+        let root = temp_root("pending");
+        let layout = Layout::new(&root);
+        assert!(layout.read_pending().unwrap().is_none());
+        let request = PendingRequest {
+            request_id: "r".into(),
+            instance_id: "i-1".into(),
+            names: vec!["DNS:a".into()],
+            profile: Profile::Mtls,
+            reply_mode: ReplyMode::PerNode,
+            reply_queue_url: Some("http://q".into()),
+            submitted_at: 5,
+        };
+        layout.write_pending(&request).unwrap();
+        assert_eq!(layout.read_pending().unwrap(), Some(request));
+        let mode = fs::metadata(root.join("pending")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        layout.clear_pending_request().unwrap();
+        assert!(layout.read_pending().unwrap().is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

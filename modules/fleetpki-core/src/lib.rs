@@ -1,0 +1,54 @@
+//! The pure PKI logic of fleetpki.mtls: keys, CSRs, the signing policy, signing, the node's
+//! certificate checks, the wire format and the install layout on disk. It does no network I/O
+//! and knows nothing of SQS or Ansible.
+
+pub mod ca;
+pub mod certs;
+pub mod csr;
+mod error;
+pub mod keys;
+pub mod layout;
+pub mod names;
+pub mod policy;
+pub mod sign;
+pub mod wire;
+
+pub use error::PkiError;
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `data` in lower-case hex (audit log fingerprints).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// Random bytes from the OS RNG.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut out = [0u8; N];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| PkiError::Build("the operating system's random number generator failed".into()))?;
+    Ok(out)
+}
+
+/// A fresh request id (UUID v4).
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Flips the last byte of a PEM object's DER: for a CSR or certificate, that is inside the
+    /// signature, so the structure still parses but the signature no longer verifies.
+    pub fn flip_last_signature_byte(pem_text: &str) -> String {
+        let mut block = pem::parse(pem_text).unwrap();
+        let mut der = block.contents().to_vec();
+        *der.last_mut().unwrap() ^= 0x01;
+        block = pem::Pem::new(block.tag().to_string(), der);
+        pem::encode(&block)
+    }
+}

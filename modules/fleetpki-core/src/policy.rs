@@ -1,0 +1,479 @@
+//! The signing policy: what the CA signs, for whom. Every refusal has its own reason code.
+//!
+//! Anyone who can write to the CSR queue can claim any instance id, so nothing in a request is
+//! trusted until it passed here: the instance must be listed, every name allowed for it, the key
+//! strong enough, no CA powers asked for, and (where configured) the sender proven.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::csr::{KeyKind, ParsedCsr};
+use crate::names::SubjectAltName;
+use crate::wire::{CsrMessage, Profile};
+
+/// The worker's own limits on what it reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_CSR_PEM_BYTES: usize = 16 * 1024;
+/// Tolerated clock difference for request timestamps in the future.
+pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
+
+/// Why a request was not signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReasonCode {
+    MessageTooLarge,
+    MessageMalformed,
+    UnsupportedVersion,
+    CsrTooLarge,
+    CsrMalformed,
+    CsrSignatureAlgorithm,
+    CsrSignatureInvalid,
+    InstanceIdInvalid,
+    InstanceIdMismatch,
+    InstanceNotAllowed,
+    SanNotAllowed,
+    SanUnsupported,
+    KeyTypeNotAllowed,
+    KeyTooSmall,
+    CaRequested,
+    CriticalExtension,
+    LifetimeNotAllowed,
+    ProfileNotAllowed,
+    IdentityProofMissing,
+    IdentityProofInvalid,
+    SenderMismatch,
+    RequestExpired,
+}
+
+impl ReasonCode {
+    pub const ALL: [ReasonCode; 22] = [
+        ReasonCode::MessageTooLarge,
+        ReasonCode::MessageMalformed,
+        ReasonCode::UnsupportedVersion,
+        ReasonCode::CsrTooLarge,
+        ReasonCode::CsrMalformed,
+        ReasonCode::CsrSignatureAlgorithm,
+        ReasonCode::CsrSignatureInvalid,
+        ReasonCode::InstanceIdInvalid,
+        ReasonCode::InstanceIdMismatch,
+        ReasonCode::InstanceNotAllowed,
+        ReasonCode::SanNotAllowed,
+        ReasonCode::SanUnsupported,
+        ReasonCode::KeyTypeNotAllowed,
+        ReasonCode::KeyTooSmall,
+        ReasonCode::CaRequested,
+        ReasonCode::CriticalExtension,
+        ReasonCode::LifetimeNotAllowed,
+        ReasonCode::ProfileNotAllowed,
+        ReasonCode::IdentityProofMissing,
+        ReasonCode::IdentityProofInvalid,
+        ReasonCode::SenderMismatch,
+        ReasonCode::RequestExpired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::MessageTooLarge => "message_too_large",
+            ReasonCode::MessageMalformed => "message_malformed",
+            ReasonCode::UnsupportedVersion => "unsupported_version",
+            ReasonCode::CsrTooLarge => "csr_too_large",
+            ReasonCode::CsrMalformed => "csr_malformed",
+            ReasonCode::CsrSignatureAlgorithm => "csr_signature_algorithm",
+            ReasonCode::CsrSignatureInvalid => "csr_signature_invalid",
+            ReasonCode::InstanceIdInvalid => "instance_id_invalid",
+            ReasonCode::InstanceIdMismatch => "instance_id_mismatch",
+            ReasonCode::InstanceNotAllowed => "instance_not_allowed",
+            ReasonCode::SanNotAllowed => "san_not_allowed",
+            ReasonCode::SanUnsupported => "san_unsupported",
+            ReasonCode::KeyTypeNotAllowed => "key_type_not_allowed",
+            ReasonCode::KeyTooSmall => "key_too_small",
+            ReasonCode::CaRequested => "ca_requested",
+            ReasonCode::CriticalExtension => "critical_extension",
+            ReasonCode::LifetimeNotAllowed => "lifetime_not_allowed",
+            ReasonCode::ProfileNotAllowed => "profile_not_allowed",
+            ReasonCode::IdentityProofMissing => "identity_proof_missing",
+            ReasonCode::IdentityProofInvalid => "identity_proof_invalid",
+            ReasonCode::SenderMismatch => "sender_mismatch",
+            ReasonCode::RequestExpired => "request_expired",
+        }
+    }
+
+    /// Requests that could not be processed at all go to the dead-letter queue (an alarm there
+    /// means malformed or poison traffic); the others are policy answers to the node.
+    pub fn is_integrity_failure(self) -> bool {
+        matches!(
+            self,
+            ReasonCode::MessageTooLarge
+                | ReasonCode::MessageMalformed
+                | ReasonCode::UnsupportedVersion
+                | ReasonCode::CsrTooLarge
+                | ReasonCode::CsrMalformed
+                | ReasonCode::CsrSignatureAlgorithm
+                | ReasonCode::CsrSignatureInvalid
+                | ReasonCode::InstanceIdInvalid
+        )
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: the code for machines, the message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ReasonCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
+        Rejection { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// How the sender proves it is the instance it claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProofKind {
+    /// Trust the queue's write permission alone (set explicitly; every result warns).
+    None,
+    /// The SQS `SenderId` (`ROLEID:i-...` for an instance profile) names the instance.
+    SqsSenderId,
+    /// An HMAC with a per-host secret.
+    EnrollmentSecret,
+}
+
+/// Names allowed for one instance, or for every instance matching a pattern.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRule {
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub instance_id_pattern: Option<String>,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub ip_addresses: Vec<IpAddr>,
+    #[serde(default)]
+    pub dns_suffixes: Vec<String>,
+    #[serde(default)]
+    pub ip_networks: Vec<IpNet>,
+}
+
+fn default_max_age() -> u64 {
+    86_400
+}
+fn default_lifetime() -> u32 {
+    30
+}
+fn default_profiles() -> Vec<Profile> {
+    vec![Profile::Mtls, Profile::Server, Profile::Client]
+}
+fn default_rsa_min_bits() -> usize {
+    2048
+}
+fn default_curves() -> Vec<String> {
+    vec!["secp256r1".into(), "secp384r1".into()]
+}
+
+/// The policy file (JSON), as documented in `docs/interfaces.md`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub identity_proof: ProofKind,
+    #[serde(default)]
+    pub sender_role_ids: Vec<String>,
+    #[serde(default)]
+    pub enrollment_secrets: BTreeMap<String, String>,
+    #[serde(default = "default_max_age")]
+    pub max_request_age_seconds: u64,
+    #[serde(default = "default_lifetime")]
+    pub max_lifetime_days: u32,
+    #[serde(default = "default_lifetime")]
+    pub default_lifetime_days: u32,
+    #[serde(default = "default_profiles")]
+    pub profiles: Vec<Profile>,
+    #[serde(default = "default_rsa_min_bits")]
+    pub rsa_min_bits: usize,
+    #[serde(default = "default_curves")]
+    pub ec_curves: Vec<String>,
+    #[serde(default)]
+    pub instances: Vec<InstanceRule>,
+}
+
+// Hand-written so that the enrollment secrets never reach a log through `{:?}`.
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("identity_proof", &self.identity_proof)
+            .field("enrollment_secrets", &format_args!("<{} hidden>", self.enrollment_secrets.len()))
+            .field("instances", &self.instances.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("the signing policy is not valid JSON of the documented shape: {0}")]
+    Parse(String),
+    #[error("the signing policy is unusable: {0}")]
+    Invalid(String),
+}
+
+/// What the worker needs to know about one received request.
+#[derive(Debug, Clone)]
+pub struct SigningRequest<'a> {
+    pub message: &'a CsrMessage,
+    /// The `InstanceId` message attribute.
+    pub attribute_instance_id: Option<&'a str>,
+    /// The `SenderId` system attribute SQS sets.
+    pub sender_id: Option<&'a str>,
+    pub csr: &'a ParsedCsr,
+}
+
+/// What the policy allows for an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub profile: Profile,
+    pub lifetime: Duration,
+}
+
+/// Instance ids become queue names (`prefix` + id): keep them to SQS's queue-name characters.
+pub fn is_valid_instance_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The canonical text the enrollment HMAC covers; a newline cannot occur inside the fields
+/// that precede the CSR, so the encoding is unambiguous.
+pub fn enrollment_mac_input(request_id: &str, timestamp: i64, instance_id: &str, profile: Profile, csr_pem: &str) -> String {
+    format!("fleetpki-enrollment-v1\n{request_id}\n{timestamp}\n{instance_id}\n{}\n{csr_pem}", profile.as_str())
+}
+
+/// HMAC-SHA256 of the enrollment input, hex.
+pub fn enrollment_mac(secret: &str, input: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    crate::hex(aws_lc_rs::hmac::sign(&key, input.as_bytes()).as_ref())
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl Policy {
+    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        let policy: Policy = serde_json::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn from_value(value: serde_json::Value) -> Result<Self, PolicyError> {
+        let policy: Policy = serde_json::from_value(value).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        let invalid = |m: String| Err(PolicyError::Invalid(m));
+        if self.rsa_min_bits < 2048 {
+            return invalid(format!("rsa_min_bits is {}: RSA below 2048 bits is never allowed", self.rsa_min_bits));
+        }
+        if self.default_lifetime_days == 0 || self.default_lifetime_days > self.max_lifetime_days {
+            return invalid("default_lifetime_days must be between 1 and max_lifetime_days".into());
+        }
+        for curve in &self.ec_curves {
+            if curve != "secp256r1" && curve != "secp384r1" {
+                return invalid(format!("ec_curves: unsupported curve {curve} (use secp256r1, secp384r1)"));
+            }
+        }
+        if self.identity_proof == ProofKind::SqsSenderId && self.sender_role_ids.is_empty() {
+            return invalid("identity_proof sqs_sender_id needs sender_role_ids: the role ids (AROA...) of the nodes' instance profile".into());
+        }
+        if self.identity_proof == ProofKind::EnrollmentSecret && self.enrollment_secrets.is_empty() {
+            return invalid("identity_proof enrollment_secret needs enrollment_secrets: a map of instance id to secret".into());
+        }
+        for (i, rule) in self.instances.iter().enumerate() {
+            match (&rule.instance_id, &rule.instance_id_pattern) {
+                (Some(_), None) => {}
+                (None, Some(pattern)) => {
+                    glob::Pattern::new(pattern)
+                        .map_err(|e| PolicyError::Invalid(format!("instances[{i}].instance_id_pattern: {e}")))?;
+                }
+                _ => return invalid(format!("instances[{i}]: set exactly one of instance_id and instance_id_pattern")),
+            }
+            for suffix in &rule.dns_suffixes {
+                if !suffix.starts_with('.') {
+                    return invalid(format!("instances[{i}].dns_suffixes: '{suffix}' must start with '.'"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings every result of a worker under this policy carries.
+    pub fn warnings(&self) -> Vec<String> {
+        match self.identity_proof {
+            ProofKind::None => vec!["signing policy has identity_proof: none — anyone who can write to the CSR queue can obtain a certificate for any allowed instance; use sqs_sender_id on AWS or enrollment_secret elsewhere".into()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn rule_for(&self, instance_id: &str) -> Option<&InstanceRule> {
+        self.instances.iter().find(|rule| match (&rule.instance_id, &rule.instance_id_pattern) {
+            (Some(id), _) => id == instance_id,
+            (None, Some(pattern)) => glob::Pattern::new(pattern).map(|p| p.matches(instance_id)).unwrap_or(false),
+            _ => false,
+        })
+    }
+
+    /// Decides on a request whose CSR parsed and self-verified. `now` is unix seconds.
+    pub fn evaluate(&self, request: &SigningRequest<'_>, now: i64) -> Result<Grant, Rejection> {
+        use ReasonCode::*;
+        let message = request.message;
+        let csr = request.csr;
+        let instance_id = message.instance_id.as_str();
+
+        if !is_valid_instance_id(instance_id) {
+            return Err(Rejection::new(InstanceIdInvalid, "instance_id must be 1-64 letters, digits, '-' or '_'"));
+        }
+        match request.attribute_instance_id {
+            Some(attr) if attr == instance_id => {}
+            Some(attr) => {
+                return Err(Rejection::new(InstanceIdMismatch, format!("InstanceId attribute {attr:?} differs from the body's instance_id {instance_id:?}")))
+            }
+            None => return Err(Rejection::new(InstanceIdMismatch, "the message has no InstanceId attribute")),
+        }
+        if csr.common_name.as_deref() != Some(instance_id) {
+            return Err(Rejection::new(
+                InstanceIdMismatch,
+                format!("the CSR's subject CN {:?} is not the instance_id {instance_id:?}", csr.common_name),
+            ));
+        }
+
+        self.check_identity(request, now)?;
+
+        let rule = self
+            .rule_for(instance_id)
+            .ok_or_else(|| Rejection::new(InstanceNotAllowed, format!("instance {instance_id} is not in the signing policy")))?;
+
+        if let Some(name) = csr.unsupported_names.first() {
+            return Err(Rejection::new(SanUnsupported, format!("only DNS and IP names are signed, not {name}")));
+        }
+        for name in &csr.names {
+            if !name_allowed(rule, name) {
+                return Err(Rejection::new(SanNotAllowed, format!("{name} is not allowed for {instance_id}")));
+            }
+        }
+
+        match csr.key {
+            KeyKind::Rsa { bits } if bits < self.rsa_min_bits => {
+                return Err(Rejection::new(KeyTooSmall, format!("RSA-{bits} is below the minimum of {} bits", self.rsa_min_bits)))
+            }
+            KeyKind::Rsa { .. } => {}
+            KeyKind::EcP256 if self.ec_curves.iter().any(|c| c == "secp256r1") => {}
+            KeyKind::EcP384 if self.ec_curves.iter().any(|c| c == "secp384r1") => {}
+            other => return Err(Rejection::new(KeyTypeNotAllowed, format!("{other} keys are not allowed"))),
+        }
+
+        if csr.requests_ca || csr.requests_cert_sign {
+            return Err(Rejection::new(CaRequested, "the CSR asks for CA powers (CA:TRUE, keyCertSign or cRLSign)"));
+        }
+        if let Some(oid) = csr.unknown_critical.first() {
+            return Err(Rejection::new(CriticalExtension, format!("the CSR requests an unknown critical extension {oid}")));
+        }
+
+        let profile = message.profile.unwrap_or_default();
+        if !self.profiles.contains(&profile) {
+            return Err(Rejection::new(ProfileNotAllowed, format!("profile {} is not allowed", profile.as_str())));
+        }
+        let days = message.lifetime_days.unwrap_or(self.default_lifetime_days);
+        if days == 0 || days > self.max_lifetime_days {
+            return Err(Rejection::new(
+                LifetimeNotAllowed,
+                format!("a lifetime of {days} days is not allowed (1 to {} days)", self.max_lifetime_days),
+            ));
+        }
+        Ok(Grant { profile, lifetime: Duration::from_secs(u64::from(days) * 86_400) })
+    }
+
+    fn check_identity(&self, request: &SigningRequest<'_>, now: i64) -> Result<(), Rejection> {
+        use ReasonCode::*;
+        let message = request.message;
+        if let Some(ts) = message.timestamp {
+            let age = now - ts;
+            if age > self.max_request_age_seconds as i64 {
+                return Err(Rejection::new(RequestExpired, format!("the request is {age} s old; at most {} s are accepted", self.max_request_age_seconds)));
+            }
+            if age < -MAX_FUTURE_SKEW_SECONDS {
+                return Err(Rejection::new(RequestExpired, format!("the request's timestamp is {} s in the future", -age)));
+            }
+        }
+        match self.identity_proof {
+            ProofKind::None => Ok(()),
+            ProofKind::SqsSenderId => {
+                let sender = request.sender_id.ok_or_else(|| Rejection::new(IdentityProofMissing, "the message has no SenderId"))?;
+                let (role, session) = sender.split_once(':').ok_or_else(|| {
+                    Rejection::new(SenderMismatch, format!("SenderId {sender} is not a role session (ROLEID:session)"))
+                })?;
+                if !self.sender_role_ids.iter().any(|r| r == role) {
+                    return Err(Rejection::new(SenderMismatch, format!("SenderId role {role} is not an allowed node role")));
+                }
+                if session != message.instance_id {
+                    return Err(Rejection::new(
+                        SenderMismatch,
+                        format!("SenderId session {session} is not the claimed instance {}", message.instance_id),
+                    ));
+                }
+                Ok(())
+            }
+            ProofKind::EnrollmentSecret => {
+                let proof = message
+                    .identity_proof
+                    .as_ref()
+                    .filter(|p| p.kind == "enrollment_secret")
+                    .and_then(|p| p.hmac.as_deref())
+                    .ok_or_else(|| Rejection::new(IdentityProofMissing, "the request carries no enrollment_secret HMAC"))?;
+                let (Some(request_id), Some(timestamp)) = (message.request_id.as_deref(), message.timestamp) else {
+                    return Err(Rejection::new(IdentityProofMissing, "an enrollment HMAC needs the request's request_id and timestamp"));
+                };
+                let secret = self.enrollment_secrets.get(&message.instance_id).ok_or_else(|| {
+                    Rejection::new(IdentityProofInvalid, format!("no enrollment secret is known for {}", message.instance_id))
+                })?;
+                let input = enrollment_mac_input(request_id, timestamp, &message.instance_id, message.profile.unwrap_or_default(), &message.csr_pem);
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+                let tag = decode_hex(proof).ok_or_else(|| Rejection::new(IdentityProofInvalid, "the HMAC is not hex"))?;
+                aws_lc_rs::hmac::verify(&key, input.as_bytes(), &tag)
+                    .map_err(|_| Rejection::new(IdentityProofInvalid, "the enrollment HMAC does not verify"))
+            }
+        }
+    }
+}
+
+fn name_allowed(rule: &InstanceRule, name: &SubjectAltName) -> bool {
+    match name {
+        SubjectAltName::Dns(dns) => {
+            rule.dns_names.iter().any(|allowed| allowed.eq_ignore_ascii_case(dns))
+                // A wildcard is only signed when listed literally, never through a suffix.
+                || (!dns.starts_with("*.")
+                    && rule.dns_suffixes.iter().any(|suffix| dns.len() > suffix.len() && dns.ends_with(&suffix.to_ascii_lowercase())))
+        }
+        SubjectAltName::Ip(ip) => rule.ip_addresses.contains(ip) || rule.ip_networks.iter().any(|net| net.contains(ip)),
+    }
+}

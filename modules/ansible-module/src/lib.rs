@@ -87,7 +87,10 @@ impl Invocation {
 
     /// The options as the module's own typed struct.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, ArgumentError> {
-        serde_json::from_value(Value::Object(self.params.clone()))
+        // Unset options are dropped rather than passed as null: serde then treats them as
+        // absent (`None`), which also works through `#[serde(flatten)]`.
+        let set: Map<String, Value> = self.params.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        serde_json::from_value(Value::Object(set))
             .map_err(|e| ArgumentError::Invalid { name: "(options)".into(), problem: e.to_string() })
     }
 }
@@ -236,6 +239,10 @@ where
     install_panic_hook();
     let args: Vec<String> = std::env::args().collect();
     let result = match args.as_slice() {
+        [_, flag] if flag == "--argument-spec" => {
+            println!("{}", spec.to_json());
+            std::process::exit(0);
+        }
         [_, path] => match Invocation::from_args_file(path, default_name, spec) {
             Ok(invocation) => match body(&invocation) {
                 Ok(outcome) => outcome_json(outcome, &invocation),

@@ -118,6 +118,38 @@ impl ArgumentSpec {
         self
     }
 
+    /// The spec in the shape of an Ansible `argument_spec`, for tests that compare it with the
+    /// module's DOCUMENTATION (`<module> --argument-spec`).
+    pub fn to_json(&self) -> Value {
+        let mut options = Map::new();
+        for o in &self.options {
+            let mut entry = Map::new();
+            entry.insert("type".into(), Value::from(o.kind.doc_name()));
+            if let OptionType::List(elements) = o.kind {
+                entry.insert("elements".into(), Value::from(elements.doc_name()));
+            }
+            entry.insert("required".into(), Value::Bool(o.required));
+            if let Some(default) = &o.default {
+                entry.insert("default".into(), default.clone());
+            }
+            if !o.choices.is_empty() {
+                entry.insert("choices".into(), Value::Array(o.choices.clone()));
+            }
+            if !o.aliases.is_empty() {
+                entry.insert("aliases".into(), Value::from(o.aliases.clone()));
+            }
+            if o.no_log {
+                entry.insert("no_log".into(), Value::Bool(true));
+            }
+            options.insert(o.name.to_string(), Value::Object(entry));
+        }
+        serde_json::json!({
+            "argument_spec": options,
+            "mutually_exclusive": self.mutually_exclusive,
+            "required_one_of": self.required_one_of,
+        })
+    }
+
     /// The secret values among the raw parameters, so that they can be masked everywhere,
     /// including in the error about a wrong value of another option.
     pub fn secret_values(&self, raw: &Map<String, Value>) -> Vec<String> {

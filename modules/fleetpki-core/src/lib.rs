@@ -10,6 +10,7 @@ pub mod keys;
 pub mod layout;
 pub mod names;
 pub mod policy;
+pub mod renewal;
 pub mod sign;
 pub mod wire;
 

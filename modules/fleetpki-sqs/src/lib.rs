@@ -1,0 +1,355 @@
+//! SQS for fleetpki.mtls: a client built from amazon.aws-style options, the few queue operations
+//! the modules need, and a count of every call made (so a run's cost is visible).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+};
+use aws_sdk_sqs::Client;
+use serde::Deserialize;
+
+/// amazon.aws's connection options. Unset ones fall back to the SDK's default chain
+/// (environment, shared config and credentials files, instance profile).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AwsOptions {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqsError {
+    #[error("no AWS region: set the region option or AWS_REGION (or a region in the AWS profile)")]
+    NoRegion,
+    #[error("access_key and secret_key must be given together")]
+    PartialCredentials,
+    #[error("SQS {operation} on {target} failed: {detail}{hint}")]
+    Call { operation: &'static str, target: String, detail: String, hint: &'static str },
+    #[error("the queue {0} does not exist: create it first (see README: queues)")]
+    QueueMissing(String),
+}
+
+/// Counts calls by operation; shared by clones of a client (the worker's tasks).
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl CallCounter {
+    fn add(&self, operation: &'static str) {
+        if let Ok(mut map) = self.0.lock() {
+            *map.entry(operation).or_default() += 1;
+        }
+    }
+    /// A snapshot: operation name → count, plus `total`.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        let map = self.0.lock().map(|m| m.clone()).unwrap_or_default();
+        let total = map.values().sum();
+        let mut out: BTreeMap<String, u64> = map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        out.insert("total".into(), total);
+        out
+    }
+}
+
+/// A received message, reduced to what the modules use.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// String message attributes.
+    pub attributes: HashMap<String, String>,
+    /// The `SenderId` system attribute.
+    pub sender_id: Option<String>,
+    pub receive_count: Option<u32>,
+}
+
+/// Approximate message counts of a queue (reading them does not touch any message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sqs {
+    client: Client,
+    calls: CallCounter,
+}
+
+fn hint_for(detail: &str) -> &'static str {
+    if detail.contains("dispatch failure") || detail.contains("connect") {
+        ". Check endpoint_url / network access to SQS"
+    } else if detail.contains("credentials") || detail.contains("InvalidClientTokenId") || detail.contains("SignatureDoesNotMatch") {
+        ". Check the AWS credentials (access_key/secret_key, profile, or the instance profile)"
+    } else if detail.contains("AccessDenied") {
+        ". The IAM policy of this identity does not allow this call (see README: IAM)"
+    } else {
+        ""
+    }
+}
+
+impl Sqs {
+    pub async fn connect(options: &AwsOptions) -> Result<Self, SqsError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &options.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &options.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        match (&options.access_key, &options.secret_key) {
+            (Some(access), Some(secret)) => {
+                loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                    access,
+                    secret,
+                    options.session_token.clone(),
+                    None,
+                    "module-options",
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(SqsError::PartialCredentials),
+        }
+        let config = loader.load().await;
+        if config.region().is_none() {
+            return Err(SqsError::NoRegion);
+        }
+        Ok(Sqs { client: Client::new(&config), calls: CallCounter::default() })
+    }
+
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+
+    fn fail<E: std::error::Error + 'static>(operation: &'static str, target: &str, error: E) -> SqsError {
+        let detail = DisplayErrorContext(&error).to_string();
+        SqsError::Call { operation, target: target.to_string(), hint: hint_for(&detail), detail }
+    }
+
+    /// Sends one message with String attributes; returns its message id.
+    pub async fn send(&self, queue_url: &str, body: &str, attributes: &[(&str, &str)]) -> Result<String, SqsError> {
+        self.calls.add("SendMessage");
+        let mut request = self.client.send_message().queue_url(queue_url).message_body(body);
+        for (name, value) in attributes {
+            let attribute = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(*value)
+                .build()
+                .map_err(|e| Self::fail("SendMessage", queue_url, e))?;
+            request = request.message_attributes(*name, attribute);
+        }
+        let out = request.send().await.map_err(|e| {
+            if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+                SqsError::QueueMissing(queue_url.to_string())
+            } else {
+                Self::fail("SendMessage", queue_url, e)
+            }
+        })?;
+        Ok(out.message_id.unwrap_or_default())
+    }
+
+    /// Receives up to `max` messages, long-polling `wait_seconds`.
+    pub async fn receive(
+        &self,
+        queue_url: &str,
+        max: i32,
+        wait_seconds: i32,
+        visibility_timeout: Option<i32>,
+    ) -> Result<Vec<Received>, SqsError> {
+        self.calls.add("ReceiveMessage");
+        let mut request = self
+            .client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait_seconds.clamp(0, 20))
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::SenderId)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+        if let Some(timeout) = visibility_timeout {
+            request = request.visibility_timeout(timeout);
+        }
+        let out = request.send().await.map_err(|e| {
+            if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+                SqsError::QueueMissing(queue_url.to_string())
+            } else {
+                Self::fail("ReceiveMessage", queue_url, e)
+            }
+        })?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let system = m.attributes.unwrap_or_default();
+                Received {
+                    message_id: m.message_id.unwrap_or_default(),
+                    receipt_handle: m.receipt_handle.unwrap_or_default(),
+                    body: m.body.unwrap_or_default(),
+                    attributes: m
+                        .message_attributes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(k, v)| v.string_value.map(|s| (k, s)))
+                        .collect(),
+                    sender_id: system.get(&MessageSystemAttributeName::SenderId).cloned(),
+                    receive_count: system
+                        .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|c| c.parse().ok()),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), SqsError> {
+        self.calls.add("DeleteMessage");
+        self.client
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|e| Self::fail("DeleteMessage", queue_url, e))?;
+        Ok(())
+    }
+
+    /// Deletes up to 10 messages in one call; returns the receipt handles that failed.
+    pub async fn delete_batch(&self, queue_url: &str, receipt_handles: &[String]) -> Result<Vec<String>, SqsError> {
+        if receipt_handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.calls.add("DeleteMessageBatch");
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .build()
+                    .map_err(|e| Self::fail("DeleteMessageBatch", queue_url, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| Self::fail("DeleteMessageBatch", queue_url, e))?;
+        Ok(out
+            .failed
+            .iter()
+            .filter_map(|f| f.id.parse::<usize>().ok().and_then(|i| receipt_handles.get(i).cloned()))
+            .collect())
+    }
+
+    /// Makes a message visible again (hands it back). A handle that became invalid because
+    /// another consumer received the message meanwhile is harmless and ignored.
+    pub async fn hand_back(&self, queue_url: &str, receipt_handle: &str) -> Result<(), SqsError> {
+        self.calls.add("ChangeMessageVisibility");
+        match self
+            .client
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().map(|s| s.is_receipt_handle_is_invalid()).unwrap_or(false) => Ok(()),
+            Err(e) => Err(Self::fail("ChangeMessageVisibility", queue_url, e)),
+        }
+    }
+
+    /// Creates a queue, or returns the URL of the existing one with the same attributes.
+    pub async fn create_queue(&self, name: &str, attributes: &[(QueueAttributeName, String)]) -> Result<String, SqsError> {
+        self.calls.add("CreateQueue");
+        let mut request = self.client.create_queue().queue_name(name);
+        for (key, value) in attributes {
+            request = request.attributes(key.clone(), value);
+        }
+        let out = request.send().await.map_err(|e| Self::fail("CreateQueue", name, e))?;
+        Ok(out.queue_url.unwrap_or_default())
+    }
+
+    /// The URL of a queue by name, or `None` when it does not exist.
+    pub async fn queue_url(&self, name: &str) -> Result<Option<String>, SqsError> {
+        self.calls.add("GetQueueUrl");
+        match self.client.get_queue_url().queue_name(name).send().await {
+            Ok(out) => Ok(out.queue_url),
+            Err(e) if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) => Ok(None),
+            Err(e) => Err(Self::fail("GetQueueUrl", name, e)),
+        }
+    }
+
+    async fn attributes(&self, queue_url: &str, names: &[QueueAttributeName]) -> Result<HashMap<QueueAttributeName, String>, SqsError> {
+        self.calls.add("GetQueueAttributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .set_attribute_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+                    SqsError::QueueMissing(queue_url.to_string())
+                } else {
+                    Self::fail("GetQueueAttributes", queue_url, e)
+                }
+            })?;
+        Ok(out.attributes.unwrap_or_default())
+    }
+
+    /// Approximate counts, read without receiving (receiving would raise receive counts).
+    pub async fn depth(&self, queue_url: &str) -> Result<QueueDepth, SqsError> {
+        let attrs = self
+            .attributes(
+                queue_url,
+                &[
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+                ],
+            )
+            .await?;
+        let get = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(QueueDepth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+
+    /// The dead-letter queue URL named by a queue's RedrivePolicy, if it has one.
+    pub async fn dead_letter_queue_of(&self, queue_url: &str) -> Result<Option<String>, SqsError> {
+        let attrs = self.attributes(queue_url, &[QueueAttributeName::RedrivePolicy]).await?;
+        let Some(policy) = attrs.get(&QueueAttributeName::RedrivePolicy) else { return Ok(None) };
+        let arn = serde_json::from_str::<serde_json::Value>(policy)
+            .ok()
+            .and_then(|v| v.get("deadLetterTargetArn").and_then(|a| a.as_str()).map(str::to_string));
+        match arn.as_deref().and_then(|a| a.rsplit(':').next()) {
+            Some(name) => self.queue_url(name).await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// The reply queue of an instance: our prefix plus its id (ids are restricted to queue-name
+/// characters by the policy), so the worker derives the address from the verified identity.
+pub fn reply_queue_name(prefix: &str, instance_id: &str) -> String {
+    format!("{prefix}{instance_id}")
+}

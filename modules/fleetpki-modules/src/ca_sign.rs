@@ -1,0 +1,381 @@
+//! `mtls_ca_sign`: drain the CSR queue — check each request against the policy, sign what it
+//! allows, answer the node, and delete a CSR only once its answer is published. A CA that is
+//! down simply leaves CSRs waiting in the queue.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_core::csr::parse_and_verify_csr;
+use fleetpki_core::policy::{is_valid_instance_id, Policy, ReasonCode, Rejection, SigningRequest, MAX_BODY_BYTES, MAX_CSR_PEM_BYTES};
+use fleetpki_core::sign::{CaSigner, IssuedCertificate};
+use fleetpki_core::wire::{
+    CertificateMessage, CsrMessage, RejectionMessage, ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE, WIRE_VERSION,
+};
+use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs, SqsError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::common::{aws_options, calls_json, now_unix, runtime};
+use crate::csr_submit::rfc3339;
+
+pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
+
+pub fn spec() -> ArgumentSpec {
+    ArgumentSpec::new()
+        .option(OptionSpec::new("csr_queue_url", OptionType::Str).required())
+        .option(OptionSpec::new("ownca_path", OptionType::Path).required())
+        .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path).required())
+        .option(OptionSpec::new("ca_chain_path", OptionType::Path).required())
+        .option(OptionSpec::new("policy_path", OptionType::Path))
+        .option(OptionSpec::new("policy", OptionType::Dict))
+        .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
+        .option(OptionSpec::new("shared_cert_queue_url", OptionType::Str))
+        .option(OptionSpec::new("dead_letter_queue_url", OptionType::Str))
+        .option(OptionSpec::new("batch_size", OptionType::Int).default(10))
+        .option(OptionSpec::new("wait_time_seconds", OptionType::Int).default(1))
+        .option(OptionSpec::new("max_requests", OptionType::Int).default(0))
+        .option(OptionSpec::new("visibility_timeout", OptionType::Int).default(60))
+        .option(OptionSpec::new("audit_log_path", OptionType::Path))
+        .options(aws_options())
+        .mutually_exclusive(&["policy", "policy_path"])
+        .required_one_of(&["policy", "policy_path"])
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Args {
+    pub csr_queue_url: String,
+    pub ownca_path: String,
+    pub ownca_privatekey_path: String,
+    pub ca_chain_path: String,
+    pub policy_path: Option<String>,
+    pub policy: Option<Value>,
+    pub reply_queue_prefix: String,
+    pub shared_cert_queue_url: Option<String>,
+    pub dead_letter_queue_url: Option<String>,
+    pub batch_size: i64,
+    pub wait_time_seconds: i64,
+    pub max_requests: i64,
+    pub visibility_timeout: i64,
+    pub audit_log_path: Option<String>,
+    #[serde(flatten)]
+    pub aws: AwsOptions,
+}
+
+fn check_range(name: &str, value: i64, low: i64, high: i64) -> Result<(), Failure> {
+    if value < low || value > high {
+        return Err(ansible_module::ArgumentError::Invalid { name: name.into(), problem: format!("{value} is outside {low}..{high}") }.into());
+    }
+    Ok(())
+}
+
+pub fn load_policy(args: &Args) -> Result<Policy, Failure> {
+    match (&args.policy_path, &args.policy) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Failure::new(format!("cannot read the policy file {path}: {e}")))?;
+            Policy::from_json(&text).map_err(|e| Failure::new(format!("{path}: {e}")))
+        }
+        (None, Some(value)) => Policy::from_value(value.clone()).map_err(Failure::from),
+        (None, None) => Err(Failure::new("one of the following is required: policy, policy_path")),
+    }
+}
+
+pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
+    let args: Args = invocation.args()?;
+    check_range("batch_size", args.batch_size, 1, 10)?;
+    check_range("wait_time_seconds", args.wait_time_seconds, 0, 20)?;
+    check_range("max_requests", args.max_requests, 0, i64::MAX)?;
+    check_range("visibility_timeout", args.visibility_timeout, 0, 43_200)?;
+    let policy = load_policy(&args)?;
+    let signer = CaSigner::load(Path::new(&args.ownca_path), Path::new(&args.ownca_privatekey_path), Path::new(&args.ca_chain_path))?;
+
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let sqs = Sqs::connect(&args.aws).await?;
+        let mut outcome = if invocation.check_mode {
+            // Never receive in check mode: receiving raises receive counts, and repeated
+            // `--check` runs would push valid CSRs into the dead-letter queue.
+            let depth = sqs.depth(&args.csr_queue_url).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            let mut outcome = Outcome::new(depth.visible > 0, format!("{} request(s) waiting; would process them", depth.visible))
+                .with("queue_depth", depth.visible)
+                .with("issued", 0)
+                .with("rejected", 0)
+                .with("dead_lettered", 0)
+                .with("serials", json!([]));
+            outcome.warnings = policy.warnings();
+            outcome
+        } else {
+            let mut worker = Worker::new(&sqs, &args, &policy, &signer).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            let limit = if args.max_requests == 0 { u64::MAX } else { args.max_requests as u64 };
+            let result = worker.drain(limit).await;
+            let tally = &worker.tally;
+            let mut outcome = Outcome::new(
+                tally.issued + tally.rejected + tally.dead_lettered > 0,
+                format!("issued {}, rejected {}, dead-lettered {}, left for retry {}", tally.issued, tally.rejected, tally.dead_lettered, tally.failed),
+            )
+            .with("issued", tally.issued)
+            .with("rejected", tally.rejected)
+            .with("dead_lettered", tally.dead_lettered)
+            .with("failed", tally.failed)
+            .with("serials", json!(tally.serials));
+            outcome.warnings = policy.warnings();
+            outcome.warnings.extend(worker.warnings.clone());
+            if let Err(e) = result {
+                return Err(Failure::from(e)
+                    .with("issued", tally.issued)
+                    .with("serials", json!(tally.serials))
+                    .with("sqs_calls", calls_json(sqs.calls())));
+            }
+            outcome
+        };
+        outcome = outcome.with("sqs_calls", calls_json(sqs.calls()));
+        Ok(outcome)
+    })
+}
+
+/// Counts of one drain.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub issued: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
+    /// Left in the queue for a retry (e.g. a reply could not be published).
+    pub failed: u64,
+    pub serials: Vec<String>,
+}
+
+/// What to do with one received request.
+enum Verdict {
+    Sign { message: CsrMessage, issued: IssuedCertificate },
+    Refuse { message: Option<CsrMessage>, rejection: Rejection },
+}
+
+pub struct Worker<'a> {
+    sqs: &'a Sqs,
+    args: &'a Args,
+    policy: &'a Policy,
+    signer: &'a CaSigner,
+    dead_letter_queue: Option<String>,
+    reply_queues: HashMap<String, Option<String>>,
+    pub tally: Tally,
+    pub warnings: Vec<String>,
+}
+
+impl<'a> Worker<'a> {
+    pub async fn new(sqs: &'a Sqs, args: &'a Args, policy: &'a Policy, signer: &'a CaSigner) -> Result<Worker<'a>, SqsError> {
+        let dead_letter_queue = match &args.dead_letter_queue_url {
+            Some(url) => Some(url.clone()),
+            None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,
+        };
+        let mut warnings = Vec::new();
+        if dead_letter_queue.is_none() {
+            warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
+        }
+        Ok(Worker { sqs, args, policy, signer, dead_letter_queue, reply_queues: HashMap::new(), tally: Tally::default(), warnings })
+    }
+
+    /// Receives and processes batches until the queue is empty or `limit` requests were handled.
+    pub async fn drain(&mut self, limit: u64) -> Result<(), SqsError> {
+        let mut handled = 0u64;
+        while handled < limit {
+            let want = (limit - handled).min(self.args.batch_size as u64) as i32;
+            let batch = self
+                .sqs
+                .receive(&self.args.csr_queue_url, want, self.args.wait_time_seconds as i32, Some(self.args.visibility_timeout as i32))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            handled += batch.len() as u64;
+            let mut done = Vec::new();
+            for message in &batch {
+                if self.process(message).await? {
+                    done.push(message.receipt_handle.clone());
+                } else {
+                    self.tally.failed += 1;
+                }
+            }
+            // Delete only what was answered; a failed delete means a duplicate answer later,
+            // which the node discards (it no longer waits for that request id).
+            let failed = self.sqs.delete_batch(&self.args.csr_queue_url, &done).await?;
+            if !failed.is_empty() {
+                self.warnings.push(format!("{} processed request(s) could not be deleted and will be answered again", failed.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one request; `true` when it was answered and may be deleted.
+    async fn process(&mut self, received: &Received) -> Result<bool, SqsError> {
+        let verdict = self.judge(received);
+        match verdict {
+            Verdict::Sign { message, issued } => {
+                let reply = ReplyMessage::Certificate(CertificateMessage {
+                    instance_id: message.instance_id.clone(),
+                    certificate_pem: issued.certificate_pem.clone(),
+                    ca_chain_pem: self.signer.chain_pem().to_string(),
+                    version: Some(WIRE_VERSION),
+                    request_id: message.request_id.clone(),
+                    serial: Some(issued.serial_hex.clone()),
+                    not_after: Some(rfc3339(issued.not_after)),
+                });
+                let Some(target) = self.reply_target(&message).await? else {
+                    let rejection = Rejection::new(ReasonCode::MessageMalformed, "no reply queue exists for this instance");
+                    self.audit(received, Some(&message), "failed", Some(&rejection), Some(&issued));
+                    return self.dead_letter(received, "reply_queue_missing: the node's reply queue does not exist").await;
+                };
+                // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
+                let body = if message.is_seed_format() { seed_body(&reply) } else { reply.to_json() };
+                match self.sqs.send(&target, &body, &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)]).await {
+                    Ok(_) => {
+                        self.tally.issued += 1;
+                        self.tally.serials.push(issued.serial_hex.clone());
+                        self.audit(received, Some(&message), "issued", None, Some(&issued));
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        self.warnings.push(format!("could not publish the certificate for {}: {e}", message.instance_id));
+                        Ok(false)
+                    }
+                }
+            }
+            Verdict::Refuse { message, rejection } => self.refuse(received, message, rejection).await,
+        }
+    }
+
+    /// Everything that decides, without I/O but the signature.
+    fn judge(&self, received: &Received) -> Verdict {
+        let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse { message, rejection: Rejection::new(code, text) };
+        if received.body.len() > MAX_BODY_BYTES {
+            return refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len()));
+        }
+        let message: CsrMessage = match serde_json::from_str(&received.body) {
+            Ok(m) => m,
+            Err(e) => return refuse(None, ReasonCode::MessageMalformed, format!("not a CSR message: {e}")),
+        };
+        if message.version.is_some_and(|v| v != WIRE_VERSION) {
+            return refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported"));
+        }
+        if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
+            return refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"));
+        }
+        let csr = match parse_and_verify_csr(&message.csr_pem) {
+            Ok(csr) => csr,
+            Err(e) => {
+                let code = match e.reason_code() {
+                    "csr_signature_invalid" => ReasonCode::CsrSignatureInvalid,
+                    "csr_signature_algorithm" => ReasonCode::CsrSignatureAlgorithm,
+                    "key_type_not_allowed" => ReasonCode::KeyTypeNotAllowed,
+                    _ => ReasonCode::CsrMalformed,
+                };
+                return refuse(Some(message), code, e.to_string());
+            }
+        };
+        let request = SigningRequest {
+            message: &message,
+            attribute_instance_id: received.attributes.get(INSTANCE_ID_ATTRIBUTE).map(String::as_str),
+            sender_id: received.sender_id.as_deref(),
+            csr: &csr,
+        };
+        let grant = match self.policy.evaluate(&request, now_unix()) {
+            Ok(grant) => grant,
+            Err(rejection) => return Verdict::Refuse { message: Some(message), rejection },
+        };
+        match self.signer.sign(&csr, &message.instance_id, grant.profile, grant.lifetime, time::OffsetDateTime::now_utc()) {
+            Ok(issued) => Verdict::Sign { message, issued },
+            Err(e) => refuse(Some(message), ReasonCode::CsrMalformed, format!("cannot sign: {e}")),
+        }
+    }
+
+    /// Answers a refusal: a policy refusal to the node (when it reads rejections), an
+    /// unprocessable message to the dead-letter queue (and to the node, when it is ours).
+    async fn refuse(&mut self, received: &Received, message: Option<CsrMessage>, rejection: Rejection) -> Result<bool, SqsError> {
+        let answerable = message
+            .as_ref()
+            .filter(|m| m.reply_mode() == ReplyMode::PerNode && m.request_id.is_some() && is_valid_instance_id(&m.instance_id));
+        let mut answered = false;
+        if let Some(m) = answerable {
+            if let Some(target) = self.reply_target(m).await? {
+                let reply = ReplyMessage::Rejection(RejectionMessage {
+                    instance_id: m.instance_id.clone(),
+                    request_id: m.request_id.clone().unwrap_or_default(),
+                    reason_code: rejection.code.as_str().into(),
+                    message: rejection.message.clone(),
+                });
+                if self.sqs.send(&target, &reply.to_json(), &[(INSTANCE_ID_ATTRIBUTE, &m.instance_id)]).await.is_ok() {
+                    answered = true;
+                }
+            }
+        }
+        self.audit(received, message.as_ref(), if rejection.code.is_integrity_failure() || !answered { "dead_lettered" } else { "rejected" }, Some(&rejection), None);
+        if rejection.code.is_integrity_failure() || !answered {
+            return self.dead_letter(received, &rejection.to_string()).await;
+        }
+        self.tally.rejected += 1;
+        Ok(true)
+    }
+
+    async fn dead_letter(&mut self, received: &Received, reason: &str) -> Result<bool, SqsError> {
+        let Some(dlq) = self.dead_letter_queue.clone() else {
+            // Without a DLQ the message stays; the queue's own redrive (if any) decides.
+            return Ok(false);
+        };
+        let mut attributes = vec![(REASON_ATTRIBUTE, reason)];
+        if let Some(id) = received.attributes.get(INSTANCE_ID_ATTRIBUTE) {
+            attributes.push((INSTANCE_ID_ATTRIBUTE, id.as_str()));
+        }
+        self.sqs.send(&dlq, &received.body, &attributes).await?;
+        self.tally.dead_lettered += 1;
+        Ok(true)
+    }
+
+    /// The queue to answer on, derived from the verified instance id, never from the message.
+    async fn reply_target(&mut self, message: &CsrMessage) -> Result<Option<String>, SqsError> {
+        if message.reply_mode() == ReplyMode::Shared {
+            return Ok(self.args.shared_cert_queue_url.clone());
+        }
+        if let Some(url) = self.reply_queues.get(&message.instance_id) {
+            return Ok(url.clone());
+        }
+        let url = self.sqs.queue_url(&reply_queue_name(&self.args.reply_queue_prefix, &message.instance_id)).await?;
+        self.reply_queues.insert(message.instance_id.clone(), url.clone());
+        Ok(url)
+    }
+
+    /// One JSON line per decision. No key, secret or HMAC is ever written.
+    fn audit(&mut self, received: &Received, message: Option<&CsrMessage>, decision: &str, rejection: Option<&Rejection>, issued: Option<&IssuedCertificate>) {
+        let Some(path) = &self.args.audit_log_path else { return };
+        let csr_sha256 = message.map(|m| fleetpki_core::sha256_hex(m.csr_pem.as_bytes()));
+        let line = json!({
+            "time": rfc3339(time::OffsetDateTime::now_utc()),
+            "message_id": received.message_id,
+            "request_id": message.and_then(|m| m.request_id.clone()),
+            "instance_id": message.map(|m| m.instance_id.clone()),
+            "sender_id": received.sender_id,
+            "decision": decision,
+            "reason_code": rejection.map(|r| r.code.as_str()),
+            "reason": rejection.map(|r| r.message.clone()),
+            "serial": issued.map(|i| i.serial_hex.clone()),
+            "not_after": issued.map(|i| rfc3339(i.not_after)),
+            "csr_sha256": csr_sha256,
+            "certificate_sha256": issued.map(|i| i.sha256.clone()),
+        });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            self.warnings.push(format!("cannot write the audit log {path}: {e}"));
+        }
+    }
+}
+
+/// The seed's certificate message: its three fields plus our optional ones, without `kind`.
+fn seed_body(reply: &ReplyMessage) -> String {
+    match reply {
+        ReplyMessage::Certificate(c) => serde_json::to_string(c).unwrap_or_default(),
+        ReplyMessage::Rejection(_) => reply.to_json(),
+    }
+}

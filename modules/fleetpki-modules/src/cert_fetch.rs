@@ -1,0 +1,257 @@
+//! `mtls_cert_fetch`: wait for this node's certificate, check it, install it atomically.
+//! A certificate is installed only if it is for the pending key, names and profile, answers the
+//! pending request, and validates against the pinned CA alone; anything else is a warning and
+//! leaves the installed pair untouched.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
+use fleetpki_core::keys::{load_private_key, public_key_spki};
+use fleetpki_core::layout::{Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE};
+use fleetpki_core::names::parse_names;
+use fleetpki_core::wire::{ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE};
+use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
+use crate::csr_submit::rfc3339;
+
+pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
+
+/// How long a received message stays hidden while we look at it.
+const VISIBILITY_SECONDS: i32 = 30;
+
+pub fn spec() -> ArgumentSpec {
+    ArgumentSpec::new()
+        .option(OptionSpec::new("instance_id", OptionType::Str).required())
+        .option(OptionSpec::new("path", OptionType::Path).required())
+        .option(OptionSpec::new("ca_path", OptionType::Path).required())
+        .option(OptionSpec::new("wait", OptionType::Bool).default(true))
+        .option(OptionSpec::new("timeout", OptionType::Int).default(300))
+        .option(OptionSpec::new("reply_mode", OptionType::Str).choices(["per_node", "shared"]).default("per_node"))
+        .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
+        .option(OptionSpec::new("shared_cert_queue_url", OptionType::Str))
+        .options(file_options())
+        .options(aws_options())
+}
+
+#[derive(Debug, Deserialize)]
+struct Args {
+    instance_id: String,
+    path: String,
+    ca_path: String,
+    wait: bool,
+    timeout: i64,
+    reply_mode: ReplyMode,
+    reply_queue_prefix: String,
+    shared_cert_queue_url: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    mode: Value,
+    #[serde(flatten)]
+    aws: AwsOptions,
+}
+
+/// What became of one received message.
+enum Handled {
+    Installed(Outcome),
+    Rejected(String),
+    /// Not for us, stale, forged or unusable: the warning says which.
+    Ignored(Option<String>),
+}
+
+pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
+    let args: Args = invocation.args()?;
+    if args.timeout < 0 {
+        return Err(ansible_module::ArgumentError::Invalid { name: "timeout".into(), problem: "must be 0 or more seconds".into() }.into());
+    }
+    if args.reply_mode == ReplyMode::Shared && args.shared_cert_queue_url.is_none() {
+        return Err(Failure::new("reply_mode=shared needs shared_cert_queue_url"));
+    }
+    let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
+    let layout = Layout::new(&args.path);
+    let paths = |outcome: Outcome| {
+        outcome
+            .with("privatekey_path", layout.current_path(KEY_FILE).display().to_string())
+            .with("certificate_path", layout.current_path(CERT_FILE).display().to_string())
+            .with("chain_path", layout.current_path(CHAIN_FILE).display().to_string())
+            .with("fullchain_path", layout.current_path(FULLCHAIN_FILE).display().to_string())
+    };
+
+    let Some(pending) = layout.read_pending()? else {
+        let status = if layout.read_current()?.is_some() { "unchanged" } else { "no_request" };
+        return Ok(paths(Outcome::new(false, "no request is pending: nothing to fetch").with("status", status)));
+    };
+    let key_pem = layout
+        .read_pending_key()?
+        .ok_or_else(|| Failure::new(format!("request {} is pending but its key {} is missing: run mtls_csr_submit with force=true", pending.request_id, layout.pending_key_path().display())))?;
+    let key = load_private_key(&key_pem, &layout.pending_key_path().display().to_string())?;
+    let anchors_pem = std::fs::read_to_string(&args.ca_path).map_err(|e| Failure::new(format!("cannot read the pinned CA file {}: {e}", args.ca_path)))?;
+    let anchors = load_certificates(&anchors_pem);
+    if anchors.is_empty() {
+        return Err(Failure::new(format!("the pinned CA file {} holds no PEM certificate", args.ca_path)));
+    }
+    let names = parse_names(&pending.names)?;
+    let spki = public_key_spki(&key);
+    let expect = Expectation { instance_id: &args.instance_id, spki_der: &spki, names: &names, profile: pending.profile };
+
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let sqs = Sqs::connect(&args.aws).await?;
+        let with_calls = |f: Failure, sqs: &Sqs| f.with("sqs_calls", calls_json(sqs.calls()));
+        let queue_url = match resolve_queue(&sqs, &args, &pending).await {
+            Ok(url) => url,
+            Err(f) => return Err(with_calls(f, &sqs)),
+        };
+        let base = Outcome::new(false, "").with("request_id", pending.request_id.clone());
+
+        if invocation.check_mode {
+            // Never receive in check mode: it would raise receive counts and hide messages.
+            let depth = sqs.depth(&queue_url).await.map_err(|e| with_calls(e.into(), &sqs))?;
+            let mut outcome = paths(base).with("status", "pending").with("sqs_calls", calls_json(sqs.calls()));
+            outcome.changed = depth.visible > 0 && args.reply_mode == ReplyMode::PerNode;
+            outcome.msg = if outcome.changed {
+                "an answer is waiting: would check and install it".into()
+            } else {
+                "no answer is waiting yet".into()
+            };
+            return Ok(outcome);
+        }
+
+        let started = Instant::now();
+        let deadline = Duration::from_secs(if args.wait { args.timeout as u64 } else { 0 });
+        let mut warnings = Vec::new();
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            let wait = if args.wait { left.as_secs().min(20) as i32 } else { 1 };
+            let messages = sqs.receive(&queue_url, 10, wait, Some(VISIBILITY_SECONDS)).await.map_err(|e| with_calls(e.into(), &sqs))?;
+            for message in &messages {
+                match handle(&sqs, &queue_url, &args, &pending, &layout, &key_pem, &perms, &expect, &anchors, message).await {
+                    Ok(Handled::Installed(outcome)) => {
+                        let mut outcome = paths(outcome).with("sqs_calls", calls_json(sqs.calls()));
+                        outcome.warnings = warnings;
+                        return Ok(outcome);
+                    }
+                    Ok(Handled::Rejected(msg)) => return Err(with_calls(Failure::new(msg), &sqs)),
+                    Ok(Handled::Ignored(warning)) => warnings.extend(warning),
+                    Err(f) => return Err(with_calls(f, &sqs)),
+                }
+            }
+            if started.elapsed() >= deadline {
+                break;
+            }
+        }
+        if !args.wait {
+            let mut outcome = paths(base).with("status", "pending").with("sqs_calls", calls_json(sqs.calls()));
+            outcome.msg = format!("request {} has no answer yet", pending.request_id);
+            outcome.warnings = warnings;
+            return Ok(outcome);
+        }
+        let mut failure = Failure::new(format!(
+            "no certificate for request {} after {} s: is the CA worker running? The request stays pending; run again to keep waiting",
+            pending.request_id, args.timeout
+        ))
+        .with("status", "pending");
+        if !warnings.is_empty() {
+            failure = failure.with("warnings", warnings);
+        }
+        Err(with_calls(failure, &sqs))
+    })
+}
+
+async fn resolve_queue(sqs: &Sqs, args: &Args, pending: &PendingRequest) -> Result<String, Failure> {
+    match args.reply_mode {
+        ReplyMode::Shared => Ok(args.shared_cert_queue_url.clone().unwrap_or_default()),
+        ReplyMode::PerNode => match &pending.reply_queue_url {
+            Some(url) => Ok(url.clone()),
+            None => sqs
+                .queue_url(&reply_queue_name(&args.reply_queue_prefix, &args.instance_id))
+                .await?
+                .ok_or_else(|| Failure::new("this node's reply queue does not exist: run mtls_csr_submit first")),
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    sqs: &Sqs,
+    queue_url: &str,
+    args: &Args,
+    pending: &PendingRequest,
+    layout: &Layout,
+    key_pem: &str,
+    perms: &fleetpki_core::layout::FilePerms,
+    expect: &Expectation<'_>,
+    anchors: &[rustls_pki_types::CertificateDer<'static>],
+    message: &Received,
+) -> Result<Handled, Failure> {
+    // On the seed's shared queue, other nodes' messages are handed back at once.
+    if args.reply_mode == ReplyMode::Shared && message.attributes.get(INSTANCE_ID_ATTRIBUTE) != Some(&args.instance_id) {
+        sqs.hand_back(queue_url, &message.receipt_handle).await?;
+        return Ok(Handled::Ignored(None));
+    }
+    // Everything else on our queue is answered (installed, refused) or discarded: our queue is
+    // only ours, and a message we cannot use would otherwise come back forever.
+    let ignore = |why: String| Ok(Handled::Ignored(Some(why)));
+    let reply = match ReplyMessage::from_json(&message.body) {
+        Ok(reply) => reply,
+        Err(e) => {
+            sqs.delete(queue_url, &message.receipt_handle).await?;
+            return ignore(format!("discarded an unreadable message {}: {e}", message.message_id));
+        }
+    };
+    let for_pending = match reply.request_id() {
+        Some(id) => id == pending.request_id,
+        // A seed worker's answer carries no request id: the key check below still binds it.
+        None => args.reply_mode == ReplyMode::Shared,
+    };
+    if !for_pending {
+        sqs.delete(queue_url, &message.receipt_handle).await?;
+        return ignore(format!(
+            "discarded an answer to request {:?}, not the pending request {}",
+            reply.request_id(),
+            pending.request_id
+        ));
+    }
+    match reply {
+        ReplyMessage::Rejection(rejection) => {
+            if rejection.instance_id != args.instance_id {
+                sqs.delete(queue_url, &message.receipt_handle).await?;
+                return ignore(format!("discarded a rejection addressed to {}", rejection.instance_id));
+            }
+            layout.clear_pending_request()?;
+            sqs.delete(queue_url, &message.receipt_handle).await?;
+            Ok(Handled::Rejected(format!(
+                "the CA refused request {}: {} ({}). Fix the request or the signing policy, then submit again",
+                pending.request_id, rejection.reason_code, rejection.message
+            )))
+        }
+        ReplyMessage::Certificate(certificate) => {
+            match check_issued_certificate(&certificate.certificate_pem, &certificate.ca_chain_pem, anchors, expect, SystemTime::now()) {
+                Err(refusal) => {
+                    sqs.delete(queue_url, &message.receipt_handle).await?;
+                    ignore(format!("refused a certificate for request {} ({}): {refusal}", pending.request_id, refusal.reason_code()))
+                }
+                Ok(info) => {
+                    let cert_pem = info.pem();
+                    let chain = certificate.ca_chain_pem.clone();
+                    layout.install(&info.serial_hex, key_pem, &cert_pem, &chain, perms)?;
+                    // Install first, delete second: a crash in between re-delivers an answer
+                    // that no pending request waits for any more, and it is discarded then.
+                    let mut outcome = Outcome::new(true, format!("installed certificate {} for request {}", info.serial_hex, pending.request_id))
+                        .with("status", "installed")
+                        .with("request_id", pending.request_id.clone())
+                        .with("serial", info.serial_hex.clone())
+                        .with("not_after", rfc3339(info.not_after));
+                    if let Err(e) = sqs.delete(queue_url, &message.receipt_handle).await {
+                        outcome.warnings.push(format!("installed, but could not delete the answer from the queue: {e}"));
+                    }
+                    outcome.diff = Some(("(previous certificate)\n".into(), format!("certificate {}\n", info.serial_hex)));
+                    Ok(Handled::Installed(outcome))
+                }
+            }
+        }
+    }
+}

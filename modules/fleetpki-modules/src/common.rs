@@ -1,0 +1,66 @@
+//! What several modules share: amazon.aws connection options, community.crypto file options,
+//! and the small async runtime the SQS modules run on.
+
+use std::collections::BTreeMap;
+
+use ansible_module::{ArgumentError, OptionSpec, OptionType};
+use fleetpki_core::layout::{parse_mode, FilePerms};
+use serde_json::Value;
+
+/// amazon.aws's connection options (see `plugins/doc_fragments/aws.py`).
+pub fn aws_options() -> Vec<OptionSpec> {
+    vec![
+        OptionSpec::new("region", OptionType::Str).aliases(&["aws_region", "ec2_region"]),
+        OptionSpec::new("endpoint_url", OptionType::Str).aliases(&["aws_endpoint_url"]),
+        OptionSpec::new("profile", OptionType::Str).aliases(&["aws_profile"]),
+        OptionSpec::new("access_key", OptionType::Str).aliases(&["aws_access_key_id", "aws_access_key"]),
+        OptionSpec::new("secret_key", OptionType::Str).aliases(&["aws_secret_access_key", "aws_secret_key"]).no_log(),
+        OptionSpec::new("session_token", OptionType::Str).aliases(&["aws_session_token"]).no_log(),
+    ]
+}
+
+/// community.crypto's file options for a private key.
+pub fn file_options() -> Vec<OptionSpec> {
+    vec![
+        OptionSpec::new("owner", OptionType::Str),
+        OptionSpec::new("group", OptionType::Str),
+        OptionSpec::new("mode", OptionType::Raw).default("0600"),
+    ]
+}
+
+/// The key file permissions from `mode`/`owner`/`group`. A YAML `mode: 0600` arrives as the
+/// integer 384 (already octal-decoded), a quoted one as the string "0600": both are accepted.
+pub fn key_perms(mode: &Value, owner: Option<String>, group: Option<String>) -> Result<FilePerms, ArgumentError> {
+    let invalid = || ArgumentError::Invalid {
+        name: "mode".into(),
+        problem: format!("{mode} is not an octal file mode such as \"0600\""),
+    };
+    let mode = match mode {
+        Value::String(s) => parse_mode(s).ok_or_else(invalid)?,
+        Value::Number(n) => n.as_u64().filter(|m| *m <= 0o7777).ok_or_else(invalid)? as u32,
+        Value::Null => 0o600,
+        _ => return Err(invalid()),
+    };
+    if mode & 0o007 != 0 {
+        return Err(ArgumentError::Invalid {
+            name: "mode".into(),
+            problem: format!("{mode:04o} lets other users read the private key: use 0600, 0640 or 0400"),
+        });
+    }
+    Ok(FilePerms::private(owner, group, mode))
+}
+
+/// A single-threaded runtime: the node modules make a handful of sequential calls.
+pub fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// The SQS call counts as a JSON return value.
+pub fn calls_json(calls: BTreeMap<String, u64>) -> Value {
+    serde_json::to_value(calls).unwrap_or_default()
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -1,0 +1,192 @@
+//! `mtls_csr_submit`: ensure the node's key, build its CSR and publish it to the CSR queue.
+//! Nothing is sent while a valid certificate is installed outside the renewal window or while a
+//! request for the same names is pending.
+
+use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_core::csr::build_csr;
+use fleetpki_core::keys::{load_private_key, KeySpec};
+use fleetpki_core::layout::{Layout, PendingRequest};
+use fleetpki_core::names::parse_names;
+use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, is_valid_instance_id};
+use fleetpki_core::renewal::{decide, RenewBefore, Wanted};
+use fleetpki_core::wire::{CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION};
+use fleetpki_sqs::{reply_queue_name, AwsOptions, Sqs};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::common::{aws_options, calls_json, file_options, key_perms, now_unix, runtime};
+
+pub const NAME: &str = "fleetpki.mtls.mtls_csr_submit";
+
+pub fn spec() -> ArgumentSpec {
+    ArgumentSpec::new()
+        .option(OptionSpec::new("instance_id", OptionType::Str).required())
+        .option(OptionSpec::new("path", OptionType::Path).required())
+        .option(OptionSpec::new("csr_queue_url", OptionType::Str).required())
+        .option(OptionSpec::new("subject_alt_name", OptionType::List(ElementType::Str)).default(json!([])))
+        .option(OptionSpec::new("type", OptionType::Str).choices(["ECC", "RSA"]).default("ECC"))
+        .option(OptionSpec::new("curve", OptionType::Str).choices(["secp256r1", "secp384r1"]).default("secp256r1"))
+        .option(OptionSpec::new("size", OptionType::Int).choices([2048, 3072, 4096]).default(2048))
+        .option(OptionSpec::new("certificate_profile", OptionType::Str).choices(["mtls", "server", "client"]).default("mtls"))
+        .option(OptionSpec::new("key_rotation", OptionType::Str).choices(["rotate", "reuse"]).default("rotate"))
+        .option(OptionSpec::new("renew_before", OptionType::Str).default("33%"))
+        .option(OptionSpec::new("force", OptionType::Bool).default(false))
+        .option(OptionSpec::new("lifetime_days", OptionType::Int))
+        .option(OptionSpec::new("reply_mode", OptionType::Str).choices(["per_node", "shared"]).default("per_node"))
+        .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
+        .option(OptionSpec::new("enrollment_secret", OptionType::Str).no_log())
+        .options(file_options())
+        .options(aws_options())
+}
+
+#[derive(Debug, Deserialize)]
+struct Args {
+    instance_id: String,
+    path: String,
+    csr_queue_url: String,
+    subject_alt_name: Vec<String>,
+    #[serde(rename = "type")]
+    key_type: String,
+    curve: String,
+    size: u32,
+    /// Not `profile`: that is amazon.aws's AWS profile option.
+    certificate_profile: Profile,
+    key_rotation: String,
+    renew_before: String,
+    force: bool,
+    lifetime_days: Option<u32>,
+    reply_mode: ReplyMode,
+    reply_queue_prefix: String,
+    enrollment_secret: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    mode: Value,
+    #[serde(flatten)]
+    aws: AwsOptions,
+}
+
+fn invalid(name: &str, problem: impl Into<String>) -> Failure {
+    Failure::from(ansible_module::ArgumentError::Invalid { name: name.into(), problem: problem.into() })
+}
+
+pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
+    let args: Args = invocation.args()?;
+    if !is_valid_instance_id(&args.instance_id) {
+        return Err(invalid("instance_id", "use 1-64 letters, digits, '-' or '_' (it names the reply queue)"));
+    }
+    let names = parse_names(&args.subject_alt_name).map_err(|e| invalid("subject_alt_name", e.to_string()))?;
+    let renew_before = RenewBefore::parse(&args.renew_before).map_err(|e| invalid("renew_before", e))?;
+    let key_spec = KeySpec::from_options(&args.key_type, &args.curve, args.size)?;
+    let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
+    let layout = Layout::new(&args.path);
+
+    // 1. Decide from local state alone (check mode relies on this: no receive, no send).
+    let installed = layout.read_current()?;
+    let pending = layout.read_pending()?;
+    let wanted = Wanted { instance_id: &args.instance_id, names: &names, profile: args.certificate_profile, renew_before, force: args.force };
+    let decision = decide(&wanted, installed.as_ref(), pending.as_ref(), time::OffsetDateTime::now_utc());
+    let reason = decision.reason;
+    let mut outcome = Outcome::new(false, "").with("reason", reason.as_str()).with("submitted", false);
+    if let Some(cert) = &decision.current {
+        let left = (cert.not_after - time::OffsetDateTime::now_utc()).whole_seconds().max(0);
+        outcome = outcome.with("not_after", rfc3339(cert.not_after)).with("seconds_left", left);
+    }
+    if let Some(p) = &pending {
+        outcome = outcome.with("request_id", p.request_id.clone());
+    }
+    if !reason.submits() {
+        outcome.msg = match reason.as_str() {
+            "request_pending" => "a request for these names is already pending: fetch its certificate".into(),
+            _ => "the installed certificate is valid and outside the renewal window".into(),
+        };
+        return Ok(outcome);
+    }
+
+    // 2. The key: reuse the live key if asked, else the pending key of an earlier attempt
+    //    (never used yet), else a new one.
+    let existing_key = match (&args.key_rotation[..], &installed) {
+        ("reuse", Some(pair)) => Some(pair.key_pem.clone()),
+        _ => layout.read_pending_key()?,
+    };
+    let request_id = fleetpki_core::new_request_id();
+    outcome = outcome.with("privatekey_path", layout.pending_key_path().display().to_string());
+    outcome.diff = Some((
+        pending.as_ref().map(|p| format!("pending request {}\n", p.request_id)).unwrap_or_default(),
+        format!("pending request (new) for {}\n", names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+    ));
+    if invocation.check_mode {
+        outcome.changed = true;
+        outcome.msg = format!("would submit a new certificate request ({reason})");
+        return Ok(outcome);
+    }
+    let key = match existing_key {
+        Some(pem) => load_private_key(&pem, &layout.pending_key_path().display().to_string())?,
+        None => key_spec.generate()?,
+    };
+    // Write the key first: a request must never be in flight for a key we could lose.
+    layout.write_pending_key(&key.serialize_pem(), &perms)?;
+    let csr_pem = build_csr(&key, &args.instance_id, &names)?;
+
+    // 3. Publish.
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let sqs = Sqs::connect(&args.aws).await?;
+        let reply_queue_url = match args.reply_mode {
+            ReplyMode::PerNode => Some(sqs.create_queue(&reply_queue_name(&args.reply_queue_prefix, &args.instance_id), &[]).await?),
+            ReplyMode::Shared => None,
+        };
+        let timestamp = now_unix();
+        let identity_proof = args.enrollment_secret.as_deref().map(|secret| IdentityProof {
+            kind: "enrollment_secret".into(),
+            hmac: Some(enrollment_mac(
+                secret,
+                &enrollment_mac_input(&request_id, timestamp, &args.instance_id, args.certificate_profile, &csr_pem),
+            )),
+        });
+        let message = CsrMessage {
+            instance_id: args.instance_id.clone(),
+            csr_pem: csr_pem.clone(),
+            version: Some(WIRE_VERSION),
+            request_id: Some(request_id.clone()),
+            timestamp: Some(timestamp),
+            profile: Some(args.certificate_profile),
+            lifetime_days: args.lifetime_days,
+            reply_mode: Some(args.reply_mode),
+            identity_proof,
+        };
+        let body = serde_json::to_string(&message).map_err(|e| Failure::new(e.to_string()))?;
+        // Record the request before sending: after a crash in between, the node waits for an
+        // answer (and resubmits on `force`) rather than forgetting what it asked for.
+        let record = PendingRequest {
+            request_id: request_id.clone(),
+            instance_id: args.instance_id.clone(),
+            names: names.iter().map(ToString::to_string).collect(),
+            profile: args.certificate_profile,
+            reply_mode: args.reply_mode,
+            reply_queue_url: reply_queue_url.clone(),
+            submitted_at: timestamp,
+        };
+        layout.write_pending(&record)?;
+        let sent = sqs.send(&args.csr_queue_url, &body, &[(INSTANCE_ID_ATTRIBUTE, &args.instance_id)]).await;
+        let message_id = match sent {
+            Ok(id) => id,
+            Err(error) => {
+                layout.clear_pending_request()?;
+                return Err(Failure::from(error).with("sqs_calls", calls_json(sqs.calls())));
+            }
+        };
+        outcome.changed = true;
+        outcome.msg = format!("submitted certificate request {request_id} ({reason})");
+        Ok(outcome
+            .with("submitted", true)
+            .with("request_id", request_id.clone())
+            .with("message_id", message_id)
+            .with("reply_queue_url", reply_queue_url.map(Value::from).unwrap_or(Value::Null))
+            .with("csr", csr_pem.clone())
+            .with("sqs_calls", calls_json(sqs.calls())))
+    })
+}
+
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

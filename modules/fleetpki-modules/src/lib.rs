@@ -1,0 +1,8 @@
+//! The modules of fleetpki.mtls: each one's argument spec and its task, read top to bottom.
+//! The binaries in `src/bin/` only hand these to the Ansible protocol layer.
+
+pub mod ca_init;
+pub mod ca_sign;
+pub mod cert_fetch;
+pub mod common;
+pub mod csr_submit;

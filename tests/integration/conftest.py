@@ -1,0 +1,344 @@
+"""Fixtures for the integration tests: a moto SQS server, per-test queues, a CA, simulated nodes.
+
+Run with the project's venv:  .venv/bin/python -m pytest -q tests/integration
+The module binaries must be built first (`cargo build --release`; scripts/test does both).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import helpers
+from helpers import REPO_ROOT
+
+SQS_SERVER = REPO_ROOT / "scripts" / "sqs-server"
+SQS_ENV_KEYS = (
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_EC2_METADATA_DISABLED",
+)
+
+
+def pytest_configure(config):
+    """Turn SIGTERM (a CI timeout, `kill`) into KeyboardInterrupt, so pytest still runs the fixture
+    teardowns and the moto server is stopped instead of being left behind."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+# --------------------------------------------------------------------------------------------
+# SQS
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SqsServer:
+    dir: Path
+    endpoint: str
+    env: dict[str, str]  # what a module binary needs (the five AWS_* variables)
+    default_queues: dict[str, str]  # FLEETPKI_* from sqs.env (the queues scripts/sqs-server made)
+
+
+def _parse_env_file(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line.startswith("export "):
+            continue
+        key, _, value = line[len("export ") :].partition("=")
+        words = shlex.split(value)
+        out[key] = words[0] if words else ""
+    return out
+
+
+@pytest.fixture(scope="session")
+def sqs_server(tmp_path_factory) -> SqsServer:
+    """One moto server for the session, started and stopped through scripts/sqs-server."""
+    run_dir = tmp_path_factory.mktemp("sqs")
+
+    def sqs_server_cmd(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(SQS_SERVER), action, str(run_dir)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # The stop is in `finally` from the start on: an interrupt (Ctrl-C, SIGTERM) while the server
+    # is starting must not leave it behind. `stop` is a no-op when nothing was started.
+    try:
+        start = sqs_server_cmd("start")
+        if start.returncode != 0:
+            log_file = run_dir / "sqs.log"
+            log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            pytest.fail(
+                f"scripts/sqs-server start failed (rc {start.returncode}):\n{start.stdout}{start.stderr}"
+                f"\nlog:\n{log[-3000:]}",
+                pytrace=False,
+            )
+        values = _parse_env_file(run_dir / "sqs.env")
+        yield SqsServer(
+            dir=run_dir,
+            endpoint=values["AWS_ENDPOINT_URL_SQS"],
+            env={k: values[k] for k in SQS_ENV_KEYS},
+            default_queues={k: v for k, v in values.items() if k.startswith("FLEETPKI_")},
+        )
+    finally:
+        stop = sqs_server_cmd("stop")
+        if stop.returncode != 0:
+            print(f"scripts/sqs-server stop failed: {stop.stdout}{stop.stderr}")
+
+
+@pytest.fixture(scope="session")
+def sqs_env(sqs_server) -> dict[str, str]:
+    return dict(sqs_server.env)
+
+
+@pytest.fixture(scope="session")
+def sqs(sqs_server):
+    """A boto3 SQS client on the moto server, for inspecting queues."""
+    return helpers.sqs_admin.make_client(sqs_server.endpoint, sqs_server.env["AWS_REGION"])
+
+
+@dataclass
+class Queues:
+    prefix: str  # every queue of this test is named prefix-...
+    csr: str
+    dlq: str
+    shared: str
+    reply_prefix: str  # reply_queue_prefix option: per-node queues are reply_prefix + instance id
+
+    def snapshot(self, client) -> dict[str, dict[str, int]]:
+        """All of this test's queues (including per-node reply queues) with their counts."""
+        return helpers.snapshot_queues(client, self.prefix)
+
+
+@pytest.fixture
+def queues(sqs) -> Queues:
+    """A fresh, uniquely named set of queues per test: tests never see each other's messages."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    urls = helpers.sqs_admin.create_prefixed(sqs, prefix)
+    q = Queues(
+        prefix=prefix,
+        csr=urls["csr_queue_url"],
+        dlq=urls["csr_dlq_url"],
+        shared=urls["shared_cert_queue_url"],
+        reply_prefix=f"{prefix}-reply-",
+    )
+    yield q
+    # Keep moto small: drop this test's queues (reply queues included).
+    for url in helpers.queues_with_prefix(sqs, prefix):
+        try:
+            sqs.delete_queue(QueueUrl=url)
+        except Exception:  # noqa: BLE001 - cleanup only
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# Running modules
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def module_env(sqs_env) -> dict[str, str]:
+    """The environment the binaries run with: no AWS settings of the developer, the moto ones."""
+    return helpers.module_env(sqs_env)
+
+
+@pytest.fixture
+def run_module(module_env, tmp_path):
+    """run_module(name, args, check=False, diff=False, env=None) -> (result, CompletedProcess).
+
+    env defaults to the moto environment; args files are kept under the test's tmp_path/args.
+    """
+
+    def run(name: str, args: dict[str, Any], check: bool = False, diff: bool = False, env=None, timeout=None):
+        return helpers.run_module(
+            name,
+            args,
+            check=check,
+            diff=diff,
+            env=module_env if env is None else env,
+            timeout=timeout or helpers.MODULE_TIMEOUT,
+            args_dir=tmp_path / "args",
+        )
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# The CA
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CA:
+    dir: Path
+    root_cert_path: Path
+    root_privatekey_path: Path
+    intermediate_cert_path: Path
+    intermediate_privatekey_path: Path
+    chain_path: Path
+    policy_path: Path
+    init_result: dict[str, Any] = field(default_factory=dict)
+
+    def init_args(self) -> dict[str, Any]:
+        return {
+            "root_cert_path": str(self.root_cert_path),
+            "root_privatekey_path": str(self.root_privatekey_path),
+            "intermediate_cert_path": str(self.intermediate_cert_path),
+            "intermediate_privatekey_path": str(self.intermediate_privatekey_path),
+            "chain_path": str(self.chain_path),
+        }
+
+
+def ca_paths(directory: Path) -> CA:
+    return CA(
+        dir=directory,
+        root_cert_path=directory / "root.pem",
+        root_privatekey_path=directory / "root.key",
+        intermediate_cert_path=directory / "intermediate.pem",
+        intermediate_privatekey_path=directory / "intermediate.key",
+        chain_path=directory / "chain.pem",
+        policy_path=directory / "policy.json",
+    )
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory) -> CA:
+    """A CA (root + intermediate) made once per session by mtls_ca_init, plus a permissive policy."""
+    directory = tmp_path_factory.mktemp("ca")
+    ca = ca_paths(directory)
+    result, proc = helpers.run_module(
+        "mtls_ca_init", ca.init_args(), env=helpers.module_env(), args_dir=directory / "args"
+    )
+    helpers.assert_ok(result, proc)
+    for p in (ca.root_cert_path, ca.intermediate_cert_path, ca.intermediate_privatekey_path, ca.chain_path):
+        assert p.is_file(), f"mtls_ca_init did not write {p}:\n{helpers.describe(result, proc)}"
+    helpers.write_policy(ca.policy_path)
+    ca.init_result = result
+    return ca
+
+
+# --------------------------------------------------------------------------------------------
+# Simulated nodes and the worker
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """A simulated fleet node: its own instance id, install directory and SANs."""
+
+    n: int
+    instance_id: str
+    path: Path
+    sans: list[str]
+    queues: Queues
+    ca: CA
+    run_module: Any
+
+    def submit_args(self, **overrides: Any) -> dict[str, Any]:
+        args = {
+            "instance_id": self.instance_id,
+            "path": str(self.path),
+            "csr_queue_url": self.queues.csr,
+            "subject_alt_name": list(self.sans),
+            "reply_queue_prefix": self.queues.reply_prefix,
+        }
+        args.update(overrides)
+        return args
+
+    def fetch_args(self, **overrides: Any) -> dict[str, Any]:
+        args = {
+            "instance_id": self.instance_id,
+            "path": str(self.path),
+            "ca_path": str(self.ca.root_cert_path),
+            "reply_queue_prefix": self.queues.reply_prefix,
+            "wait": True,
+            "timeout": 30,
+        }
+        args.update(overrides)
+        return args
+
+    def submit(self, check: bool = False, diff: bool = False, **overrides: Any):
+        return self.run_module("mtls_csr_submit", self.submit_args(**overrides), check=check, diff=diff)
+
+    def fetch(self, check: bool = False, diff: bool = False, **overrides: Any):
+        return self.run_module("mtls_cert_fetch", self.fetch_args(**overrides), check=check, diff=diff)
+
+    # The install layout (docs/interfaces.md).
+    @property
+    def current(self) -> Path:
+        return self.path / "current"
+
+    @property
+    def pending_key(self) -> Path:
+        return self.path / "pending" / "privkey.pem"
+
+    @property
+    def pending_request(self) -> dict[str, Any]:
+        return json.loads((self.path / "pending" / "request.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def make_node(tmp_path, queues, ca, run_module):
+    """make_node(n) -> Node with instance id i-0000000000000000n, its own dir, DNS:node<n>.fleet.internal + IP:127.0.0.1."""
+
+    def make(n: int, sans: list[str] | None = None) -> Node:
+        return Node(
+            n=n,
+            instance_id=f"i-{n:017x}",
+            path=tmp_path / f"node{n}",
+            sans=sans if sans is not None else [f"DNS:node{n}.fleet.internal", "IP:127.0.0.1"],
+            queues=queues,
+            ca=ca,
+            run_module=run_module,
+        )
+
+    return make
+
+
+@pytest.fixture
+def sign_args(queues, ca):
+    """sign_args(**overrides): mtls_ca_sign options for this test's queues and the session CA."""
+
+    def build(**overrides: Any) -> dict[str, Any]:
+        args = {
+            "csr_queue_url": queues.csr,
+            "ownca_path": str(ca.intermediate_cert_path),
+            "ownca_privatekey_path": str(ca.intermediate_privatekey_path),
+            "ca_chain_path": str(ca.chain_path),
+            "policy_path": str(ca.policy_path),
+            "reply_queue_prefix": queues.reply_prefix,
+            "shared_cert_queue_url": queues.shared,
+            "wait_time_seconds": 1,
+        }
+        args.update(overrides)
+        return args
+
+    return build
+
+
+@pytest.fixture
+def sign(run_module, sign_args):
+    """sign(check=False, **overrides) -> (result, proc): one mtls_ca_sign drain."""
+
+    def run(check: bool = False, diff: bool = False, **overrides: Any):
+        return run_module("mtls_ca_sign", sign_args(**overrides), check=check, diff=diff)
+
+    return run

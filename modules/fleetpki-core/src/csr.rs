@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName as SanExtension};
 use x509_cert::request::{CertReq, ExtensionReq};
@@ -123,8 +123,17 @@ pub(crate) fn to_rcgen_san(name: &SubjectAltName) -> Result<SanType, PkiError> {
 
 /// Parses a PEM CSR and verifies its self-signature (proof that the requester holds the key).
 pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
-    let req = CertReq::from_pem(pem.trim().as_bytes()).map_err(|e| CsrError::Malformed(e.to_string()))?;
-    let der = req.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let block = ::pem::parse(pem.trim()).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
+        return Err(CsrError::Malformed(format!("a PEM '{}' block is not a CERTIFICATE REQUEST", block.tag())));
+    }
+    let der = block.contents();
+    let req = CertReq::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    // The der crate tolerates some non-canonical lengths; only canonical DER is accepted, so the
+    // bytes whose signature is verified below are exactly the bytes received.
+    if req.to_der().map_err(|e| CsrError::Malformed(e.to_string()))? != der {
+        return Err(CsrError::Malformed("not canonical DER".into()));
+    }
     let spki_der = req.info.public_key.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
     let key = key_kind(&req.info.public_key)?;
 
@@ -132,7 +141,8 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
     let tbs = req.info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
     let algorithm = verification_algorithm(key, req.algorithm.oid)?;
     let key_bits = req.info.public_key.subject_public_key.raw_bytes();
-    let signature = req.signature.raw_bytes();
+    // `raw_bytes` ignores the BIT STRING's unused-bits count: insist on a whole-octet signature.
+    let signature = req.signature.as_bytes().ok_or_else(|| CsrError::Malformed("the signature is not a whole number of octets".into()))?;
     UnparsedPublicKey::new(algorithm, key_bits).verify(&tbs, signature).map_err(|_| CsrError::BadSignature)?;
 
     let common_name = req
@@ -151,7 +161,7 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
         requests_ca: false,
         requests_cert_sign: false,
         unknown_critical: Vec::new(),
-        sha256: sha256_hex(&der),
+        sha256: sha256_hex(der),
     };
     for attribute in req.info.attributes.iter().filter(|a| a.oid == oid::EXTENSION_REQUEST) {
         for value in attribute.values.iter() {

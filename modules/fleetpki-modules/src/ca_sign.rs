@@ -106,7 +106,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             outcome.warnings = policy.warnings();
             outcome
         } else {
-            let mut worker = Worker::new(&sqs, &args, &policy, &signer).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            let mut worker = Worker::new(&sqs, &args, policy.clone(), &signer).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
             let limit = if args.max_requests == 0 { u64::MAX } else { args.max_requests as u64 };
             let result = worker.drain(limit).await;
             let tally = &worker.tally;
@@ -117,7 +117,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("issued", tally.issued)
             .with("rejected", tally.rejected)
             .with("dead_lettered", tally.dead_lettered)
-            .with("failed", tally.failed)
+            .with("left_for_retry", tally.failed)
             .with("serials", json!(tally.serials));
             outcome.warnings = policy.warnings();
             outcome.warnings.extend(worker.warnings.clone());
@@ -154,8 +154,11 @@ enum Verdict {
 pub struct Worker<'a> {
     sqs: &'a Sqs,
     args: &'a Args,
-    policy: &'a Policy,
+    /// Owned, so a long-running worker can swap in a reloaded policy.
+    pub policy: Policy,
     signer: &'a CaSigner,
+    /// Service mode also writes each audit line to stdout (for journald).
+    pub audit_to_stdout: bool,
     dead_letter_queue: Option<String>,
     reply_queues: HashMap<String, Option<String>>,
     pub tally: Tally,
@@ -163,7 +166,7 @@ pub struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    pub async fn new(sqs: &'a Sqs, args: &'a Args, policy: &'a Policy, signer: &'a CaSigner) -> Result<Worker<'a>, SqsError> {
+    pub async fn new(sqs: &'a Sqs, args: &'a Args, policy: Policy, signer: &'a CaSigner) -> Result<Worker<'a>, SqsError> {
         let dead_letter_queue = match &args.dead_letter_queue_url {
             Some(url) => Some(url.clone()),
             None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,
@@ -172,7 +175,17 @@ impl<'a> Worker<'a> {
         if dead_letter_queue.is_none() {
             warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
         }
-        Ok(Worker { sqs, args, policy, signer, dead_letter_queue, reply_queues: HashMap::new(), tally: Tally::default(), warnings })
+        Ok(Worker {
+            sqs,
+            args,
+            policy,
+            signer,
+            audit_to_stdout: false,
+            dead_letter_queue,
+            reply_queues: HashMap::new(),
+            tally: Tally::default(),
+            warnings,
+        })
     }
 
     /// Receives and processes batches until the queue is empty or `limit` requests were handled.
@@ -180,30 +193,36 @@ impl<'a> Worker<'a> {
         let mut handled = 0u64;
         while handled < limit {
             let want = (limit - handled).min(self.args.batch_size as u64) as i32;
-            let batch = self
-                .sqs
-                .receive(&self.args.csr_queue_url, want, self.args.wait_time_seconds as i32, Some(self.args.visibility_timeout as i32))
-                .await?;
-            if batch.is_empty() {
+            let count = self.batch(want, self.args.wait_time_seconds as i32).await?;
+            if count == 0 {
                 break;
             }
-            handled += batch.len() as u64;
-            let mut done = Vec::new();
-            for message in &batch {
-                if self.process(message).await? {
-                    done.push(message.receipt_handle.clone());
-                } else {
-                    self.tally.failed += 1;
-                }
-            }
-            // Delete only what was answered; a failed delete means a duplicate answer later,
-            // which the node discards (it no longer waits for that request id).
-            let failed = self.sqs.delete_batch(&self.args.csr_queue_url, &done).await?;
-            if !failed.is_empty() {
-                self.warnings.push(format!("{} processed request(s) could not be deleted and will be answered again", failed.len()));
-            }
+            handled += count as u64;
         }
         Ok(())
+    }
+
+    /// Receives one batch (long-polling up to `wait` s) and processes it; returns its size.
+    pub async fn batch(&mut self, max: i32, wait: i32) -> Result<usize, SqsError> {
+        let batch = self.sqs.receive(&self.args.csr_queue_url, max, wait, Some(self.args.visibility_timeout as i32)).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut done = Vec::new();
+        for message in &batch {
+            if self.process(message).await? {
+                done.push(message.receipt_handle.clone());
+            } else {
+                self.tally.failed += 1;
+            }
+        }
+        // Delete only what was answered; a failed delete means a duplicate answer later,
+        // which the node discards (it no longer waits for that request id).
+        let failed = self.sqs.delete_batch(&self.args.csr_queue_url, &done).await?;
+        if !failed.is_empty() {
+            self.warnings.push(format!("{} processed request(s) could not be deleted and will be answered again", failed.len()));
+        }
+        Ok(batch.len())
     }
 
     /// Handles one request; `true` when it was answered and may be deleted.
@@ -345,7 +364,9 @@ impl<'a> Worker<'a> {
 
     /// One JSON line per decision. No key, secret or HMAC is ever written.
     fn audit(&mut self, received: &Received, message: Option<&CsrMessage>, decision: &str, rejection: Option<&Rejection>, issued: Option<&IssuedCertificate>) {
-        let Some(path) = &self.args.audit_log_path else { return };
+        if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
+            return;
+        }
         let csr_sha256 = message.map(|m| fleetpki_core::sha256_hex(m.csr_pem.as_bytes()));
         let line = json!({
             "time": rfc3339(time::OffsetDateTime::now_utc()),
@@ -361,6 +382,10 @@ impl<'a> Worker<'a> {
             "csr_sha256": csr_sha256,
             "certificate_sha256": issued.map(|i| i.sha256.clone()),
         });
+        if self.audit_to_stdout {
+            println!("{line}");
+        }
+        let Some(path) = &self.args.audit_log_path else { return };
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

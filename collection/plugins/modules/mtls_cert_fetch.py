@@ -1,0 +1,182 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetpki contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+# Documentation only. The module itself is the Rust binary "mtls_cert_fetch" next to this
+# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mtls_cert_fetch
+short_description: Fetch this node's signed certificate from AWS SQS and install it atomically
+version_added: 0.1.0
+author:
+  - fleetpki contributors (!UNKNOWN)
+description:
+  - Waits for the answer to the node's pending request (made by M(fleetpki.mtls.mtls_csr_submit)) on its
+    reply queue, verifies the certificate and installs it with its key and chain.
+  - A certificate is installed only if its public key is the pending key's and it chains to the pinned
+    CA in O(ca_path); anything else is refused.
+  - Key, certificate, chain and full chain are written to a new C(<path>/versions/<serial>/) directory and
+    the C(<path>/current) symlink is switched atomically, so a service reading C(<path>/current/) always
+    sees a matching key and certificate. The certificate message is deleted after the install.
+  - Reports C(changed) only when a new certificate was installed, which makes it a good trigger for a
+    handler that reloads the service.
+  - In check mode no message is received or deleted and nothing is written.
+options:
+  instance_id:
+    description:
+      - Identity of the node, as given to M(fleetpki.mtls.mtls_csr_submit).
+    type: str
+    required: true
+  path:
+    description:
+      - Directory of the node's install layout, as given to M(fleetpki.mtls.mtls_csr_submit).
+    type: path
+    required: true
+  ca_path:
+    description:
+      - Path of the pinned CA bundle (PEM). Its certificates are the only trust anchors the received
+        certificate chain is verified against.
+    type: path
+    required: true
+  wait:
+    description:
+      - Wait up to O(timeout) seconds for the certificate.
+      - When V(false), return RV(status=pending) at once if the certificate has not arrived yet.
+    type: bool
+    default: true
+  timeout:
+    description:
+      - Seconds to wait for the certificate when O(wait=true).
+    type: int
+    default: 300
+  reply_mode:
+    description:
+      - Where to look for the answer; must match the mode the request was submitted with.
+    type: str
+    choices: [per_node, shared]
+    default: per_node
+  reply_queue_prefix:
+    description:
+      - Name prefix of the per-node reply queues; must match the CA worker's setting.
+    type: str
+    default: fleetpki-reply-
+  shared_cert_queue_url:
+    description:
+      - URL of the shared certificate queue.
+      - Required when O(reply_mode=shared).
+    type: str
+  owner:
+    description:
+      - Owner of the installed files.
+    type: str
+  group:
+    description:
+      - Group of the installed files.
+    type: str
+  mode:
+    description:
+      - Permissions of the installed private key file, as an octal string such as V('0600') or a number.
+      - Certificates and chains are installed world-readable.
+    type: raw
+    default: "0600"
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - fleetpki.mtls.aws
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+notes:
+  - The module is a static Linux x86_64 binary; the node needs no Python.
+seealso:
+  - module: fleetpki.mtls.mtls_csr_submit
+  - module: fleetpki.mtls.mtls_ca_sign
+"""
+
+EXAMPLES = r"""
+- name: Install this node's certificate once the CA has signed it
+  fleetpki.mtls.mtls_cert_fetch:
+    instance_id: i-0123456789abcdef0
+    path: /etc/fleetpki/tls
+    ca_path: /etc/fleetpki/root-ca.pem
+    timeout: 120
+    region: eu-west-1
+  register: fetch
+
+- name: Look for the certificate without waiting
+  fleetpki.mtls.mtls_cert_fetch:
+    instance_id: i-0123456789abcdef0
+    path: /etc/fleetpki/tls
+    ca_path: /etc/fleetpki/root-ca.pem
+    wait: false
+  register: fetch
+
+- name: Show the outcome
+  ansible.builtin.debug:
+    msg: "{{ fetch.status }}: {{ fetch.certificate_path | default('') }}"
+"""
+
+RETURN = r"""
+status:
+  description:
+    - V(installed) when a new certificate was installed, V(pending) when the request is not answered yet
+      (O(wait=false)), V(unchanged) when the current certificate stays, V(no_request) when no request is pending.
+  returned: always
+  type: str
+  sample: installed
+privatekey_path:
+  description:
+    - Path of the private key, through the C(current) symlink.
+  returned: success
+  type: str
+  sample: /etc/fleetpki/tls/current/privkey.pem
+certificate_path:
+  description:
+    - Path of the certificate, through the C(current) symlink.
+  returned: success
+  type: str
+  sample: /etc/fleetpki/tls/current/cert.pem
+chain_path:
+  description:
+    - Path of the CA chain, through the C(current) symlink.
+  returned: success
+  type: str
+  sample: /etc/fleetpki/tls/current/chain.pem
+fullchain_path:
+  description:
+    - Path of the certificate followed by the CA chain, through the C(current) symlink.
+  returned: success
+  type: str
+  sample: /etc/fleetpki/tls/current/fullchain.pem
+serial:
+  description:
+    - Serial number of the installed certificate, hexadecimal.
+  returned: when a new certificate was installed
+  type: str
+  sample: 4f1c2a9e0b7d3c51
+not_after:
+  description:
+    - Expiry time of the installed certificate.
+  returned: when a new certificate was installed
+  type: str
+  sample: "2026-12-27T22:30:00Z"
+request_id:
+  description:
+    - Id of the request the certificate answers.
+  returned: when a request was pending
+  type: str
+  sample: 5d1c7f0e-8b0e-4f3a-9a57-4d3f2b8c9e10
+sqs_calls:
+  description:
+    - Number of SQS API calls made, by operation.
+  returned: always
+  type: dict
+  sample: {"GetQueueUrl": 1, "ReceiveMessage": 1, "DeleteMessage": 1}
+"""

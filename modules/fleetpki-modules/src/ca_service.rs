@@ -1,0 +1,121 @@
+//! `mtls_ca_sign serve CONFIG.json`: the same drain loop as the module, long-running. The config
+//! file is the module's own JSON arguments. It long-polls, reloads the policy file when it
+//! changes (autoscaled fleets add instances all the time), backs off with jitter on SQS errors,
+//! and on SIGTERM/SIGINT finishes the batch in hand and exits cleanly.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use ansible_module::Invocation;
+use fleetpki_core::sign::CaSigner;
+use fleetpki_sqs::Sqs;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::ca_sign::{load_policy, spec, Args, Worker, NAME};
+
+fn log(text: &str) {
+    eprintln!("mtls_ca_sign: {text}");
+}
+
+/// Runs the service; returns the process exit code.
+pub fn serve(config_path: Option<&str>) -> i32 {
+    let Some(config_path) = config_path else {
+        log("usage: mtls_ca_sign serve CONFIG.json (the module's arguments as a JSON object)");
+        return 2;
+    };
+    match run(config_path) {
+        Ok(()) => 0,
+        Err(message) => {
+            log(&message);
+            1
+        }
+    }
+}
+
+fn modified(path: &Option<String>) -> Option<SystemTime> {
+    path.as_ref().and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+fn run(config_path: &str) -> Result<(), String> {
+    let invocation = Invocation::from_args_file(config_path, NAME, &spec()).map_err(|e| e.to_string())?;
+    let args: Args = invocation.args().map_err(|e| e.to_string())?;
+    let policy = load_policy(&args).map_err(|f| f.msg)?;
+    for warning in policy.warnings() {
+        log(&format!("warning: {warning}"));
+    }
+    let signer = CaSigner::load(Path::new(&args.ownca_path), Path::new(&args.ownca_privatekey_path), Path::new(&args.ca_chain_path))
+        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let sqs = Sqs::connect(&args.aws).await.map_err(|e| e.to_string())?;
+        let mut worker = loop {
+            match Worker::new(&sqs, &args, policy.clone(), &signer).await {
+                Ok(worker) => break worker,
+                Err(e) => {
+                    log(&format!("cannot start: {e}; retrying"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = terminate.recv() => return Ok(()),
+                        _ = interrupt.recv() => return Ok(()),
+                    }
+                }
+            }
+        };
+        worker.audit_to_stdout = true;
+        for warning in std::mem::take(&mut worker.warnings) {
+            log(&format!("warning: {warning}"));
+        }
+        log(&format!("serving {}", args.csr_queue_url));
+        let mut policy_mtime = modified(&args.policy_path);
+        let mut failures: u32 = 0;
+        loop {
+            // Reload the policy when its file changed; a broken file keeps the last good one.
+            let mtime = modified(&args.policy_path);
+            if mtime != policy_mtime {
+                policy_mtime = mtime;
+                match load_policy(&args) {
+                    Ok(policy) => {
+                        worker.policy = policy;
+                        log("policy reloaded");
+                    }
+                    Err(f) => log(&format!("policy not reloaded, keeping the previous one: {}", f.msg)),
+                }
+            }
+            // Stop between batches only: a batch in hand is finished (published and deleted).
+            let result = tokio::select! {
+                biased;
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                result = worker.batch(args.batch_size as i32, 20) => result,
+            };
+            for warning in std::mem::take(&mut worker.warnings) {
+                log(&format!("warning: {warning}"));
+            }
+            match result {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(failures);
+                    log(&format!("SQS error ({e}); retrying in {} ms", delay.as_millis()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = terminate.recv() => break,
+                        _ = interrupt.recv() => break,
+                    }
+                }
+            }
+        }
+        let tally = &worker.tally;
+        log(&format!("stopping: issued {}, rejected {}, dead-lettered {}", tally.issued, tally.rejected, tally.dead_lettered));
+        Ok(())
+    })
+}
+
+/// Exponential backoff with full jitter, capped at 30 s.
+fn backoff(failures: u32) -> Duration {
+    let cap_ms = 30_000u64.min(250u64.saturating_mul(1u64 << failures.min(10)));
+    let random = fleetpki_core::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(cap_ms / 2);
+    Duration::from_millis(random % cap_ms.max(1))
+}

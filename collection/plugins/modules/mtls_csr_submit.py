@@ -86,8 +86,16 @@ options:
       - When to request a new certificate before the current one expires.
       - A duration such as V(30d), V(12h), V(90m) or V(3600s), or a percentage of the certificate's
         lifetime such as V(33%).
+      - Each host renews a little earlier than that, by a fixed share of the lifetime below 10%
+        derived from its O(instance_id), so a fleet issued at once does not renew at once.
     type: str
     default: "33%"
+  resubmit_after:
+    description:
+      - A pending request that has had no answer for this long is sent again, with a new request id.
+      - A duration such as V(1h), V(30m) or V(600s).
+    type: str
+    default: "1h"
   force:
     description:
       - Submit a new request even when the current certificate is valid or a request is pending.
@@ -188,7 +196,7 @@ reason:
   description:
     - Why a request was or was not submitted.
     - V(no_certificate), V(certificate_unreadable), V(key_changed), V(names_changed), V(profile_changed), V(expired),
-      V(inside_renewal_window) or V(forced) submit a request; V(request_pending) and V(valid) do not.
+      V(inside_renewal_window), V(request_unanswered) or V(forced) submit a request; V(request_pending) and V(valid) do not.
   returned: always
   type: str
   sample: no_certificate

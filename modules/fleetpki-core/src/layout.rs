@@ -22,7 +22,25 @@ pub const KEY_FILE: &str = "privkey.pem";
 pub const CERT_FILE: &str = "cert.pem";
 pub const CHAIN_FILE: &str = "chain.pem";
 pub const FULLCHAIN_FILE: &str = "fullchain.pem";
+pub const COMBINED_FILE: &str = "combined.pem";
 const REQUEST_FILE: &str = "request.json";
+const STAGED_CERT_FILE: &str = "cert.pem";
+const STAGED_CHAIN_FILE: &str = "chain.pem";
+
+/// The environment variable of the test-only crash switch: `FLEETPKI_TEST_CRASH_AT=k` makes the
+/// process abort at crash point k of the install, so tests can prove every interruption is safe.
+pub const CRASH_AT_ENV: &str = "FLEETPKI_TEST_CRASH_AT";
+
+/// Crash points of the install, in order.
+pub const CRASH_POINTS: u32 = 6;
+
+/// Aborts at crash point `k` when the test switch asks for it.
+pub fn crash_point(k: u32) {
+    if std::env::var(CRASH_AT_ENV).ok().and_then(|v| v.parse::<u32>().ok()) == Some(k) {
+        eprintln!("fleetpki: test crash at point {k}");
+        std::process::abort();
+    }
+}
 
 /// Mode and ownership of a file we write (community.crypto's `mode`/`owner`/`group`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +89,11 @@ pub struct PendingRequest {
 pub struct InstalledPair {
     pub key_pem: String,
     pub cert_pem: String,
+}
+
+/// Held while a run may change the layout; released on drop.
+pub struct NodeLock {
+    _lock: nix::fcntl::Flock<File>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +247,60 @@ impl Layout {
         write_atomic(&self.pending_request_path(), &text, &FilePerms::private(None, None, 0o600))
     }
 
+    /// Keeps a verified answer beside the pending key before its message is deleted, so an
+    /// install interrupted after that point is completed by the next run without SQS.
+    pub fn stage_answer(&self, cert_pem: &str, chain_pem: &str) -> Result<(), PkiError> {
+        let dir = self.ensure_pending_dir()?;
+        let perms = FilePerms::private(None, None, 0o600);
+        write_atomic(&dir.join(STAGED_CHAIN_FILE), chain_pem.as_bytes(), &perms)?;
+        write_atomic(&dir.join(STAGED_CERT_FILE), cert_pem.as_bytes(), &perms)
+    }
+
+    /// The staged answer, if a previous run got that far.
+    pub fn read_staged(&self) -> Result<Option<(String, String)>, PkiError> {
+        let dir = self.root.join("pending");
+        let cert = read_optional(&dir.join(STAGED_CERT_FILE))?;
+        let chain = read_optional(&dir.join(STAGED_CHAIN_FILE))?;
+        Ok(cert.zip(chain))
+    }
+
+    /// Drops a staged answer (e.g. one that no longer verifies).
+    pub fn clear_staged(&self) -> Result<(), PkiError> {
+        for name in [STAGED_CERT_FILE, STAGED_CHAIN_FILE] {
+            let path = self.root.join("pending").join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PkiError::io(path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the node's lock, shared by Ansible runs and the renewal timer, so two runs never
+    /// interleave a swap. Waits up to `wait` for a run in progress to finish.
+    pub fn lock(&self, wait: std::time::Duration) -> Result<NodeLock, PkiError> {
+        use nix::fcntl::{Flock, FlockArg};
+        ensure_dir(&self.root, 0o755)?;
+        let path = self.root.join(".lock");
+        let started = std::time::Instant::now();
+        loop {
+            let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io(&path))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(NodeLock { _lock: lock }),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if started.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err((_, errno)) => {
+                    return Err(PkiError::Layout {
+                        path,
+                        detail: format!("another run holds the node's lock ({errno}); it is released when that run ends"),
+                    })
+                }
+            }
+        }
+    }
+
     /// Forgets the pending request (the key stays, so a retry can reuse it).
     pub fn clear_pending_request(&self) -> Result<(), PkiError> {
         let path = self.pending_request_path();
@@ -251,6 +328,12 @@ impl Layout {
         let versions = self.root.join("versions");
         ensure_dir(&versions, 0o755)?;
         let final_dir = versions.join(serial_hex);
+        let target = Path::new("versions").join(serial_hex);
+        if fs::read_link(self.root.join("current")).ok().as_deref() == Some(target.as_path()) {
+            // An earlier run switched to this version and stopped before cleaning up.
+            self.finish_install(serial_hex, None)?;
+            return Ok(final_dir);
+        }
         let staging = versions.join(format!(".{serial_hex}.tmp-{}", std::process::id()));
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io(&staging))?;
@@ -263,25 +346,36 @@ impl Layout {
         write_atomic(&staging.join(CERT_FILE), cert.as_bytes(), &public)?;
         write_atomic(&staging.join(CHAIN_FILE), chain.as_bytes(), &public)?;
         write_atomic(&staging.join(FULLCHAIN_FILE), format!("{cert}{chain}").as_bytes(), &public)?;
+        // For services that want key and certificate in one file (HAProxy and the like).
+        write_atomic(&staging.join(COMBINED_FILE), format!("{}\n{cert}{chain}", key_pem.trim_end()).as_bytes(), key_perms)?;
         apply_ownership(&staging, key_perms)?;
+        crash_point(3);
         if final_dir.exists() {
             // Left by an interrupted earlier install of this same certificate.
             fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
         }
         fs::rename(&staging, &final_dir).map_err(io(&final_dir))?;
         sync_dir(&versions)?;
+        crash_point(4);
 
         let previous = fs::read_link(self.root.join("current")).ok();
         let link_tmp = self.root.join(format!(".current.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&link_tmp);
-        symlink(Path::new("versions").join(serial_hex), &link_tmp).map_err(io(&link_tmp))?;
+        symlink(&target, &link_tmp).map_err(io(&link_tmp))?;
         fs::rename(&link_tmp, self.root.join("current")).map_err(io(&self.root))?;
         sync_dir(&self.root)?;
-
-        self.clear_pending_request()?;
-        let _ = fs::remove_file(self.pending_key_path());
-        self.prune_versions(serial_hex, previous.as_deref())?;
+        crash_point(5);
+        self.finish_install(serial_hex, previous.as_deref())?;
         Ok(final_dir)
+    }
+
+    /// After the switch: empty the pending slot and prune old versions.
+    fn finish_install(&self, serial_hex: &str, previous: Option<&Path>) -> Result<(), PkiError> {
+        self.clear_staged()?;
+        self.clear_pending_request()?;
+        crash_point(6);
+        let _ = fs::remove_file(self.pending_key_path());
+        self.prune_versions(serial_hex, previous)
     }
 
     /// Keeps the current and the previous version; older ones go.

@@ -68,6 +68,8 @@ pub enum SubmitReason {
     RenewalWindow,
     Forced,
     RequestPending,
+    /// A pending request unanswered for longer than `resubmit_after`.
+    RequestStale,
     Valid,
 }
 
@@ -86,6 +88,7 @@ impl SubmitReason {
             SubmitReason::RenewalWindow => "inside_renewal_window",
             SubmitReason::Forced => "forced",
             SubmitReason::RequestPending => "request_pending",
+            SubmitReason::RequestStale => "request_unanswered",
             SubmitReason::Valid => "valid",
         }
     }
@@ -105,6 +108,17 @@ pub struct Wanted<'a> {
     pub profile: Profile,
     pub renew_before: RenewBefore,
     pub force: bool,
+    /// A pending request older than this is sent again.
+    pub resubmit_after: Duration,
+}
+
+/// The share of a certificate's lifetime by which this host renews early, in [0, 10 %):
+/// fixed per host (derived from its instance id), so a fleet issued at once does not renew at
+/// once, and a host's own decision does not change from run to run.
+pub fn renewal_jitter(instance_id: &str) -> f64 {
+    let digest = crate::sha256_hex(instance_id.as_bytes());
+    let value = u32::from_str_radix(&digest[..8], 16).unwrap_or(0);
+    f64::from(value) / f64::from(u32::MAX) * 0.10
 }
 
 /// The decision and, when a certificate is installed, what it is.
@@ -120,8 +134,15 @@ pub fn decide(wanted: &Wanted<'_>, installed: Option<&InstalledPair>, pending: O
     let wanted_names: Vec<String> = wanted.names.iter().map(ToString::to_string).collect();
     let reason = if wanted.force {
         SubmitReason::Forced
-    } else if pending.is_some_and(|p| p.names == wanted_names && p.profile == wanted.profile && p.instance_id == wanted.instance_id) {
-        SubmitReason::RequestPending
+    } else if let Some(p) =
+        pending.filter(|p| p.names == wanted_names && p.profile == wanted.profile && p.instance_id == wanted.instance_id)
+    {
+        let age = now.unix_timestamp() - p.submitted_at;
+        if age > wanted.resubmit_after.as_secs() as i64 {
+            SubmitReason::RequestStale
+        } else {
+            SubmitReason::RequestPending
+        }
     } else {
         match (installed, &current) {
             (None, _) => SubmitReason::NoCertificate,
@@ -139,7 +160,7 @@ pub fn decide(wanted: &Wanted<'_>, installed: Option<&InstalledPair>, pending: O
                     SubmitReason::ProfileChanged
                 } else if now >= cert.not_after {
                     SubmitReason::Expired
-                } else if now >= wanted.renew_before.renewal_time(cert.not_before, cert.not_after) {
+                } else if now >= wanted.renew_before.renewal_time(cert.not_before, cert.not_after) - jitter(wanted.instance_id, cert) {
                     SubmitReason::RenewalWindow
                 } else {
                     SubmitReason::Valid
@@ -148,6 +169,11 @@ pub fn decide(wanted: &Wanted<'_>, installed: Option<&InstalledPair>, pending: O
         }
     };
     Decision { reason, current }
+}
+
+fn jitter(instance_id: &str, cert: &CertificateInfo) -> time::Duration {
+    let lifetime = (cert.not_after - cert.not_before).as_seconds_f64();
+    time::Duration::seconds_f64(lifetime * renewal_jitter(instance_id))
 }
 
 #[cfg(test)]
@@ -171,5 +197,110 @@ mod tests {
         let end = start + time::Duration::days(30);
         assert_eq!(RenewBefore::FractionOfLifetime(0.5).renewal_time(start, end), start + time::Duration::days(15));
         assert_eq!(RenewBefore::Duration(Duration::from_secs(86400)).renewal_time(start, end), start + time::Duration::days(29));
+    }
+}
+
+#[cfg(test)]
+mod decision_tests {
+    //! The renewal decision against a real certificate, with the clock passed in (no sleeping).
+    use super::*;
+    use crate::ca::{create_intermediate, create_root, CaSubject};
+    use crate::csr::{build_csr, parse_and_verify_csr};
+    use crate::keys::KeySpec;
+    use crate::names::parse_names;
+    use crate::sign::CaSigner;
+    use crate::wire::ReplyMode;
+
+    const ID: &str = "i-0fedcba9876543210";
+
+    /// A pair issued at `issued` for 30 days.
+    fn pair(issued: OffsetDateTime, names: &[&str]) -> InstalledPair {
+        let dir = std::env::temp_dir().join(format!("fleetpki-renewal-{}-{}", std::process::id(), issued.unix_timestamp()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let subject = |cn: &str| CaSubject { common_name: cn.into(), organization: None, lifetime_days: 3650 };
+        let root_key = KeySpec::EcP256.generate().unwrap();
+        let now = issued - time::Duration::days(1);
+        let root = create_root(&root_key, &subject("r"), now).unwrap();
+        let int_key = KeySpec::EcP256.generate().unwrap();
+        let int = create_intermediate(&int_key, &subject("i"), &root, root_key, now).unwrap();
+        std::fs::write(dir.join("i.pem"), &int).unwrap();
+        std::fs::write(dir.join("i.key"), int_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("c.pem"), &int).unwrap();
+        let signer = CaSigner::load(&dir.join("i.pem"), &dir.join("i.key"), &dir.join("c.pem")).unwrap();
+        let key = KeySpec::EcP256.generate().unwrap();
+        let csr = parse_and_verify_csr(&build_csr(&key, ID, &parse_names(names).unwrap()).unwrap()).unwrap();
+        let cert = signer.sign(&csr, ID, Profile::Mtls, Duration::from_secs(30 * 86400), issued).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        InstalledPair { key_pem: key.serialize_pem(), cert_pem: cert.certificate_pem }
+    }
+
+    fn wanted<'a>(names: &'a [SubjectAltName]) -> Wanted<'a> {
+        Wanted {
+            instance_id: ID,
+            names,
+            profile: Profile::Mtls,
+            renew_before: RenewBefore::parse("33%").unwrap(),
+            force: false,
+            resubmit_after: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn renews_inside_the_window_and_not_outside() {
+        let issued = OffsetDateTime::now_utc();
+        let installed = pair(issued, &["DNS:a.example"]);
+        let names = parse_names(&["DNS:a.example"]).unwrap();
+        let w = wanted(&names);
+        let at = |days: i64| decide(&w, Some(&installed), None, issued + time::Duration::days(days)).reason;
+        assert_eq!(at(1), SubmitReason::Valid);
+        // 33 % of 30 days before notAfter is day ~20; the jitter moves it earlier by < 3 days.
+        assert_eq!(at(16), SubmitReason::Valid);
+        assert_eq!(at(21), SubmitReason::RenewalWindow);
+        assert_eq!(at(31), SubmitReason::Expired);
+    }
+
+    #[test]
+    fn names_key_and_force_trigger_a_request() {
+        let issued = OffsetDateTime::now_utc();
+        let installed = pair(issued, &["DNS:a.example"]);
+        let other = parse_names(&["DNS:b.example"]).unwrap();
+        assert_eq!(decide(&wanted(&other), Some(&installed), None, issued).reason, SubmitReason::NamesChanged);
+        let names = parse_names(&["DNS:a.example"]).unwrap();
+        let mut swapped = installed.clone();
+        swapped.key_pem = KeySpec::EcP256.generate().unwrap().serialize_pem();
+        assert_eq!(decide(&wanted(&names), Some(&swapped), None, issued).reason, SubmitReason::KeyMismatch);
+        let mut forced = wanted(&names);
+        forced.force = true;
+        assert_eq!(decide(&forced, Some(&installed), None, issued).reason, SubmitReason::Forced);
+        assert_eq!(decide(&wanted(&names), None, None, issued).reason, SubmitReason::NoCertificate);
+    }
+
+    #[test]
+    fn a_pending_request_waits_then_is_resubmitted() {
+        let names = parse_names(&["DNS:a.example"]).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let pending = PendingRequest {
+            request_id: "r".into(),
+            instance_id: ID.into(),
+            names: vec!["DNS:a.example".into()],
+            profile: Profile::Mtls,
+            reply_mode: ReplyMode::PerNode,
+            reply_queue_url: None,
+            submitted_at: now.unix_timestamp(),
+        };
+        assert_eq!(decide(&wanted(&names), None, Some(&pending), now).reason, SubmitReason::RequestPending);
+        let later = now + time::Duration::hours(2);
+        assert_eq!(decide(&wanted(&names), None, Some(&pending), later).reason, SubmitReason::RequestStale);
+        let other = parse_names(&["DNS:b.example"]).unwrap();
+        assert_eq!(decide(&wanted(&other), None, Some(&pending), now).reason, SubmitReason::NoCertificate);
+    }
+
+    #[test]
+    fn jitter_is_fixed_per_host_and_spread_across_hosts() {
+        assert_eq!(renewal_jitter("i-1"), renewal_jitter("i-1"));
+        let values: Vec<f64> = (0..200).map(|i| renewal_jitter(&format!("i-{i:017x}"))).collect();
+        assert!(values.iter().all(|v| (0.0..0.10).contains(v)));
+        let distinct: std::collections::BTreeSet<u64> = values.iter().map(|v| (v * 1000.0) as u64).collect();
+        assert!(distinct.len() > 50, "jitter should spread hosts: {}", distinct.len());
     }
 }

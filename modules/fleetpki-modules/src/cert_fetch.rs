@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
 use fleetpki_core::keys::{load_private_key, public_key_spki};
-use fleetpki_core::layout::{Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE};
+use fleetpki_core::layout::{crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::wire::{ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE};
 use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs};
@@ -19,6 +19,9 @@ use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
 use crate::csr_submit::rfc3339;
 
 pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
+
+/// How long to wait for another run (Ansible or the renewal timer) to release the node's lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// How long a received message stays hidden while we look at it.
 const VISIBILITY_SECONDS: i32 = 30;
@@ -80,9 +83,17 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("fullchain_path", layout.current_path(FULLCHAIN_FILE).display().to_string())
     };
 
-    let Some(pending) = layout.read_pending()? else {
+    let nothing_pending = |layout: &Layout| -> Result<Outcome, Failure> {
         let status = if layout.read_current()?.is_some() { "unchanged" } else { "no_request" };
-        return Ok(paths(Outcome::new(false, "no request is pending: nothing to fetch").with("status", status)));
+        Ok(Outcome::new(false, "no request is pending: nothing to fetch").with("status", status))
+    };
+    if layout.read_pending()?.is_none() {
+        return nothing_pending(&layout).map(paths);
+    }
+    // One run at a time on a node; the state is read again under the lock.
+    let _lock = if invocation.check_mode { None } else { Some(layout.lock(LOCK_WAIT)?) };
+    let Some(pending) = layout.read_pending()? else {
+        return nothing_pending(&layout).map(paths);
     };
     let key_pem = layout
         .read_pending_key()?
@@ -97,6 +108,21 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let spki = public_key_spki(&key);
     let expect = Expectation { instance_id: &args.instance_id, spki_der: &spki, names: &names, profile: pending.profile };
 
+    // An answer staged by an interrupted run is installed now, re-checked first.
+    if let Some((cert_pem, chain_pem)) = layout.read_staged()? {
+        match check_issued_certificate(&cert_pem, &chain_pem, &anchors, &expect, SystemTime::now()) {
+            Ok(info) if invocation.check_mode => {
+                return Ok(paths(Outcome::new(true, format!("would finish installing certificate {}", info.serial_hex)).with("status", "pending")));
+            }
+            Ok(info) => {
+                let mut outcome = install(&layout, &pending, &info, &key_pem, &chain_pem, &perms)?;
+                outcome.msg.push_str(" (completing an interrupted install)");
+                return Ok(paths(outcome));
+            }
+            Err(_) if invocation.check_mode => {}
+            Err(refusal) => layout.clear_staged().map_err(|e| Failure::new(format!("{e} (after {refusal})")))?,
+        }
+    }
     let runtime = runtime()?;
     runtime.block_on(async {
         let sqs = Sqs::connect(&args.aws).await?;
@@ -124,8 +150,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         let deadline = Duration::from_secs(if args.wait { args.timeout as u64 } else { 0 });
         let mut warnings = Vec::new();
         loop {
+            // Long-poll for what is left of the timeout (whole seconds, at least one), so an
+            // empty queue costs one call per 20 s, not a busy loop.
             let left = deadline.saturating_sub(started.elapsed());
-            let wait = if args.wait { left.as_secs().min(20) as i32 } else { 1 };
+            let wait = if args.wait { (left.as_secs_f64().ceil() as i32).clamp(1, 20) } else { 1 };
             let messages = sqs.receive(&queue_url, 10, wait, Some(VISIBILITY_SECONDS)).await.map_err(|e| with_calls(e.into(), &sqs))?;
             for message in &messages {
                 match handle(&sqs, &queue_url, &args, &pending, &layout, &key_pem, &perms, &expect, &anchors, message).await {
@@ -161,6 +189,25 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     })
 }
 
+/// Installs a verified certificate with the pending key as the new current pair.
+fn install(
+    layout: &Layout,
+    pending: &PendingRequest,
+    info: &fleetpki_core::certs::CertificateInfo,
+    key_pem: &str,
+    chain_pem: &str,
+    perms: &FilePerms,
+) -> Result<Outcome, Failure> {
+    layout.install(&info.serial_hex, key_pem, &info.pem(), chain_pem, perms)?;
+    let mut outcome = Outcome::new(true, format!("installed certificate {} for request {}", info.serial_hex, pending.request_id))
+        .with("status", "installed")
+        .with("request_id", pending.request_id.clone())
+        .with("serial", info.serial_hex.clone())
+        .with("not_after", rfc3339(info.not_after));
+    outcome.diff = Some(("(previous certificate)\n".into(), format!("certificate {}\n", info.serial_hex)));
+    Ok(outcome)
+}
+
 async fn resolve_queue(sqs: &Sqs, args: &Args, pending: &PendingRequest) -> Result<String, Failure> {
     match args.reply_mode {
         ReplyMode::Shared => Ok(args.shared_cert_queue_url.clone().unwrap_or_default()),
@@ -182,7 +229,7 @@ async fn handle(
     pending: &PendingRequest,
     layout: &Layout,
     key_pem: &str,
-    perms: &fleetpki_core::layout::FilePerms,
+    perms: &FilePerms,
     expect: &Expectation<'_>,
     anchors: &[rustls_pki_types::CertificateDer<'static>],
     message: &Received,
@@ -235,20 +282,17 @@ async fn handle(
                     ignore(format!("refused a certificate for request {} ({}): {refusal}", pending.request_id, refusal.reason_code()))
                 }
                 Ok(info) => {
-                    let cert_pem = info.pem();
-                    let chain = certificate.ca_chain_pem.clone();
-                    layout.install(&info.serial_hex, key_pem, &cert_pem, &chain, perms)?;
-                    // Install first, delete second: a crash in between re-delivers an answer
-                    // that no pending request waits for any more, and it is discarded then.
-                    let mut outcome = Outcome::new(true, format!("installed certificate {} for request {}", info.serial_hex, pending.request_id))
-                        .with("status", "installed")
-                        .with("request_id", pending.request_id.clone())
-                        .with("serial", info.serial_hex.clone())
-                        .with("not_after", rfc3339(info.not_after));
+                    crash_point(1);
+                    // Stage the answer beside the pending key before deleting its message: from
+                    // here on, an interrupted run is completed by the next one without SQS.
+                    layout.stage_answer(&info.pem(), &certificate.ca_chain_pem)?;
+                    crash_point(2);
+                    let mut warnings = Vec::new();
                     if let Err(e) = sqs.delete(queue_url, &message.receipt_handle).await {
-                        outcome.warnings.push(format!("installed, but could not delete the answer from the queue: {e}"));
+                        warnings.push(format!("could not delete the answer from the queue (it will be discarded when seen again): {e}"));
                     }
-                    outcome.diff = Some(("(previous certificate)\n".into(), format!("certificate {}\n", info.serial_hex)));
+                    let mut outcome = install(layout, pending, &info, key_pem, &certificate.ca_chain_pem, perms)?;
+                    outcome.warnings = warnings;
                     Ok(Handled::Installed(outcome))
                 }
             }

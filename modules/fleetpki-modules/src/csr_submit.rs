@@ -30,6 +30,7 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("certificate_profile", OptionType::Str).choices(["mtls", "server", "client"]).default("mtls"))
         .option(OptionSpec::new("key_rotation", OptionType::Str).choices(["rotate", "reuse"]).default("rotate"))
         .option(OptionSpec::new("renew_before", OptionType::Str).default("33%"))
+        .option(OptionSpec::new("resubmit_after", OptionType::Str).default("1h"))
         .option(OptionSpec::new("force", OptionType::Bool).default(false))
         .option(OptionSpec::new("lifetime_days", OptionType::Int))
         .option(OptionSpec::new("reply_mode", OptionType::Str).choices(["per_node", "shared"]).default("per_node"))
@@ -53,6 +54,7 @@ struct Args {
     certificate_profile: Profile,
     key_rotation: String,
     renew_before: String,
+    resubmit_after: String,
     force: bool,
     lifetime_days: Option<u32>,
     reply_mode: ReplyMode,
@@ -76,14 +78,28 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     }
     let names = parse_names(&args.subject_alt_name).map_err(|e| invalid("subject_alt_name", e.to_string()))?;
     let renew_before = RenewBefore::parse(&args.renew_before).map_err(|e| invalid("renew_before", e))?;
+    let resubmit_after = match RenewBefore::parse(&args.resubmit_after) {
+        Ok(RenewBefore::Duration(d)) => d,
+        _ => return Err(invalid("resubmit_after", "use a duration such as 1h, 30m or 600s")),
+    };
     let key_spec = KeySpec::from_options(&args.key_type, &args.curve, args.size)?;
     let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let layout = Layout::new(&args.path);
 
+    // One run at a time on a node (Ansible and the renewal timer share this lock).
+    let _lock = if invocation.check_mode { None } else { Some(layout.lock(crate::cert_fetch::LOCK_WAIT)?) };
+
     // 1. Decide from local state alone (check mode relies on this: no receive, no send).
     let installed = layout.read_current()?;
     let pending = layout.read_pending()?;
-    let wanted = Wanted { instance_id: &args.instance_id, names: &names, profile: args.certificate_profile, renew_before, force: args.force };
+    let wanted = Wanted {
+        instance_id: &args.instance_id,
+        names: &names,
+        profile: args.certificate_profile,
+        renew_before,
+        force: args.force,
+        resubmit_after,
+    };
     let decision = decide(&wanted, installed.as_ref(), pending.as_ref(), time::OffsetDateTime::now_utc());
     let reason = decision.reason;
     let mut outcome = Outcome::new(false, "").with("reason", reason.as_str()).with("submitted", false);

@@ -2,7 +2,6 @@
 //! allows, answer the node, and delete a CSR only once its answer is published. A CA that is
 //! down simply leaves CSRs waiting in the queue.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -145,10 +144,20 @@ pub struct Tally {
     pub serials: Vec<String>,
 }
 
-/// What to do with one received request.
-enum Verdict {
+/// What the checks decided for one received request.
+pub enum Verdict {
     Sign { message: CsrMessage, issued: IssuedCertificate },
     Refuse { message: Option<CsrMessage>, rejection: Rejection },
+}
+
+/// What became of a request once its answer was published, or could not be.
+enum Fate {
+    Issued(IssuedCertificate),
+    Rejected(Rejection),
+    DeadLettered(Rejection),
+    /// Left in the queue: seen again after the visibility timeout (and dead-lettered by the
+    /// queue's redrive policy if it keeps failing).
+    Retry(String),
 }
 
 pub struct Worker<'a> {
@@ -160,7 +169,6 @@ pub struct Worker<'a> {
     /// Service mode also writes each audit line to stdout (for journald).
     pub audit_to_stdout: bool,
     dead_letter_queue: Option<String>,
-    reply_queues: HashMap<String, Option<String>>,
     pub tally: Tally,
     pub warnings: Vec<String>,
 }
@@ -175,17 +183,7 @@ impl<'a> Worker<'a> {
         if dead_letter_queue.is_none() {
             warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
         }
-        Ok(Worker {
-            sqs,
-            args,
-            policy,
-            signer,
-            audit_to_stdout: false,
-            dead_letter_queue,
-            reply_queues: HashMap::new(),
-            tally: Tally::default(),
-            warnings,
-        })
+        Ok(Worker { sqs, args, policy, signer, audit_to_stdout: false, dead_letter_queue, tally: Tally::default(), warnings })
     }
 
     /// Receives and processes batches until the queue is empty or `limit` requests were handled.
@@ -203,17 +201,38 @@ impl<'a> Worker<'a> {
     }
 
     /// Receives one batch (long-polling up to `wait` s) and processes it; returns its size.
+    /// Checking and signing run in parallel on the cores; the answers go out concurrently
+    /// (they go to different per-node queues, so they cannot be batched); the CSRs that were
+    /// answered are deleted in one batch call.
     pub async fn batch(&mut self, max: i32, wait: i32) -> Result<usize, SqsError> {
         let batch = self.sqs.receive(&self.args.csr_queue_url, max, wait, Some(self.args.visibility_timeout as i32)).await?;
         if batch.is_empty() {
             return Ok(0);
         }
+        let verdicts = self.judge_all(&batch);
+        let this = &*self;
+        let fates = futures_util::future::join_all(batch.iter().zip(verdicts).map(|(received, verdict)| this.answer(received, verdict))).await;
         let mut done = Vec::new();
-        for message in &batch {
-            if self.process(message).await? {
-                done.push(message.receipt_handle.clone());
-            } else {
-                self.tally.failed += 1;
+        for (received, (message, fate)) in batch.iter().zip(fates) {
+            self.record(received, message.as_ref(), &fate);
+            match fate {
+                Fate::Retry(warning) => {
+                    self.tally.failed += 1;
+                    self.warnings.push(warning);
+                }
+                Fate::Issued(issued) => {
+                    self.tally.issued += 1;
+                    self.tally.serials.push(issued.serial_hex);
+                    done.push(received.receipt_handle.clone());
+                }
+                Fate::Rejected(_) => {
+                    self.tally.rejected += 1;
+                    done.push(received.receipt_handle.clone());
+                }
+                Fate::DeadLettered(_) => {
+                    self.tally.dead_lettered += 1;
+                    done.push(received.receipt_handle.clone());
+                }
             }
         }
         // Delete only what was answered; a failed delete means a duplicate answer later,
@@ -225,46 +244,23 @@ impl<'a> Worker<'a> {
         Ok(batch.len())
     }
 
-    /// Handles one request; `true` when it was answered and may be deleted.
-    async fn process(&mut self, received: &Received) -> Result<bool, SqsError> {
-        let verdict = self.judge(received);
-        match verdict {
-            Verdict::Sign { message, issued } => {
-                let reply = ReplyMessage::Certificate(CertificateMessage {
-                    instance_id: message.instance_id.clone(),
-                    certificate_pem: issued.certificate_pem.clone(),
-                    ca_chain_pem: self.signer.chain_pem().to_string(),
-                    version: Some(WIRE_VERSION),
-                    request_id: message.request_id.clone(),
-                    serial: Some(issued.serial_hex.clone()),
-                    not_after: Some(rfc3339(issued.not_after)),
-                });
-                let Some(target) = self.reply_target(&message).await? else {
-                    let rejection = Rejection::new(ReasonCode::MessageMalformed, "no reply queue exists for this instance");
-                    self.audit(received, Some(&message), "failed", Some(&rejection), Some(&issued));
-                    return self.dead_letter(received, "reply_queue_missing: the node's reply queue does not exist").await;
-                };
-                // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
-                let body = if message.is_seed_format() { seed_body(&reply) } else { reply.to_json() };
-                match self.sqs.send(&target, &body, &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)]).await {
-                    Ok(_) => {
-                        self.tally.issued += 1;
-                        self.tally.serials.push(issued.serial_hex.clone());
-                        self.audit(received, Some(&message), "issued", None, Some(&issued));
-                        Ok(true)
-                    }
-                    Err(e) => {
-                        self.warnings.push(format!("could not publish the certificate for {}: {e}", message.instance_id));
-                        Ok(false)
-                    }
-                }
-            }
-            Verdict::Refuse { message, rejection } => self.refuse(received, message, rejection).await,
+    /// Judges a batch on all cores (CPU work: parse, verify, policy, sign).
+    pub fn judge_all(&self, batch: &[Received]) -> Vec<Verdict> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = cores.min(batch.len());
+        if threads <= 1 {
+            return batch.iter().map(|r| self.judge(r)).collect();
         }
+        let chunk = batch.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                batch.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(|r| self.judge(r)).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        })
     }
 
     /// Everything that decides, without I/O but the signature.
-    fn judge(&self, received: &Received) -> Verdict {
+    pub fn judge(&self, received: &Received) -> Verdict {
         let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse { message, rejection: Rejection::new(code, text) };
         if received.body.len() > MAX_BODY_BYTES {
             return refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len()));
@@ -307,67 +303,104 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Publishes the answer to one request; the message is returned for the audit log.
+    async fn answer(&self, received: &Received, verdict: Verdict) -> (Option<CsrMessage>, Fate) {
+        match verdict {
+            Verdict::Sign { message, issued } => {
+                let reply = ReplyMessage::Certificate(CertificateMessage {
+                    instance_id: message.instance_id.clone(),
+                    certificate_pem: issued.certificate_pem.clone(),
+                    ca_chain_pem: self.signer.chain_pem().to_string(),
+                    version: Some(WIRE_VERSION),
+                    request_id: message.request_id.clone(),
+                    serial: Some(issued.serial_hex.clone()),
+                    not_after: Some(rfc3339(issued.not_after)),
+                });
+                let Some(target) = self.reply_target(&message) else {
+                    let missing = Rejection::new(ReasonCode::MessageMalformed, "a seed-format request, and no shared_cert_queue_url is set to answer it on");
+                    let fate = self.dead_letter(received, missing).await;
+                    return (Some(message), fate);
+                };
+                // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
+                let body = if message.is_seed_format() { seed_body(&reply) } else { reply.to_json() };
+                let fate = match self.sqs.send(&target, &body, &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)]).await {
+                    Ok(_) => Fate::Issued(issued),
+                    Err(SqsError::QueueMissing(_)) => {
+                        let missing = Rejection::new(ReasonCode::MessageMalformed, format!("the reply queue of {} does not exist", message.instance_id));
+                        self.dead_letter(received, missing).await
+                    }
+                    Err(e) => Fate::Retry(format!("could not publish the certificate for {}: {e}", message.instance_id)),
+                };
+                (Some(message), fate)
+            }
+            Verdict::Refuse { message, rejection } => {
+                let fate = self.refuse(received, message.as_ref(), rejection).await;
+                (message, fate)
+            }
+        }
+    }
+
     /// Answers a refusal: a policy refusal to the node (when it reads rejections), an
     /// unprocessable message to the dead-letter queue (and to the node, when it is ours).
-    async fn refuse(&mut self, received: &Received, message: Option<CsrMessage>, rejection: Rejection) -> Result<bool, SqsError> {
+    async fn refuse(&self, received: &Received, message: Option<&CsrMessage>, rejection: Rejection) -> Fate {
         let answerable = message
-            .as_ref()
             .filter(|m| m.reply_mode() == ReplyMode::PerNode && m.request_id.is_some() && is_valid_instance_id(&m.instance_id));
         let mut answered = false;
         if let Some(m) = answerable {
-            if let Some(target) = self.reply_target(m).await? {
+            if let Some(target) = self.reply_target(m) {
                 let reply = ReplyMessage::Rejection(RejectionMessage {
                     instance_id: m.instance_id.clone(),
                     request_id: m.request_id.clone().unwrap_or_default(),
                     reason_code: rejection.code.as_str().into(),
                     message: rejection.message.clone(),
                 });
-                if self.sqs.send(&target, &reply.to_json(), &[(INSTANCE_ID_ATTRIBUTE, &m.instance_id)]).await.is_ok() {
-                    answered = true;
-                }
+                answered = self.sqs.send(&target, &reply.to_json(), &[(INSTANCE_ID_ATTRIBUTE, &m.instance_id)]).await.is_ok();
             }
         }
-        self.audit(received, message.as_ref(), if rejection.code.is_integrity_failure() || !answered { "dead_lettered" } else { "rejected" }, Some(&rejection), None);
         if rejection.code.is_integrity_failure() || !answered {
-            return self.dead_letter(received, &rejection.to_string()).await;
+            return self.dead_letter(received, rejection).await;
         }
-        self.tally.rejected += 1;
-        Ok(true)
+        Fate::Rejected(rejection)
     }
 
-    async fn dead_letter(&mut self, received: &Received, reason: &str) -> Result<bool, SqsError> {
-        let Some(dlq) = self.dead_letter_queue.clone() else {
+    async fn dead_letter(&self, received: &Received, rejection: Rejection) -> Fate {
+        let Some(dlq) = &self.dead_letter_queue else {
             // Without a DLQ the message stays; the queue's own redrive (if any) decides.
-            return Ok(false);
+            return Fate::Retry(format!("cannot dead-letter message {} ({rejection}): no dead-letter queue", received.message_id));
         };
-        let mut attributes = vec![(REASON_ATTRIBUTE, reason)];
+        let reason = rejection.to_string();
+        let mut attributes = vec![(REASON_ATTRIBUTE, reason.as_str())];
         if let Some(id) = received.attributes.get(INSTANCE_ID_ATTRIBUTE) {
             attributes.push((INSTANCE_ID_ATTRIBUTE, id.as_str()));
         }
-        self.sqs.send(&dlq, &received.body, &attributes).await?;
-        self.tally.dead_lettered += 1;
-        Ok(true)
+        match self.sqs.send(dlq, &received.body, &attributes).await {
+            Ok(_) => Fate::DeadLettered(rejection),
+            Err(e) => Fate::Retry(format!("could not dead-letter message {}: {e}", received.message_id)),
+        }
     }
 
-    /// The queue to answer on, derived from the verified instance id, never from the message.
-    async fn reply_target(&mut self, message: &CsrMessage) -> Result<Option<String>, SqsError> {
+    /// The queue to answer on, derived from the verified instance id, never from the message:
+    /// a node's reply queue lives beside the CSR queue (same endpoint, account and region), so
+    /// its URL is the CSR queue's with the queue name replaced — no lookup call per node.
+    fn reply_target(&self, message: &CsrMessage) -> Option<String> {
         if message.reply_mode() == ReplyMode::Shared {
-            return Ok(self.args.shared_cert_queue_url.clone());
+            return self.args.shared_cert_queue_url.clone();
         }
-        if let Some(url) = self.reply_queues.get(&message.instance_id) {
-            return Ok(url.clone());
-        }
-        let url = self.sqs.queue_url(&reply_queue_name(&self.args.reply_queue_prefix, &message.instance_id)).await?;
-        self.reply_queues.insert(message.instance_id.clone(), url.clone());
-        Ok(url)
+        let (base, _) = self.args.csr_queue_url.trim_end_matches('/').rsplit_once('/')?;
+        Some(format!("{base}/{}", reply_queue_name(&self.args.reply_queue_prefix, &message.instance_id)))
     }
 
     /// One JSON line per decision. No key, secret or HMAC is ever written.
-    fn audit(&mut self, received: &Received, message: Option<&CsrMessage>, decision: &str, rejection: Option<&Rejection>, issued: Option<&IssuedCertificate>) {
+    fn record(&mut self, received: &Received, message: Option<&CsrMessage>, fate: &Fate) {
         if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
             return;
         }
-        let csr_sha256 = message.map(|m| fleetpki_core::sha256_hex(m.csr_pem.as_bytes()));
+        let (decision, rejection, issued) = match fate {
+            Fate::Issued(issued) => ("issued", None, Some(issued)),
+            Fate::Rejected(r) => ("rejected", Some(r), None),
+            Fate::DeadLettered(r) => ("dead_lettered", Some(r), None),
+            Fate::Retry(_) => ("retry", None, None),
+        };
         let line = json!({
             "time": rfc3339(time::OffsetDateTime::now_utc()),
             "message_id": received.message_id,
@@ -379,18 +412,14 @@ impl<'a> Worker<'a> {
             "reason": rejection.map(|r| r.message.clone()),
             "serial": issued.map(|i| i.serial_hex.clone()),
             "not_after": issued.map(|i| rfc3339(i.not_after)),
-            "csr_sha256": csr_sha256,
+            "csr_sha256": message.map(|m| fleetpki_core::sha256_hex(m.csr_pem.as_bytes())),
             "certificate_sha256": issued.map(|i| i.sha256.clone()),
         });
         if self.audit_to_stdout {
             println!("{line}");
         }
         let Some(path) = &self.args.audit_log_path else { return };
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| writeln!(f, "{line}"));
+        let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
             self.warnings.push(format!("cannot write the audit log {path}: {e}"));
         }

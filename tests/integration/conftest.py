@@ -1,7 +1,7 @@
 """Fixtures for the integration tests: a moto SQS server, per-test queues, a CA, simulated nodes.
 
 Run with the project's venv:  .venv/bin/python -m pytest -q tests/integration
-The module binaries must be built first (`cargo build --release`; scripts/test does both).
+The module binaries must be built first (`scripts/build`; scripts/test does both).
 """
 
 from __future__ import annotations

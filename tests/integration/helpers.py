@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN_DIR = REPO_ROOT / "target" / "release"
+# Where scripts/build puts the shipped binaries (glibc 2.17 build).
+BIN_DIR = REPO_ROOT / "target" / "x86_64-unknown-linux-gnu" / "release"
 MODULES = ("mtls_csr_submit", "mtls_ca_sign", "mtls_cert_fetch", "mtls_ca_init")
 COLLECTION = "fleetpki.mtls"
 
@@ -61,7 +62,7 @@ def binary_path(name: str) -> Path:
     path = BIN_DIR / name
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(
-            f"module binary {path} is missing: build it with `cargo build --release` "
+            f"module binary {path} is missing: build it with `scripts/build` "
             f"(scripts/test does this) before running the integration tests",
             pytrace=False,
         )
@@ -96,7 +97,7 @@ def parse_single_json(stdout: str, what: str = "module") -> dict[str, Any]:
 def run_args_file(
     name: str, args_file: Path | str, env: dict[str, str] | None = None, timeout: float = MODULE_TIMEOUT
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess]:
-    """Run target/release/<name> <args_file> the way Ansible does (stdin closed, one argument)."""
+    """Run BIN_DIR/<name> <args_file> the way Ansible does (stdin closed, one argument)."""
     binary = binary_path(name)
     try:
         proc = subprocess.run(

@@ -209,7 +209,7 @@ impl<'a> Worker<'a> {
         if batch.is_empty() {
             return Ok(0);
         }
-        let verdicts = self.judge_all(&batch);
+        let verdicts = judge_batch(&self.policy, self.signer, &batch);
         let this = &*self;
         let fates = futures_util::future::join_all(batch.iter().zip(verdicts).map(|(received, verdict)| this.answer(received, verdict))).await;
         let mut done = Vec::new();
@@ -242,65 +242,6 @@ impl<'a> Worker<'a> {
             self.warnings.push(format!("{} processed request(s) could not be deleted and will be answered again", failed.len()));
         }
         Ok(batch.len())
-    }
-
-    /// Judges a batch on all cores (CPU work: parse, verify, policy, sign).
-    pub fn judge_all(&self, batch: &[Received]) -> Vec<Verdict> {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let threads = cores.min(batch.len());
-        if threads <= 1 {
-            return batch.iter().map(|r| self.judge(r)).collect();
-        }
-        let chunk = batch.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                batch.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(|r| self.judge(r)).collect::<Vec<_>>())).collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-        })
-    }
-
-    /// Everything that decides, without I/O but the signature.
-    pub fn judge(&self, received: &Received) -> Verdict {
-        let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse { message, rejection: Rejection::new(code, text) };
-        if received.body.len() > MAX_BODY_BYTES {
-            return refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len()));
-        }
-        let message: CsrMessage = match serde_json::from_str(&received.body) {
-            Ok(m) => m,
-            Err(e) => return refuse(None, ReasonCode::MessageMalformed, format!("not a CSR message: {e}")),
-        };
-        if message.version.is_some_and(|v| v != WIRE_VERSION) {
-            return refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported"));
-        }
-        if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
-            return refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"));
-        }
-        let csr = match parse_and_verify_csr(&message.csr_pem) {
-            Ok(csr) => csr,
-            Err(e) => {
-                let code = match e.reason_code() {
-                    "csr_signature_invalid" => ReasonCode::CsrSignatureInvalid,
-                    "csr_signature_algorithm" => ReasonCode::CsrSignatureAlgorithm,
-                    "key_type_not_allowed" => ReasonCode::KeyTypeNotAllowed,
-                    _ => ReasonCode::CsrMalformed,
-                };
-                return refuse(Some(message), code, e.to_string());
-            }
-        };
-        let request = SigningRequest {
-            message: &message,
-            attribute_instance_id: received.attributes.get(INSTANCE_ID_ATTRIBUTE).map(String::as_str),
-            sender_id: received.sender_id.as_deref(),
-            csr: &csr,
-        };
-        let grant = match self.policy.evaluate(&request, now_unix()) {
-            Ok(grant) => grant,
-            Err(rejection) => return Verdict::Refuse { message: Some(message), rejection },
-        };
-        match self.signer.sign(&csr, &message.instance_id, grant.profile, grant.lifetime, time::OffsetDateTime::now_utc()) {
-            Ok(issued) => Verdict::Sign { message, issued },
-            Err(e) => refuse(Some(message), ReasonCode::CsrMalformed, format!("cannot sign: {e}")),
-        }
     }
 
     /// Publishes the answer to one request; the message is returned for the audit log.
@@ -423,6 +364,66 @@ impl<'a> Worker<'a> {
         if let Err(e) = written {
             self.warnings.push(format!("cannot write the audit log {path}: {e}"));
         }
+    }
+}
+
+/// Judges a batch on all cores (CPU work: parse, verify, policy, sign).
+pub fn judge_batch(policy: &Policy, signer: &CaSigner, batch: &[Received]) -> Vec<Verdict> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = cores.min(batch.len());
+    if threads <= 1 {
+        return batch.iter().map(|r| judge(policy, signer, r)).collect();
+    }
+    let chunk = batch.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            batch.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(|r| judge(policy, signer, r)).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
+/// Everything that decides on one request: limits, parsing, proof of possession, policy, and
+/// the signature. No I/O.
+pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict {
+    let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse { message, rejection: Rejection::new(code, text) };
+    if received.body.len() > MAX_BODY_BYTES {
+        return refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len()));
+    }
+    let message: CsrMessage = match serde_json::from_str(&received.body) {
+        Ok(m) => m,
+        Err(e) => return refuse(None, ReasonCode::MessageMalformed, format!("not a CSR message: {e}")),
+    };
+    if message.version.is_some_and(|v| v != WIRE_VERSION) {
+        return refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported"));
+    }
+    if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
+        return refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"));
+    }
+    let csr = match parse_and_verify_csr(&message.csr_pem) {
+        Ok(csr) => csr,
+        Err(e) => {
+            let code = match e.reason_code() {
+                "csr_signature_invalid" => ReasonCode::CsrSignatureInvalid,
+                "csr_signature_algorithm" => ReasonCode::CsrSignatureAlgorithm,
+                "key_type_not_allowed" => ReasonCode::KeyTypeNotAllowed,
+                _ => ReasonCode::CsrMalformed,
+            };
+            return refuse(Some(message), code, e.to_string());
+        }
+    };
+    let request = SigningRequest {
+        message: &message,
+        attribute_instance_id: received.attributes.get(INSTANCE_ID_ATTRIBUTE).map(String::as_str),
+        sender_id: received.sender_id.as_deref(),
+        csr: &csr,
+    };
+    let grant = match policy.evaluate(&request, now_unix()) {
+        Ok(grant) => grant,
+        Err(rejection) => return Verdict::Refuse { message: Some(message), rejection },
+    };
+    match signer.sign(&csr, &message.instance_id, grant.profile, grant.lifetime, time::OffsetDateTime::now_utc()) {
+        Ok(issued) => Verdict::Sign { message, issued },
+        Err(e) => refuse(Some(message), ReasonCode::CsrMalformed, format!("cannot sign: {e}")),
     }
 }
 

@@ -70,6 +70,8 @@ pub enum CsrError {
     UnsupportedSignature(String),
     #[error("the CSR's self-signature does not verify: it was altered or not signed by the key it carries")]
     BadSignature,
+    #[error("the CSR's RSA key has {0} bits; at least 2048 are required")]
+    KeyTooSmall(usize),
 }
 
 impl CsrError {
@@ -79,6 +81,7 @@ impl CsrError {
             CsrError::UnsupportedKey(_) => "key_type_not_allowed",
             CsrError::UnsupportedSignature(_) => "csr_signature_algorithm",
             CsrError::BadSignature => "csr_signature_invalid",
+            CsrError::KeyTooSmall(_) => "key_too_small",
         }
     }
 }
@@ -136,6 +139,12 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
     }
     let spki_der = req.info.public_key.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
     let key = key_kind(&req.info.public_key)?;
+    if let KeyKind::Rsa { bits } = key {
+        // Below 2048 bits the signature cannot even be checked (and is never acceptable).
+        if bits < 2048 {
+            return Err(CsrError::KeyTooSmall(bits));
+        }
+    }
 
     // The der crate accepts DER only, so re-encoding the request info gives the signed bytes.
     let tbs = req.info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
@@ -199,6 +208,15 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
     Ok(parsed)
 }
 
+/// SHA-256 of a PEM CSR's DER (as `openssl req -outform DER | sha256sum` gives), for the audit
+/// log; of the text itself when it holds no PEM block, so garbage is fingerprinted too.
+pub fn csr_der_sha256(pem_text: &str) -> String {
+    match ::pem::parse(pem_text.trim()) {
+        Ok(block) => sha256_hex(block.contents()),
+        Err(_) => sha256_hex(pem_text.as_bytes()),
+    }
+}
+
 pub(crate) fn general_name(name: &GeneralName) -> Option<SubjectAltName> {
     match name {
         GeneralName::DnsName(dns) => Some(SubjectAltName::Dns(dns.as_str().to_ascii_lowercase())),
@@ -231,10 +249,21 @@ pub(crate) fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Res
             }
         }
         oid::RSA_ENCRYPTION => {
-            let der = spki.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
-            let key = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&der)
-                .map_err(|e| CsrError::UnsupportedKey(format!("RSA key rejected: {e}")))?;
-            Ok(KeyKind::Rsa { bits: key.key_size_bits() })
+            // Read the modulus ourselves: aws-lc refuses keys under 2048 bits while parsing,
+            // and a small key must be reported as too small, not as unreadable.
+            use x509_cert::der::asn1::UintRef;
+            // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+            let fields = Vec::<UintRef<'_>>::from_der(spki.subject_public_key.raw_bytes())
+                .map_err(|e| CsrError::Malformed(format!("RSA public key: {e}")))?;
+            if fields.len() != 2 {
+                return Err(CsrError::Malformed("RSA public key is not (modulus, exponent)".into()));
+            }
+            let modulus = fields[0].as_bytes();
+            let bits = match modulus.first() {
+                Some(first) => modulus.len() * 8 - first.leading_zeros() as usize,
+                None => 0,
+            };
+            Ok(KeyKind::Rsa { bits })
         }
         oid::ED25519 => Ok(KeyKind::Ed25519),
         other => Err(CsrError::UnsupportedKey(format!("algorithm {other}"))),

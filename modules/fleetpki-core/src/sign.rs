@@ -78,6 +78,8 @@ impl CaSigner {
         dn.push(DnType::CommonName, instance_id);
         params.distinguished_name = dn;
         params.subject_alt_names = csr.names.iter().map(to_rcgen_san).collect::<Result<_, _>>()?;
+        // Certificates hold whole seconds: drop the rest, so what we report is what was signed.
+        let now = now.replace_nanosecond(0).unwrap_or(now);
         params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after = (now + lifetime).min(self.info.not_after);
         let serial = serial_number()?;

@@ -353,7 +353,7 @@ impl<'a> Worker<'a> {
             "reason": rejection.map(|r| r.message.clone()),
             "serial": issued.map(|i| i.serial_hex.clone()),
             "not_after": issued.map(|i| rfc3339(i.not_after)),
-            "csr_sha256": message.map(|m| fleetpki_core::sha256_hex(m.csr_pem.as_bytes())),
+            "csr_sha256": message.map(|m| fleetpki_core::csr::csr_der_sha256(&m.csr_pem)),
             "certificate_sha256": issued.map(|i| i.sha256.clone()),
         });
         if self.audit_to_stdout {
@@ -396,6 +396,10 @@ pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict
     if message.version.is_some_and(|v| v != WIRE_VERSION) {
         return refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported"));
     }
+    if message.version.is_some() && (message.request_id.is_none() || message.timestamp.is_none()) {
+        // Without them a node cannot match the answer and a replay never expires.
+        return refuse(Some(message), ReasonCode::MessageMalformed, "a version 1 request needs request_id and timestamp".into());
+    }
     if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
         return refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"));
     }
@@ -406,6 +410,7 @@ pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict
                 "csr_signature_invalid" => ReasonCode::CsrSignatureInvalid,
                 "csr_signature_algorithm" => ReasonCode::CsrSignatureAlgorithm,
                 "key_type_not_allowed" => ReasonCode::KeyTypeNotAllowed,
+                "key_too_small" => ReasonCode::KeyTooSmall,
                 _ => ReasonCode::CsrMalformed,
             };
             return refuse(Some(message), code, e.to_string());

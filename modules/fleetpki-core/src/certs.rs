@@ -27,6 +27,7 @@ pub struct CertificateInfo {
     pub is_ca: bool,
     pub server_auth: bool,
     pub client_auth: bool,
+    pub subject_key_id: Option<Vec<u8>>,
     pub sha256: String,
 }
 
@@ -59,6 +60,7 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, 
     let mut names = Vec::new();
     let mut is_ca = false;
     let (mut server_auth, mut client_auth) = (false, false);
+    let mut subject_key_id = None;
     if let Some(extensions) = tbs.extensions() {
         for ext in extensions.iter() {
             let bytes = ext.extn_value.as_bytes();
@@ -66,6 +68,10 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, 
                 oid::SUBJECT_ALT_NAME => {
                     let san = SanExtension::from_der(bytes).map_err(|e| bad(e.to_string()))?;
                     names.extend(san.0.iter().filter_map(general_name));
+                }
+                oid::SUBJECT_KEY_ID => {
+                    let ski = x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(bytes).map_err(|e| bad(e.to_string()))?;
+                    subject_key_id = Some(ski.0.as_bytes().to_vec());
                 }
                 oid::BASIC_CONSTRAINTS => is_ca = BasicConstraints::from_der(bytes).map_err(|e| bad(e.to_string()))?.ca,
                 oid::EXT_KEY_USAGE => {
@@ -94,6 +100,7 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, 
         is_ca,
         server_auth,
         client_auth,
+        subject_key_id,
         sha256: sha256_hex(der),
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod certs;
+pub mod crl;
 pub mod csr;
 mod error;
 pub mod keys;

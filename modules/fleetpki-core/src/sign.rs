@@ -54,6 +54,11 @@ impl CaSigner {
         Ok(CaSigner { issuer, info, chain_pem })
     }
 
+    /// Signs a CRL listing `revoked`, valid from `now` (backdated like leaves) for `lifetime`.
+    pub fn sign_crl(&self, revoked: &[crate::crl::Revocation], number: u64, now: OffsetDateTime, lifetime: Duration) -> Result<String, PkiError> {
+        crate::crl::sign(&self.issuer, &self.info, revoked, number, now, lifetime)
+    }
+
     pub fn chain_pem(&self) -> &str {
         &self.chain_pem
     }

@@ -2,6 +2,7 @@
 //! The binaries in `src/bin/` only hand these to the Ansible protocol layer.
 
 pub mod ca_init;
+pub mod ca_revoke;
 pub mod ca_service;
 pub mod ca_sign;
 pub mod cert_fetch;

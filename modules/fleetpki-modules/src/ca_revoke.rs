@@ -1,0 +1,162 @@
+//! `mtls_ca_revoke`: revoke certificates by serial or by instance id, and keep a CRL signed by
+//! the intermediate up to date. Run it on a schedule too: it re-issues the CRL before its
+//! nextUpdate, so an expired CRL never breaks handshakes.
+//!
+//! Issuance records come from the workers' audit logs (one JSON line per decision, `issued`
+//! lines carry serial, instance id and notAfter). With several worker hosts, gather their logs
+//! to the host running this module (e.g. `ansible.builtin.fetch`) and list them all.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_core::crl::{normalize_serial, parse_crl, reissue_reason, Reason, Revocation};
+use fleetpki_core::layout::{write_atomic, FilePerms};
+use fleetpki_core::renewal::RenewBefore;
+use fleetpki_core::sign::CaSigner;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::csr_submit::rfc3339;
+
+pub const NAME: &str = "fleetpki.mtls.mtls_ca_revoke";
+
+pub fn spec() -> ArgumentSpec {
+    ArgumentSpec::new()
+        .option(OptionSpec::new("ownca_path", OptionType::Path).required())
+        .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path).required())
+        .option(OptionSpec::new("ca_chain_path", OptionType::Path).required())
+        .option(OptionSpec::new("crl_path", OptionType::Path).required())
+        .option(OptionSpec::new("revocations_path", OptionType::Path).required())
+        .option(OptionSpec::new("issuance_log_paths", OptionType::List(ElementType::Str)).default(json!([])))
+        .option(OptionSpec::new("serials", OptionType::List(ElementType::Str)).default(json!([])))
+        .option(OptionSpec::new("instance_ids", OptionType::List(ElementType::Str)).default(json!([])))
+        .option(
+            OptionSpec::new("reason", OptionType::Str)
+                .choices(["unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation"])
+                .default("unspecified"),
+        )
+        .option(OptionSpec::new("crl_lifetime_days", OptionType::Int).default(7))
+        .option(OptionSpec::new("crl_renew_before", OptionType::Str).default("2d"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Args {
+    ownca_path: String,
+    ownca_privatekey_path: String,
+    ca_chain_path: String,
+    crl_path: String,
+    revocations_path: String,
+    issuance_log_paths: Vec<String>,
+    serials: Vec<String>,
+    instance_ids: Vec<String>,
+    reason: Reason,
+    crl_lifetime_days: i64,
+    crl_renew_before: String,
+}
+
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+struct State {
+    /// Bumped on every CRL issued (the CRL number must increase).
+    crl_number: u64,
+    revoked: Vec<Revocation>,
+}
+
+/// `issued` records of the workers' audit logs: (serial, instance id, notAfter unix).
+fn issued_records(paths: &[String]) -> Result<Vec<(String, String, i64)>, Failure> {
+    let mut records = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| Failure::new(format!("cannot read the issuance log {path}: {e}")))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(value) = serde_json::from_str::<Value>(line) else { continue };
+            if value["decision"] != "issued" {
+                continue;
+            }
+            let not_after = value["not_after"]
+                .as_str()
+                .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+                .map(|t| t.unix_timestamp())
+                .unwrap_or(i64::MAX);
+            if let (Some(serial), Some(instance)) = (value["serial"].as_str(), value["instance_id"].as_str()) {
+                records.push((serial.to_string(), instance.to_string(), not_after));
+            }
+        }
+    }
+    Ok(records)
+}
+
+pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
+    let args: Args = invocation.args()?;
+    if !(1..=366).contains(&args.crl_lifetime_days) {
+        return Err(Failure::new("crl_lifetime_days must be between 1 and 366"));
+    }
+    let renew_before = match RenewBefore::parse(&args.crl_renew_before) {
+        Ok(RenewBefore::Duration(d)) => d,
+        _ => return Err(Failure::new("crl_renew_before must be a duration such as 2d or 12h")),
+    };
+    let lifetime = Duration::from_secs(args.crl_lifetime_days as u64 * 86_400);
+    if renew_before >= lifetime {
+        return Err(Failure::new("crl_renew_before must be shorter than crl_lifetime_days, or every run re-issues the CRL"));
+    }
+    let signer = CaSigner::load(Path::new(&args.ownca_path), Path::new(&args.ownca_privatekey_path), Path::new(&args.ca_chain_path))?;
+    let now = time::OffsetDateTime::now_utc();
+
+    // 1. The revocation state, plus what this task revokes.
+    let mut state: State = match std::fs::read_to_string(&args.revocations_path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Failure::new(format!("{} is not a revocation state file: {e}", args.revocations_path)))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+        Err(e) => return Err(Failure::new(format!("cannot read {}: {e}", args.revocations_path))),
+    };
+    let known: BTreeSet<String> = state.revoked.iter().map(|r| r.serial.clone()).collect();
+    let mut wanted: Vec<(String, Option<String>)> = Vec::new();
+    for serial in &args.serials {
+        wanted.push((normalize_serial(serial)?, None));
+    }
+    if !args.instance_ids.is_empty() {
+        let records = issued_records(&args.issuance_log_paths)?;
+        for instance in &args.instance_ids {
+            let found: Vec<_> = records.iter().filter(|(_, id, not_after)| id == instance && *not_after > now.unix_timestamp()).collect();
+            if found.is_empty() && args.issuance_log_paths.is_empty() {
+                return Err(Failure::new("revoking by instance_ids needs issuance_log_paths (the workers' audit logs)"));
+            }
+            wanted.extend(found.into_iter().map(|(serial, id, _)| (serial.clone(), Some(id.clone()))));
+        }
+    }
+    let mut newly: Vec<String> = Vec::new();
+    for (serial, instance_id) in wanted {
+        if known.contains(&serial) || newly.contains(&serial) {
+            continue;
+        }
+        state.revoked.push(Revocation { serial: serial.clone(), instance_id, reason: args.reason, revoked_at: now.unix_timestamp() });
+        newly.push(serial);
+    }
+
+    // 2. Re-issue the CRL when the list changed, when it is missing, or when its nextUpdate is near.
+    let current = match std::fs::read_to_string(&args.crl_path) {
+        Ok(text) => Some(parse_crl(&text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Failure::new(format!("cannot read {}: {e}", args.crl_path))),
+    };
+    let mut listed: Vec<String> = state.revoked.iter().map(|r| r.serial.clone()).collect();
+    listed.sort();
+    let why = reissue_reason(current.as_ref(), &listed, now, renew_before);
+    let mut outcome = Outcome::new(false, "the CRL is current").with("revoked", json!(newly)).with("revoked_count", state.revoked.len());
+    if let Some(crl) = &current {
+        outcome = outcome.with("crl_next_update", crl.next_update.map(rfc3339));
+    }
+    let Some(why) = why else { return Ok(outcome) };
+    outcome.changed = true;
+    outcome.msg = format!("{} a new CRL: {why}", if invocation.check_mode { "would issue" } else { "issued" });
+    if invocation.check_mode {
+        return Ok(outcome);
+    }
+    state.crl_number += 1;
+    let crl_pem = signer.sign_crl(&state.revoked, state.crl_number, now, lifetime)?;
+    let perms = FilePerms::private(None, None, 0o600);
+    let state_json = serde_json::to_vec_pretty(&state).map_err(|e| Failure::new(e.to_string()))?;
+    write_atomic(Path::new(&args.revocations_path), &state_json, &perms)?;
+    write_atomic(Path::new(&args.crl_path), crl_pem.as_bytes(), &FilePerms::public_like(&perms))?;
+    let next = now.replace_nanosecond(0).unwrap_or(now) + lifetime;
+    Ok(outcome.with("crl_next_update", rfc3339(next)).with("crl_number", state.crl_number))
+}

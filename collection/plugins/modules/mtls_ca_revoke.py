@@ -1,0 +1,147 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetpki contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+# Documentation only. The module itself is the Rust binary "mtls_ca_revoke" next to this
+# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mtls_ca_revoke
+short_description: Revoke fleetpki certificates and keep the CRL current
+version_added: 0.1.0
+author:
+  - fleetpki contributors (!UNKNOWN)
+description:
+  - Revokes certificates by serial number or by instance id, records them in a revocation state
+    file, and issues a CRL signed by the intermediate CA.
+  - Re-issues the CRL when the revocation list changed, when it is missing, or when its nextUpdate is
+    closer than O(crl_renew_before). Run it on a schedule shorter than O(crl_renew_before) so the CRL
+    never expires and breaks handshakes.
+  - Revoking by instance id reads the issuance records from the CA workers' audit logs
+    (R(fleetpki.mtls.mtls_ca_sign,ansible_collections.fleetpki.mtls.mtls_ca_sign_module) option
+    O(fleetpki.mtls.mtls_ca_sign#module:audit_log_path)); with several worker hosts, gather their logs
+    (for example with M(ansible.builtin.fetch)) and list them all in O(issuance_log_paths).
+  - Makes no network calls. In check mode nothing is written.
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  ownca_path:
+    description:
+      - Path of the intermediate CA certificate (PEM) that signs the CRL.
+    type: path
+    required: true
+  ownca_privatekey_path:
+    description:
+      - Path of the intermediate CA private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    type: path
+    required: true
+  ca_chain_path:
+    description:
+      - Path of the CA chain (intermediate then root).
+    type: path
+    required: true
+  crl_path:
+    description:
+      - Where the CRL (PEM) is written. Distribute this file to the nodes.
+    type: path
+    required: true
+  revocations_path:
+    description:
+      - The revocation state file (JSON): every revoked serial, with its reason and time, and the CRL number.
+    type: path
+    required: true
+  issuance_log_paths:
+    description:
+      - The CA workers' audit logs (JSON lines), read to find the certificates of O(instance_ids).
+    type: list
+    elements: str
+    default: []
+  serials:
+    description:
+      - Serial numbers to revoke, in hexadecimal (V(0a1b...), V(0A:1B:...) or V(0x0a1b...)).
+    type: list
+    elements: str
+    default: []
+  instance_ids:
+    description:
+      - Revoke every unexpired certificate issued to these instance ids.
+    type: list
+    elements: str
+    default: []
+  reason:
+    description:
+      - The revocation reason recorded in the CRL.
+    type: str
+    choices: [unspecified, key_compromise, affiliation_changed, superseded, cessation_of_operation]
+    default: unspecified
+  crl_lifetime_days:
+    description:
+      - How long an issued CRL is valid (its nextUpdate).
+    type: int
+    default: 7
+  crl_renew_before:
+    description:
+      - Re-issue the CRL when its nextUpdate is closer than this duration (V(2d), V(12h)).
+      - Must be shorter than O(crl_lifetime_days).
+    type: str
+    default: "2d"
+"""
+
+EXAMPLES = r"""
+- name: Revoke the certificates of a decommissioned node and refresh the CRL
+  fleetpki.mtls.mtls_ca_revoke:
+    ownca_path: /etc/fleetpki/ca/intermediate.cert.pem
+    ownca_privatekey_path: /etc/fleetpki/ca/intermediate.key.pem
+    ca_chain_path: /etc/fleetpki/ca/chain.pem
+    crl_path: /etc/fleetpki/ca/crl.pem
+    revocations_path: /etc/fleetpki/ca/revocations.json
+    issuance_log_paths:
+      - /etc/fleetpki/ca/audit.jsonl
+    instance_ids:
+      - i-0123456789abcdef0
+    reason: key_compromise
+
+- name: Keep the CRL fresh (run from a timer or every play)
+  fleetpki.mtls.mtls_ca_revoke:
+    ownca_path: /etc/fleetpki/ca/intermediate.cert.pem
+    ownca_privatekey_path: /etc/fleetpki/ca/intermediate.key.pem
+    ca_chain_path: /etc/fleetpki/ca/chain.pem
+    crl_path: /etc/fleetpki/ca/crl.pem
+    revocations_path: /etc/fleetpki/ca/revocations.json
+"""
+
+RETURN = r"""
+revoked:
+  description:
+    - Serial numbers revoked by this task (not those revoked before).
+  returned: always
+  type: list
+  elements: str
+  sample: ["47ebb3f2882e350fc53ca950cc6e6838"]
+revoked_count:
+  description:
+    - Number of serials on the revocation list.
+  returned: always
+  type: int
+  sample: 1
+crl_next_update:
+  description:
+    - The nextUpdate of the current CRL (RFC 3339).
+  returned: when a CRL exists or was issued
+  type: str
+  sample: "2026-12-04T23:19:31Z"
+crl_number:
+  description:
+    - The CRL number of the CRL just issued.
+  returned: when a CRL was issued
+  type: int
+  sample: 3
+"""

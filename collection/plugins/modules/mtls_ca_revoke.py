@@ -55,7 +55,7 @@ options:
     required: true
   revocations_path:
     description:
-      - The revocation state file (JSON): every revoked serial, with its reason and time, and the CRL number.
+      - The revocation state file (JSON) with every revoked serial, its reason and time, and the CRL number.
     type: path
     required: true
   issuance_log_paths:

@@ -8,3 +8,4 @@ pub mod ca_sign;
 pub mod cert_fetch;
 pub mod common;
 pub mod csr_submit;
+pub mod reply_queues;

@@ -334,6 +334,38 @@ impl Sqs {
         })
     }
 
+    /// URLs of every queue whose name starts with `prefix` (all pages).
+    pub async fn list_queues(&self, prefix: &str) -> Result<Vec<String>, SqsError> {
+        let mut urls = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            self.calls.add("ListQueues");
+            let out = self
+                .client
+                .list_queues()
+                .queue_name_prefix(prefix)
+                .max_results(1000)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| Self::fail("ListQueues", prefix, e))?;
+            urls.extend(out.queue_urls.unwrap_or_default());
+            match out.next_token {
+                Some(token) if !token.is_empty() => next = Some(token),
+                _ => return Ok(urls),
+            }
+        }
+    }
+
+    pub async fn delete_queue(&self, queue_url: &str) -> Result<(), SqsError> {
+        self.calls.add("DeleteQueue");
+        match self.client.delete_queue().queue_url(queue_url).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) => Ok(()),
+            Err(e) => Err(Self::fail("DeleteQueue", queue_url, e)),
+        }
+    }
+
     /// The dead-letter queue URL named by a queue's RedrivePolicy, if it has one.
     pub async fn dead_letter_queue_of(&self, queue_url: &str) -> Result<Option<String>, SqsError> {
         let attrs = self.attributes(queue_url, &[QueueAttributeName::RedrivePolicy]).await?;

@@ -1,0 +1,82 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetpki contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+# Documentation only. The module itself is the Rust binary "mtls_reply_queues" next to this
+# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mtls_reply_queues
+short_description: Delete the reply queues of instances that are gone
+version_added: 0.1.0
+author:
+  - fleetpki contributors (!UNKNOWN)
+description:
+  - Each node creates its own reply queue (O(reply_queue_prefix) plus its instance id). An autoscaled
+    fleet leaves one behind for every instance it retires. This module lists the queues with the
+    prefix and deletes those whose instance id is not in O(keep_instance_ids), typically the fleet's
+    inventory.
+  - Refuses to delete more than O(max_delete) queues in one run, so a mistake in the inventory cannot
+    wipe the fleet's queues.
+  - In check mode it lists what it would delete and deletes nothing.
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+extends_documentation_fragment:
+  - fleetpki.mtls.aws
+options:
+  keep_instance_ids:
+    description:
+      - Instance ids whose reply queues are kept.
+    type: list
+    elements: str
+    required: true
+  reply_queue_prefix:
+    description:
+      - Name prefix of the reply queues, as given to the node modules.
+      - At least 4 characters, so that other applications' queues never match.
+    type: str
+    default: fleetpki-reply-
+  max_delete:
+    description:
+      - Fail instead of deleting when more than this many queues would go.
+    type: int
+    default: 100
+"""
+
+EXAMPLES = r"""
+- name: Delete the reply queues of instances no longer in the inventory
+  fleetpki.mtls.mtls_reply_queues:
+    keep_instance_ids: "{{ groups['fleet'] | map('extract', hostvars, 'mtls_client_instance_id') | list }}"
+    region: eu-west-1
+  run_once: true
+"""
+
+RETURN = r"""
+deleted_queue_urls:
+  description:
+    - URLs of the queues deleted (in check mode, that would be deleted).
+  returned: always
+  type: list
+  elements: str
+  sample: ["https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-reply-i-0123456789abcdef0"]
+kept:
+  description:
+    - Number of reply queues kept.
+  returned: always
+  type: int
+  sample: 42
+sqs_calls:
+  description:
+    - Number of SQS API calls made, by operation, and C(total).
+  returned: always
+  type: dict
+  sample: {"ListQueues": 1, "DeleteQueue": 1, "total": 2}
+"""

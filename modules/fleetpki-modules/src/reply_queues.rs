@@ -1,0 +1,68 @@
+//! `mtls_reply_queues`: delete the reply queues of instances that are gone. Nodes create their
+//! own reply queue; an autoscaled fleet leaves one behind for every instance it retires.
+
+use std::collections::BTreeSet;
+
+use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_sqs::{AwsOptions, Sqs};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::common::{aws_options, calls_json, runtime};
+
+pub const NAME: &str = "fleetpki.mtls.mtls_reply_queues";
+
+pub fn spec() -> ArgumentSpec {
+    ArgumentSpec::new()
+        .option(OptionSpec::new("keep_instance_ids", OptionType::List(ElementType::Str)).required())
+        .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
+        .option(OptionSpec::new("max_delete", OptionType::Int).default(100))
+        .options(aws_options())
+}
+
+#[derive(Debug, Deserialize)]
+struct Args {
+    keep_instance_ids: Vec<String>,
+    reply_queue_prefix: String,
+    max_delete: i64,
+    #[serde(flatten)]
+    aws: AwsOptions,
+}
+
+pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
+    let args: Args = invocation.args()?;
+    if args.reply_queue_prefix.len() < 4 {
+        // A short prefix would match other applications' queues.
+        return Err(Failure::new("reply_queue_prefix must have at least 4 characters"));
+    }
+    if args.max_delete < 0 {
+        return Err(Failure::new("max_delete must be 0 or more"));
+    }
+    let keep: BTreeSet<String> = args.keep_instance_ids.iter().map(|id| format!("{}{id}", args.reply_queue_prefix)).collect();
+    runtime()?.block_on(async {
+        let sqs = Sqs::connect(&args.aws).await?;
+        let urls = sqs.list_queues(&args.reply_queue_prefix).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+        let stale: Vec<&String> =
+            urls.iter().filter(|url| url.rsplit('/').next().is_some_and(|name| !keep.contains(name))).collect();
+        if stale.len() as i64 > args.max_delete {
+            // A mistake in the inventory must not wipe the fleet's queues.
+            return Err(Failure::new(format!(
+                "{} reply queues are not in keep_instance_ids, more than max_delete={}: check the list, or raise max_delete",
+                stale.len(),
+                args.max_delete
+            ))
+            .with("stale_queue_urls", json!(stale))
+            .with("sqs_calls", calls_json(sqs.calls())));
+        }
+        if !invocation.check_mode {
+            for url in &stale {
+                sqs.delete_queue(url).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            }
+        }
+        let verb = if invocation.check_mode { "would delete" } else { "deleted" };
+        Ok(Outcome::new(!stale.is_empty(), format!("{verb} {} of {} reply queues", stale.len(), urls.len()))
+            .with("deleted_queue_urls", json!(stale))
+            .with("kept", urls.len() - stale.len())
+            .with("sqs_calls", calls_json(sqs.calls())))
+    })
+}

@@ -1,0 +1,51 @@
+"""mtls_reply_queues: reply queues of instances that are gone are deleted, the others kept."""
+
+from __future__ import annotations
+
+from helpers import assert_ok, queues_with_prefix
+
+
+def make_reply_queues(sqs, queues, ids):
+    return {i: sqs.create_queue(QueueName=f"{queues.reply_prefix}{i}")["QueueUrl"] for i in ids}
+
+
+def test_deletes_only_queues_of_instances_not_kept(run_module, sqs, queues):
+    urls = make_reply_queues(sqs, queues, ["i-1", "i-2", "i-3"])
+    # A queue of another application with a similar name is never touched.
+    other = sqs.create_queue(QueueName=f"{queues.prefix}-other-i-3")["QueueUrl"]
+    args = {"keep_instance_ids": ["i-1", "i-2"], "reply_queue_prefix": queues.reply_prefix}
+
+    result, proc = run_module("mtls_reply_queues", args, check=True)
+    assert_ok(result, proc)
+    assert result["changed"] is True
+    assert result["deleted_queue_urls"] == [urls["i-3"]]
+    assert urls["i-3"] in queues_with_prefix(sqs, queues.reply_prefix), "check mode deleted a queue"
+
+    result, proc = run_module("mtls_reply_queues", args)
+    assert_ok(result, proc)
+    assert result["deleted_queue_urls"] == [urls["i-3"]]
+    assert result["kept"] == 2
+    assert queues_with_prefix(sqs, queues.reply_prefix) == sorted([urls["i-1"], urls["i-2"]])
+    assert other in queues_with_prefix(sqs, queues.prefix)
+    assert result["sqs_calls"]["DeleteQueue"] == 1
+
+    result, proc = run_module("mtls_reply_queues", args)
+    assert_ok(result, proc)
+    assert result["changed"] is False
+    assert result["deleted_queue_urls"] == []
+
+
+def test_refuses_to_delete_more_than_max_delete(run_module, sqs, queues):
+    make_reply_queues(sqs, queues, ["i-1", "i-2", "i-3"])
+    result, _ = run_module(
+        "mtls_reply_queues", {"keep_instance_ids": [], "reply_queue_prefix": queues.reply_prefix, "max_delete": 2}
+    )
+    assert result["failed"] is True
+    assert "max_delete" in result["msg"]
+    assert len(queues_with_prefix(sqs, queues.reply_prefix)) == 3
+
+
+def test_a_short_prefix_is_refused(run_module, queues):
+    result, _ = run_module("mtls_reply_queues", {"keep_instance_ids": [], "reply_queue_prefix": "f"})
+    assert result["failed"] is True
+    assert "reply_queue_prefix" in result["msg"]

@@ -48,7 +48,7 @@ pub struct Revocation {
 
 fn serial_bytes(hex: &str) -> Result<Vec<u8>, PkiError> {
     let bad = || PkiError::Build(format!("serial {hex:?} is not hexadecimal"));
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad())).collect()

@@ -54,12 +54,19 @@ fn serial_bytes(hex: &str) -> Result<Vec<u8>, PkiError> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad())).collect()
 }
 
-/// Normalises a serial given by a user (`0A:1B`, `0x0a1b`, upper case) to our hex form.
+/// The canonical hex of a serial: its unsigned value in the fewest octets (at least one), so
+/// `80ab`, `00:80:AB` (how `openssl x509 -text` prints it) and `0x80AB` are one serial.
+fn canonical(bytes: &[u8]) -> String {
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    crate::hex(&bytes[first..])
+}
+
+/// Normalises a serial given by a user (`0A:1B`, `0x0a1b`, upper case, leading zeros).
 pub fn normalize_serial(text: &str) -> Result<String, PkiError> {
-    let hex: String = text.trim().trim_start_matches("0x").chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = text.trim().trim_start_matches("0x").trim_start_matches("0X").chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     let hex = if hex.len() % 2 == 1 { format!("0{hex}") } else { hex };
-    serial_bytes(&hex)?;
-    Ok(hex)
+    let bytes = serial_bytes(&hex).map_err(|_| PkiError::InvalidSerial(text.to_string()))?;
+    Ok(canonical(&bytes))
 }
 
 pub(crate) fn sign(
@@ -106,6 +113,7 @@ pub struct CrlInfo {
     pub serials: Vec<String>,
 }
 
+/// Parses a PEM CRL; serials come back in canonical form (see `normalize_serial`).
 pub fn parse_crl(pem: &str) -> Result<CrlInfo, PkiError> {
     let bad = |e: x509_cert::der::Error| PkiError::CertificateParse { what: "CRL".into(), detail: e.to_string() };
     let list: CertificateList = CertificateList::from_pem(pem.trim().as_bytes()).map_err(bad)?;
@@ -116,7 +124,7 @@ pub fn parse_crl(pem: &str) -> Result<CrlInfo, PkiError> {
         .transpose()
         .map_err(|e| PkiError::Build(e.to_string()))?;
     let mut serials: Vec<String> =
-        tbs.revoked_certificates.unwrap_or_default().iter().map(|r| crate::hex(r.serial_number.as_bytes())).collect();
+        tbs.revoked_certificates.unwrap_or_default().iter().map(|r| canonical(r.serial_number.as_bytes())).collect();
     serials.sort();
     Ok(CrlInfo { next_update, serials })
 }
@@ -159,6 +167,11 @@ mod tests {
     fn serials_normalise() {
         assert_eq!(normalize_serial("0A:1B").unwrap(), "0a1b");
         assert_eq!(normalize_serial("0xabc").unwrap(), "0abc");
-        assert!(normalize_serial("xyz").is_err());
+        assert_eq!(normalize_serial("00:80:AB").unwrap(), "80ab");
+        assert_eq!(normalize_serial("0x80AB").unwrap(), "80ab");
+        assert_eq!(normalize_serial("0001").unwrap(), "01");
+        assert_eq!(normalize_serial("00").unwrap(), "00");
+        let err = normalize_serial("0xyz").unwrap_err().to_string();
+        assert!(err.contains("0xyz") && err.contains("serials"), "{err}");
     }
 }

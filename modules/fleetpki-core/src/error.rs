@@ -13,6 +13,8 @@ pub enum PkiError {
     CertificateParse { what: String, detail: String },
     #[error("cannot build the certificate or request: {0}")]
     Build(String),
+    #[error("option serials: {0:?} is not a hexadecimal serial number (write it as 0a1b..., 0A:1B:... or 0x0a1b...)")]
+    InvalidSerial(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} holds no certificate (expected PEM '-----BEGIN CERTIFICATE-----' blocks)")]

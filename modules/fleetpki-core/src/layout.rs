@@ -301,6 +301,20 @@ impl Layout {
         }
     }
 
+    /// Removes a pending key left behind by an install interrupted after it switched `current`
+    /// (the key is then the live one: it must not be reused as a "new" key). Returns whether it
+    /// removed one.
+    pub fn discard_pending_key_if_live(&self, live_key_pem: &str) -> Result<bool, PkiError> {
+        match self.read_pending_key()? {
+            Some(pending) if pending.trim() == live_key_pem.trim() => {
+                let path = self.pending_key_path();
+                fs::remove_file(&path).map_err(io(&path))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Forgets the pending request (the key stays, so a retry can reuse it).
     pub fn clear_pending_request(&self) -> Result<(), PkiError> {
         let path = self.pending_request_path();
@@ -327,6 +341,7 @@ impl Layout {
         ensure_dir(&self.root, 0o755)?;
         let versions = self.root.join("versions");
         ensure_dir(&versions, 0o755)?;
+        self.remove_leftovers()?;
         let final_dir = versions.join(serial_hex);
         let target = Path::new("versions").join(serial_hex);
         if fs::read_link(self.root.join("current")).ok().as_deref() == Some(target.as_path()) {
@@ -378,16 +393,44 @@ impl Layout {
         self.prune_versions(serial_hex, previous)
     }
 
-    /// Keeps the current and the previous version; older ones go.
+    /// Keeps the current and the previous version; older ones go. When the previous one is not
+    /// known (an interrupted run switched `current` already), the newest other version is kept.
     fn prune_versions(&self, current: &str, previous: Option<&Path>) -> Result<(), PkiError> {
-        let keep_previous = previous.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
         let versions = self.root.join("versions");
+        let mut others: Vec<(std::time::SystemTime, String, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&versions).map_err(io(&versions))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name == current || Some(&name) == keep_previous.as_ref() || name.starts_with('.') {
+            if name == current || name.starts_with('.') {
                 continue;
             }
-            fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
+            let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            others.push((modified, name, entry.path()));
+        }
+        let keep = match previous.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()) {
+            Some(name) => Some(name),
+            None => others.iter().max_by_key(|(modified, _, _)| *modified).map(|(_, name, _)| name.clone()),
+        };
+        for (_, name, path) in others {
+            if Some(&name) != keep.as_ref() {
+                fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what an interrupted install left behind: staging directories (they hold a key
+    /// copy) and temporary symlinks. Only called under the node's lock.
+    fn remove_leftovers(&self) -> Result<(), PkiError> {
+        for dir in [self.root.join("versions"), self.root.clone()] {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    let path = entry.path();
+                    let removed = if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                    removed.map_err(io(&path))?;
+                }
+            }
         }
         Ok(())
     }

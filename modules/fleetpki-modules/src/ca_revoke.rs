@@ -95,6 +95,9 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         Ok(RenewBefore::Duration(d)) => d,
         _ => return Err(Failure::new("crl_renew_before must be a duration such as 2d or 12h")),
     };
+    if renew_before.is_zero() {
+        return Err(Failure::new("crl_renew_before must be more than 0: with 0 the CRL is re-issued only after it expired"));
+    }
     let lifetime = Duration::from_secs(args.crl_lifetime_days as u64 * 86_400);
     if renew_before >= lifetime {
         return Err(Failure::new("crl_renew_before must be shorter than crl_lifetime_days, or every run re-issues the CRL"));
@@ -108,19 +111,30 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
         Err(e) => return Err(Failure::new(format!("cannot read {}: {e}", args.revocations_path))),
     };
+    for revocation in &mut state.revoked {
+        revocation.serial = normalize_serial(&revocation.serial)?;
+    }
     let known: BTreeSet<String> = state.revoked.iter().map(|r| r.serial.clone()).collect();
     let mut wanted: Vec<(String, Option<String>)> = Vec::new();
     for serial in &args.serials {
         wanted.push((normalize_serial(serial)?, None));
     }
+    let mut warnings = Vec::new();
     if !args.instance_ids.is_empty() {
+        if args.issuance_log_paths.is_empty() {
+            return Err(Failure::new("revoking by instance_ids needs issuance_log_paths (the workers' audit logs)"));
+        }
         let records = issued_records(&args.issuance_log_paths)?;
         for instance in &args.instance_ids {
             let found: Vec<_> = records.iter().filter(|(_, id, not_after)| id == instance && *not_after > now.unix_timestamp()).collect();
-            if found.is_empty() && args.issuance_log_paths.is_empty() {
-                return Err(Failure::new("revoking by instance_ids needs issuance_log_paths (the workers' audit logs)"));
+            if found.is_empty() {
+                warnings.push(format!(
+                    "no unexpired certificate of {instance} is in the issuance logs: nothing revoked for it (check the id, and that every worker's log is listed)"
+                ));
             }
-            wanted.extend(found.into_iter().map(|(serial, id, _)| (serial.clone(), Some(id.clone()))));
+            for (serial, id, _) in found {
+                wanted.push((normalize_serial(serial)?, Some(id.clone())));
+            }
         }
     }
     let mut newly: Vec<String> = Vec::new();
@@ -142,6 +156,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     listed.sort();
     let why = reissue_reason(current.as_ref(), &listed, now, renew_before);
     let mut outcome = Outcome::new(false, "the CRL is current").with("revoked", json!(newly)).with("revoked_count", state.revoked.len());
+    outcome.warnings = warnings;
     if let Some(crl) = &current {
         outcome = outcome.with("crl_next_update", crl.next_update.map(rfc3339));
     }
@@ -150,6 +165,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     outcome.msg = format!("{} a new CRL: {why}", if invocation.check_mode { "would issue" } else { "issued" });
     if invocation.check_mode {
         return Ok(outcome);
+    }
+    for path in [&args.revocations_path, &args.crl_path] {
+        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+            return Err(Failure::new(format!("the directory {} of {path} does not exist: create it first", parent.display())));
+        }
     }
     state.crl_number += 1;
     let crl_pem = signer.sign_crl(&state.revoked, state.crl_number, now, lifetime)?;

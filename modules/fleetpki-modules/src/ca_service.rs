@@ -83,12 +83,17 @@ fn run(config_path: &str) -> Result<(), String> {
                     Err(f) => log(&format!("policy not reloaded, keeping the previous one: {}", f.msg)),
                 }
             }
-            // Stop between batches only: a batch in hand is finished (published and deleted).
-            let result = tokio::select! {
+            // A signal cancels only the wait for requests; a batch in hand is finished
+            // (answered and deleted) before the next look at the signals.
+            let received = tokio::select! {
                 biased;
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
-                result = worker.batch(args.batch_size as i32, 20) => result,
+                received = worker.receive(args.batch_size as i32, 20) => received,
+            };
+            let result = match received {
+                Ok(batch) => worker.process(&batch).await,
+                Err(e) => Err(e),
             };
             for warning in std::mem::take(&mut worker.warnings) {
                 log(&format!("warning: {warning}"));

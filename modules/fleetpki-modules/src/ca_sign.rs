@@ -201,15 +201,25 @@ impl<'a> Worker<'a> {
     }
 
     /// Receives one batch (long-polling up to `wait` s) and processes it; returns its size.
-    /// Checking and signing run in parallel on the cores; the answers go out concurrently
-    /// (they go to different per-node queues, so they cannot be batched); the CSRs that were
-    /// answered are deleted in one batch call.
     pub async fn batch(&mut self, max: i32, wait: i32) -> Result<usize, SqsError> {
-        let batch = self.sqs.receive(&self.args.csr_queue_url, max, wait, Some(self.args.visibility_timeout as i32)).await?;
+        let batch = self.receive(max, wait).await?;
+        self.process(&batch).await?;
+        Ok(batch.len())
+    }
+
+    /// Receives up to `max` requests. Cancelling this loses nothing (a service stops here).
+    pub async fn receive(&self, max: i32, wait: i32) -> Result<Vec<Received>, SqsError> {
+        self.sqs.receive(&self.args.csr_queue_url, max, wait, Some(self.args.visibility_timeout as i32)).await
+    }
+
+    /// Processes received requests: checking and signing run in parallel on the cores; the
+    /// answers go out concurrently (to different per-node queues, so they cannot be batched);
+    /// the CSRs that were answered are deleted in one batch call. Not to be cancelled midway.
+    pub async fn process(&mut self, batch: &[Received]) -> Result<(), SqsError> {
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        let verdicts = judge_batch(&self.policy, self.signer, &batch);
+        let verdicts = judge_batch(&self.policy, self.signer, batch);
         let this = &*self;
         let fates = futures_util::future::join_all(batch.iter().zip(verdicts).map(|(received, verdict)| this.answer(received, verdict))).await;
         let mut done = Vec::new();
@@ -241,7 +251,7 @@ impl<'a> Worker<'a> {
         if !failed.is_empty() {
             self.warnings.push(format!("{} processed request(s) could not be deleted and will be answered again", failed.len()));
         }
-        Ok(batch.len())
+        Ok(())
     }
 
     /// Publishes the answer to one request; the message is returned for the audit log.

@@ -88,6 +88,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         Ok(Outcome::new(false, "no request is pending: nothing to fetch").with("status", status))
     };
     if layout.read_pending()?.is_none() {
+        if let (Some(pair), false) = (layout.read_current()?, invocation.check_mode) {
+            // An install interrupted after its switch may have left the live key in pending/.
+            let _lock = layout.lock(LOCK_WAIT)?;
+            layout.discard_pending_key_if_live(&pair.key_pem)?;
+        }
         return nothing_pending(&layout).map(paths);
     }
     // One run at a time on a node; the state is read again under the lock.

@@ -120,8 +120,13 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
 
     // 2. The key: reuse the live key if asked, else the pending key of an earlier attempt
     //    (never used yet), else a new one.
+    if let (Some(pair), false) = (&installed, invocation.check_mode) {
+        layout.discard_pending_key_if_live(&pair.key_pem)?;
+    }
     let existing_key = match (&args.key_rotation[..], &installed) {
         ("reuse", Some(pair)) => Some(pair.key_pem.clone()),
+        // In check mode the stale copy of the live key is not removed: never count it as new.
+        (_, Some(pair)) if layout.read_pending_key()?.is_some_and(|k| k.trim() == pair.key_pem.trim()) => None,
         _ => layout.read_pending_key()?,
     };
     let request_id = fleetpki_core::new_request_id();

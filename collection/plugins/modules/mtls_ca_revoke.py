@@ -25,6 +25,8 @@ description:
     O(fleetpki.mtls.mtls_ca_sign#module:audit_log_path)); with several worker hosts, gather their logs
     (for example with M(ansible.builtin.fetch)) and list them all in O(issuance_log_paths).
   - Makes no network calls. In check mode nothing is written.
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full

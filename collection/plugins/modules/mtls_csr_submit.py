@@ -110,7 +110,8 @@ options:
     description:
       - Where the CA sends the answer.
       - V(per_node) uses a reply queue of this node's own, created when missing (O(reply_queue_prefix)
-        followed by the sanitised instance id).
+        followed by the sanitised instance id). M(fleetpki.mtls.mtls_cert_fetch) consumes every answer on
+        that queue, so use one O(path) per O(instance_id).
       - V(shared) uses the CA's shared certificate queue (compatibility with the seed scripts).
     type: str
     choices: [per_node, shared]
@@ -128,11 +129,15 @@ options:
     type: str
   owner:
     description:
-      - Owner of the private key file.
+      - Owner of the private key file waiting in C(<path>/pending/).
+      - M(fleetpki.mtls.mtls_cert_fetch) sets the owner of the installed files from its own
+        O(fleetpki.mtls.mtls_cert_fetch#module:owner), so give both modules the same value.
     type: str
   group:
     description:
-      - Group of the private key file.
+      - Group of the private key file waiting in C(<path>/pending/).
+      - M(fleetpki.mtls.mtls_cert_fetch) sets the group of the installed files from its own
+        O(fleetpki.mtls.mtls_cert_fetch#module:group), so give both modules the same value.
     type: str
   mode:
     description:
@@ -168,9 +173,9 @@ EXAMPLES = r"""
     region: eu-west-1
   register: submit
 
-- name: Request an RSA server certificate, reusing the current key, 14 days before expiry
+- name: Request an RSA server certificate for a web node, reusing the current key, 14 days before expiry
   fleetpki.mtls.mtls_csr_submit:
-    instance_id: i-0123456789abcdef0
+    instance_id: i-0fedcba9876543210
     path: /etc/fleetpki/web-tls
     csr_queue_url: https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-csr
     subject_alt_name:

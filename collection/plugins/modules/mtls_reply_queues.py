@@ -30,6 +30,7 @@ attributes:
   platform:
     platforms: posix
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
 options:
   keep_instance_ids:

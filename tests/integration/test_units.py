@@ -714,3 +714,45 @@ def test_the_sandboxes_allow_what_the_binaries_do(ansible, tmp_path, queues, sqs
     node_trace.write_text("\n".join(line for line in node_log if str(marker) not in line) + "\n")
     check_sandbox(ca_unit, worker_trace, ca_unit.parent)
     check_sandbox(node_unit, node_trace, tmp_path)
+
+
+@needs_systemd_analyze
+def test_ca_worker_crl_refresh_units_verify_are_locked_down_and_keep_the_crl_current(ansible, tmp_path, record_property, ca):
+    """With the service, a timer re-issues the CRL before its nextUpdate; the service it starts is
+    sandboxed without network, and its config really drives mtls_ca_revoke."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy(binary_path("mtls_ca_revoke"), bin_dir / "mtls_ca_revoke")
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    service, timer, config = tmp_path / "fleetpki-ca-worker-crl.service", tmp_path / "fleetpki-ca-worker-crl.timer", tmp_path / "crl.json"
+    ansible(
+        render_play("ca_worker", {"ca-crl.service.j2": str(service), "ca-crl.timer.j2": str(timer), "ca-crl.json.j2": str(config)}),
+        {
+            "ca_worker_csr_queue_url": "https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-csr",
+            "ca_worker_service_binary_dir": str(bin_dir),
+            "ca_worker_ca_dir": str(ca_dir),
+            "ca_worker_ownca_path": str(ca.intermediate_cert_path),
+            "ca_worker_ownca_privatekey_path": str(ca.intermediate_privatekey_path),
+            "ca_worker_ca_chain_path": str(ca.chain_path),
+        },
+    )
+    assert unit_value(service, "ExecStart") == f"{bin_dir}/mtls_ca_revoke {ca_dir}/crl-refresh.json"
+    assert unit_value(service, "Type") == "oneshot"
+    assert unit_value(service, "PrivateNetwork") == "yes"
+    assert unit_value(service, "ReadWritePaths") == str(ca_dir)
+    assert unit_value(timer, "OnCalendar", "Timer") == "hourly"
+    assert unit_value(timer, "Persistent", "Timer") == "true"
+    # systemd-analyze wants the ExecStart path and the timer's unit beside each other.
+    verify(service, timer)
+    check_security(service, CA_WORKER_MAX_EXPOSURE, record_property)
+    # The rendered configuration is the module's own arguments: running it issues the CRL, and
+    # running it again while the CRL is current changes nothing.
+    for expected in (True, False):
+        proc = subprocess.run(
+            [str(bin_dir / "mtls_ca_revoke"), str(config)], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+        result = json.loads(proc.stdout)
+        assert result["failed"] is False, result
+        assert result["changed"] is expected, result
+    assert (ca_dir / "crl.pem").read_text().startswith("-----BEGIN X509 CRL-----")

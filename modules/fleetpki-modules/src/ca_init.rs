@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::{file_options, key_perms};
-use crate::csr_submit::rfc3339;
+use crate::common::rfc3339;
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_init";
 

@@ -18,7 +18,7 @@ use fleetpki_core::sign::CaSigner;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::csr_submit::rfc3339;
+use crate::common::rfc3339;
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_revoke";
 

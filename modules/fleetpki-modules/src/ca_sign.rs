@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::{aws_options, calls_json, now_unix, runtime};
-use crate::csr_submit::rfc3339;
+use crate::common::rfc3339;
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
-use crate::csr_submit::rfc3339;
+use crate::common::rfc3339;
 
 pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
 

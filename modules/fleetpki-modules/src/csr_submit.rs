@@ -14,7 +14,7 @@ use fleetpki_sqs::{reply_queue_name, AwsOptions, Sqs};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::common::{aws_options, calls_json, file_options, key_perms, now_unix, runtime};
+use crate::common::{aws_options, calls_json, file_options, key_perms, now_unix, rfc3339, runtime};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_csr_submit";
 
@@ -206,8 +206,4 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("csr", csr_pem.clone())
             .with("sqs_calls", calls_json(sqs.calls())))
     })
-}
-
-pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

@@ -33,6 +33,8 @@ pub enum ArgumentError {
     MutuallyExclusive { names: String },
     #[error("one of the following is required: {names}")]
     RequiredOneOf { names: String },
+    #[error("{name} is {value} but all of the following are missing: {missing}")]
+    RequiredIf { name: String, value: String, missing: String },
     #[error("options '{first}' and its alias '{second}' are both set, to different values: set only one")]
     AliasConflict { first: String, second: String },
     #[error("option {name}: {problem}")]

@@ -95,6 +95,8 @@ pub struct ArgumentSpec {
     pub options: Vec<OptionSpec>,
     pub mutually_exclusive: Vec<Vec<&'static str>>,
     pub required_one_of: Vec<Vec<&'static str>>,
+    /// AnsibleModule's `required_if`: (option, value, options required when it has that value).
+    pub required_if: Vec<(&'static str, &'static str, Vec<&'static str>)>,
 }
 
 impl ArgumentSpec {
@@ -115,6 +117,10 @@ impl ArgumentSpec {
     }
     pub fn required_one_of(mut self, names: &[&'static str]) -> Self {
         self.required_one_of.push(names.to_vec());
+        self
+    }
+    pub fn required_if(mut self, name: &'static str, value: &'static str, requirements: &[&'static str]) -> Self {
+        self.required_if.push((name, value, requirements.to_vec()));
         self
     }
 
@@ -147,6 +153,7 @@ impl ArgumentSpec {
             "argument_spec": options,
             "mutually_exclusive": self.mutually_exclusive,
             "required_one_of": self.required_one_of,
+            "required_if": self.required_if.iter().map(|(n, v, r)| serde_json::json!([n, v, r])).collect::<Vec<_>>(),
         })
     }
 
@@ -243,6 +250,14 @@ impl ArgumentSpec {
         for group in &self.required_one_of {
             if !group.iter().any(|n| given.contains(n)) {
                 return Err(ArgumentError::RequiredOneOf { names: group.join(", ") });
+            }
+        }
+        for (name, value, requirements) in &self.required_if {
+            if out.get(*name).and_then(Value::as_str) == Some(*value) {
+                let missing: Vec<&str> = requirements.iter().copied().filter(|r| !given.contains(r)).collect();
+                if !missing.is_empty() {
+                    return Err(ArgumentError::RequiredIf { name: name.to_string(), value: value.to_string(), missing: missing.join(", ") });
+                }
             }
         }
         Ok(out)
@@ -432,6 +447,16 @@ mod tests {
     fn mutually_exclusive_is_named() {
         let err = validate(json!({"name": "a", "policy": {}, "policy_path": "/p"})).unwrap_err().to_string();
         assert!(err.contains("policy|policy_path"), "{err}");
+    }
+
+    #[test]
+    fn required_if_names_what_is_missing_for_that_value() {
+        let spec = spec().required_if("type", "RSA", &["policy_path"]);
+        let check = |raw: Value| spec.validate("fleetpki.mtls.test", raw.as_object().unwrap());
+        let err = check(json!({"name": "a", "type": "RSA"})).unwrap_err().to_string();
+        assert_eq!(err, "type is RSA but all of the following are missing: policy_path");
+        assert!(check(json!({"name": "a", "type": "RSA", "policy_path": "/p"})).is_ok());
+        assert!(check(json!({"name": "a"})).is_ok(), "the default ECC needs nothing more");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason, RevokedCertParams, SerialNumber};
+use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_cert::crl::CertificateList;
@@ -70,7 +70,7 @@ pub fn normalize_serial(text: &str) -> Result<String, PkiError> {
 }
 
 pub(crate) fn sign(
-    issuer: &Issuer<'_, KeyPair>,
+    issuer: &Issuer<'_, impl rcgen::SigningKey>,
     info: &CertificateInfo,
     revoked: &[Revocation],
     number: u64,
@@ -102,7 +102,7 @@ pub(crate) fn sign(
             None => KeyIdMethod::Sha256,
         },
     };
-    let crl = params.signed_by(issuer).map_err(|e| PkiError::Build(e.to_string()))?;
+    let crl = params.signed_by(issuer).map_err(crate::sign::remote_or_build)?;
     crl.pem().map_err(|e| PkiError::Build(e.to_string()))
 }
 

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod layout;
 pub mod names;
 pub mod policy;
+pub mod remote;
 pub mod renewal;
 pub mod sign;
 pub mod wire;

@@ -1,28 +1,62 @@
 //! The CA side: an intermediate that signs leaves from freshly built parameters.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SerialNumber,
+    PublicKeyData, SerialNumber, SignatureAlgorithm, SigningKey,
 };
 use time::OffsetDateTime;
 
 use crate::certs::{parse_certificate, CertificateInfo};
 use crate::csr::{to_rcgen_san, KeyKind, ParsedCsr};
 use crate::keys::load_private_key;
+use crate::remote::{RemoteKey, RemoteSigningKey};
 use crate::wire::Profile;
 use crate::{random_bytes, sha256_hex, PkiError};
 
 /// How far notBefore is backdated, for nodes whose clocks run a little behind the CA's.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
 
+/// The intermediate's private key: a file on this host, or a remote key (AWS KMS).
+pub enum CaKey {
+    File(KeyPair),
+    Remote(RemoteSigningKey),
+}
+
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            CaKey::File(k) => k.der_bytes(),
+            CaKey::Remote(k) => k.der_bytes(),
+        }
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match self {
+            CaKey::File(k) => PublicKeyData::algorithm(k),
+            CaKey::Remote(k) => k.algorithm(),
+        }
+    }
+}
+
+impl SigningKey for CaKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            CaKey::File(k) => k.sign(msg),
+            CaKey::Remote(k) => k.sign(msg),
+        }
+    }
+}
+
 /// An online intermediate CA able to sign leaves.
 pub struct CaSigner {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
     info: CertificateInfo,
     chain_pem: String,
+    /// The remote key's reference (KMS key ARN), for the audit log; None for a key file.
+    key_ref: Option<String>,
 }
 
 /// A freshly issued leaf.
@@ -46,12 +80,40 @@ impl CaSigner {
         if info.spki_der != crate::keys::public_key_spki(&key) {
             return Err(PkiError::CaKeyMismatch { key: key_path.into(), cert: cert_path.into() });
         }
+        Self::from_parts(cert_path, cert_pem, info, CaKey::File(key), chain_pem)
+    }
+
+    /// Loads the intermediate certificate and the chain, with its key held remotely. Refuses a
+    /// remote key whose public key is not the certificate's (`public_spki_der`, as the backend
+    /// reports it), or a non-CA. No private key is read from disk.
+    pub fn with_remote_key(cert_path: &Path, chain_path: &Path, key: Arc<dyn RemoteKey>, public_spki_der: &[u8]) -> Result<Self, PkiError> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| PkiError::io(p, e));
+        let cert_pem = read(cert_path)?;
+        let chain_pem = read(chain_path)?;
+        let info = parse_certificate(&cert_pem, &cert_path.display().to_string())?;
+        if info.spki_der != public_spki_der {
+            return Err(PkiError::CaKeyMismatch { key: key.key_ref().into(), cert: cert_path.into() });
+        }
+        let remote = RemoteSigningKey::new(key, &info.spki_der)?;
+        Self::from_parts(cert_path, cert_pem, info, CaKey::Remote(remote), chain_pem)
+    }
+
+    fn from_parts(cert_path: &Path, cert_pem: String, info: CertificateInfo, key: CaKey, chain_pem: String) -> Result<Self, PkiError> {
         if !info.is_ca {
             return Err(PkiError::NotACa { path: cert_path.into() });
         }
+        let key_ref = match &key {
+            CaKey::File(_) => None,
+            CaKey::Remote(k) => Some(k.key_ref().to_string()),
+        };
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .map_err(|e| PkiError::CertificateParse { what: cert_path.display().to_string(), detail: e.to_string() })?;
-        Ok(CaSigner { issuer, info, chain_pem })
+        Ok(CaSigner { issuer, info, chain_pem, key_ref })
+    }
+
+    /// The remote key's reference (KMS key ARN), or None for a key file.
+    pub fn key_ref(&self) -> Option<&str> {
+        self.key_ref.as_deref()
     }
 
     /// Signs a CRL listing `revoked`, valid from `now` (backdated like leaves) for `lifetime`.
@@ -102,13 +164,21 @@ impl CaSigner {
         }
         params.use_authority_key_identifier_extension = true;
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(|e| PkiError::Build(e.to_string()))?;
-        let cert = params.signed_by(&public_key, &self.issuer).map_err(|e| PkiError::Build(e.to_string()))?;
+        let cert = params.signed_by(&public_key, &self.issuer).map_err(remote_or_build)?;
         Ok(IssuedCertificate {
             certificate_pem: cert.pem(),
             serial_hex: crate::hex(&serial),
             not_after: params.not_after,
             sha256: sha256_hex(cert.der()),
         })
+    }
+}
+
+/// A remote key's failure keeps its reason (KMS error code); anything else is a build error.
+pub(crate) fn remote_or_build(e: rcgen::Error) -> PkiError {
+    match (&e, RemoteSigningKey::take_error()) {
+        (rcgen::Error::RemoteKeyError, Some(remote)) => PkiError::RemoteSign(remote),
+        _ => PkiError::Build(e.to_string()),
     }
 }
 

@@ -1,19 +1,29 @@
 //! `mtls_ca_init`: create the root and the intermediate, or adopt existing ones (an openssl-made
 //! intermediate's key may be PKCS#8, PKCS#1 or SEC1). The root key is only read or written
-//! where `root_privatekey_path` points, so it can stay off the worker host.
+//! where `root_privatekey_path` points, so it can stay off the worker host. With
+//! `signer: aws_kms` the intermediate's key is a KMS key (created behind an alias, or adopted)
+//! and only its certificate is written; with `signer: aws_pca` the intermediate is an AWS
+//! Private CA whose CSR the root certifies. The root itself stays a file, kept offline.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
-use fleetpki_core::ca::{create_intermediate, create_root, CaSubject};
+use fleetpki_core::ca::{certify_intermediate_csr, create_intermediate, create_root, intermediate_csr, CaSubject};
 use fleetpki_core::certs::parse_certificate;
 use fleetpki_core::keys::{load_private_key, public_key_spki, KeySpec};
 use fleetpki_core::layout::{write_atomic, FilePerms};
+use fleetpki_core::remote::RemoteSigningKey;
+use fleetpki_signers::kms::{Kms, KmsKey};
+use fleetpki_signers::pca::Pca;
+use fleetpki_signers::BlockingRuntime;
+use fleetpki_sqs::{load_config, AwsOptions};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::common::{file_options, key_perms};
+use crate::common::{aws_options, calls_json, file_options, key_perms};
 use crate::common::rfc3339;
+use crate::signer::{refuse_foreign_options, signer_options, SignerArgs, AWS_KMS, AWS_PCA, FILE};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_init";
 
@@ -22,7 +32,7 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("root_cert_path", OptionType::Path).required())
         .option(OptionSpec::new("root_privatekey_path", OptionType::Path))
         .option(OptionSpec::new("intermediate_cert_path", OptionType::Path).required())
-        .option(OptionSpec::new("intermediate_privatekey_path", OptionType::Path).required())
+        .option(OptionSpec::new("intermediate_privatekey_path", OptionType::Path))
         .option(OptionSpec::new("chain_path", OptionType::Path).required())
         .option(OptionSpec::new("root_common_name", OptionType::Str).default("fleetpki Root CA"))
         .option(OptionSpec::new("intermediate_common_name", OptionType::Str).default("fleetpki Intermediate CA"))
@@ -33,6 +43,12 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("root_lifetime_days", OptionType::Int).default(3650))
         .option(OptionSpec::new("intermediate_lifetime_days", OptionType::Int).default(1825))
         .options(file_options())
+        .options(signer_options(&[FILE, AWS_KMS, AWS_PCA]))
+        .option(OptionSpec::new("kms_key_spec", OptionType::Str).choices(["ECC_NIST_P256", "ECC_NIST_P384"]).default("ECC_NIST_P256"))
+        .options(aws_options())
+        .required_if("signer", FILE, &["intermediate_privatekey_path"])
+        .required_if("signer", AWS_KMS, &["kms_key_id"])
+        .required_if("signer", AWS_PCA, &["certificate_authority_arn"])
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,7 +56,7 @@ struct Args {
     root_cert_path: String,
     root_privatekey_path: Option<String>,
     intermediate_cert_path: String,
-    intermediate_privatekey_path: String,
+    intermediate_privatekey_path: Option<String>,
     chain_path: String,
     root_common_name: String,
     intermediate_common_name: String,
@@ -54,6 +70,11 @@ struct Args {
     owner: Option<String>,
     group: Option<String>,
     mode: Value,
+    #[serde(flatten)]
+    signer: SignerArgs,
+    kms_key_spec: String,
+    #[serde(flatten)]
+    aws: AwsOptions,
 }
 
 fn read_optional(path: &str) -> Result<Option<String>, Failure> {
@@ -130,64 +151,48 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     };
     let root_info = parse_certificate(&root_pem, &args.root_cert_path)?;
 
-    // 2. The intermediate: adopted when its certificate and key exist and match.
-    let existing_cert = read_optional(&args.intermediate_cert_path)?;
-    let existing_key = read_optional(&args.intermediate_privatekey_path)?;
-    let intermediate_pem = match (existing_cert, &existing_key) {
-        (Some(cert_pem), Some(key_pem)) => {
-            let info = parse_certificate(&cert_pem, &args.intermediate_cert_path)?;
-            let key = load_private_key(key_pem, &args.intermediate_privatekey_path)?;
-            if info.spki_der != public_key_spki(&key) {
-                return Err(Failure::new(format!(
-                    "{} does not belong to {}: point both at the same intermediate CA",
-                    args.intermediate_privatekey_path, args.intermediate_cert_path
-                )));
-            }
-            if !info.is_ca {
-                return Err(Failure::new(format!("{} is not a CA certificate", args.intermediate_cert_path)));
-            }
-            cert_pem
+    // 2. The intermediate: a key file, a KMS key, or an AWS Private CA.
+    let root_key_for_intermediate = || -> Result<rcgen::KeyPair, Failure> {
+        let key = match fresh_root_key.take() {
+            Some(key) => key,
+            None => load_root_key("sign the intermediate CA")?.ok_or_else(|| {
+                Failure::new("the root key is needed to sign the intermediate, but root_privatekey_path does not exist")
+            })?,
+        };
+        if public_key_spki(&key) != root_info.spki_der {
+            return Err(Failure::new("root_privatekey_path does not belong to root_cert_path"));
         }
-        (Some(_), None) => {
-            return Err(Failure::new(format!(
-                "{} exists but its key {} does not: restore the key or remove the certificate",
-                args.intermediate_cert_path, args.intermediate_privatekey_path
-            )))
+        Ok(key)
+    };
+    let mut remote = RemoteFacts::default();
+    let intermediate_pem = match args.signer.signer.as_str() {
+        AWS_KMS => kms_intermediate(&args, &public, &root_pem, root_key_for_intermediate, check, now, &mut created, &mut remote)?,
+        AWS_PCA => Some(pca_intermediate(&args, &public, &root_pem, root_key_for_intermediate, check, now, &mut created, &mut remote)?),
+        _ => Some(file_intermediate(&args, &spec, &key_perms, &public, &root_pem, root_key_for_intermediate, check, now, &mut created)?),
+    };
+    let signer_facts = |outcome: Outcome| {
+        let mut outcome = outcome.with("signer", args.signer.signer.as_str());
+        if let Some(arn) = &remote.kms_key_arn {
+            outcome = outcome.with("kms_key_arn", arn.as_str());
         }
-        (None, _) => {
-            let root_key = match fresh_root_key {
-                Some(key) => key,
-                None => load_root_key("sign the intermediate CA")?.ok_or_else(|| {
-                    Failure::new("the root key is needed to sign the intermediate, but root_privatekey_path does not exist")
-                })?,
-            };
-            if public_key_spki(&root_key) != root_info.spki_der {
-                return Err(Failure::new("root_privatekey_path does not belong to root_cert_path"));
-            }
-            let key = match existing_key {
-                Some(pem) => load_private_key(&pem, &args.intermediate_privatekey_path)?,
-                None => {
-                    created.push("intermediate_privatekey");
-                    let key = spec.generate()?;
-                    if !check {
-                        write(&args.intermediate_privatekey_path, &key.serialize_pem(), &key_perms)?;
-                    }
-                    key
-                }
-            };
-            let pem = create_intermediate(
-                &key,
-                &subject(&args.intermediate_common_name, args.intermediate_lifetime_days),
-                &root_pem,
-                root_key,
-                now,
-            )?;
-            if !check {
-                write(&args.intermediate_cert_path, &pem, &public)?;
-            }
-            created.push("intermediate");
-            pem
+        if args.signer.signer == AWS_KMS {
+            outcome = outcome.with("kms_key_created", remote.kms_key_created);
         }
+        if let Some(arn) = &args.signer.certificate_authority_arn {
+            outcome = outcome.with("certificate_authority_arn", arn.as_str());
+        }
+        match &remote.calls {
+            Some((key, calls)) => outcome.with(key, calls.clone()),
+            None => outcome,
+        }
+    };
+    // Check mode, KMS key still to be created: there is no intermediate to show yet.
+    let Some(intermediate_pem) = intermediate_pem else {
+        let mut outcome = Outcome::new(true, format!("would write: {}", created.join(", ")))
+            .with("root_created", created.contains(&"root"))
+            .with("intermediate_created", true);
+        outcome.diff = Some((String::new(), created.iter().map(|c| format!("{c}\n")).collect()));
+        return Ok(signer_facts(outcome));
     };
     let intermediate = parse_certificate(&intermediate_pem, &args.intermediate_cert_path)?;
 
@@ -212,5 +217,203 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if changed {
         outcome.diff = Some((String::new(), created.iter().map(|c| format!("{c}\n")).collect()));
     }
-    Ok(outcome)
+    Ok(signer_facts(outcome))
+}
+
+/// What the AWS side reported, for the result.
+#[derive(Default)]
+struct RemoteFacts {
+    kms_key_arn: Option<String>,
+    kms_key_created: bool,
+    calls: Option<(&'static str, Value)>,
+}
+
+/// The intermediate with its key in a file: adopted when certificate and key exist and match.
+#[allow(clippy::too_many_arguments)]
+fn file_intermediate(
+    args: &Args,
+    spec: &KeySpec,
+    key_perms: &FilePerms,
+    public: &FilePerms,
+    root_pem: &str,
+    root_key: impl FnOnce() -> Result<rcgen::KeyPair, Failure>,
+    check: bool,
+    now: time::OffsetDateTime,
+    created: &mut Vec<&'static str>,
+) -> Result<String, Failure> {
+    refuse_foreign_options(FILE, &[("kms_key_id", args.signer.kms_key_id.is_some()), ("certificate_authority_arn", args.signer.certificate_authority_arn.is_some())])?;
+    let key_path = args.intermediate_privatekey_path.as_deref().ok_or_else(|| Failure::new("signer is file but intermediate_privatekey_path is missing"))?;
+    let existing_cert = read_optional(&args.intermediate_cert_path)?;
+    let existing_key = read_optional(key_path)?;
+    match (existing_cert, &existing_key) {
+        (Some(cert_pem), Some(key_pem)) => {
+            let info = parse_certificate(&cert_pem, &args.intermediate_cert_path)?;
+            let key = load_private_key(key_pem, key_path)?;
+            if info.spki_der != public_key_spki(&key) {
+                return Err(Failure::new(format!(
+                    "{key_path} does not belong to {}: point both at the same intermediate CA",
+                    args.intermediate_cert_path
+                )));
+            }
+            if !info.is_ca {
+                return Err(Failure::new(format!("{} is not a CA certificate", args.intermediate_cert_path)));
+            }
+            Ok(cert_pem)
+        }
+        (Some(_), None) => Err(Failure::new(format!(
+            "{} exists but its key {key_path} does not: restore the key or remove the certificate",
+            args.intermediate_cert_path
+        ))),
+        (None, _) => {
+            let root_key = root_key()?;
+            let key = match existing_key {
+                Some(pem) => load_private_key(&pem, key_path)?,
+                None => {
+                    created.push("intermediate_privatekey");
+                    let key = spec.generate()?;
+                    if !check {
+                        write(key_path, &key.serialize_pem(), key_perms)?;
+                    }
+                    key
+                }
+            };
+            let pem = create_intermediate(&key, &intermediate_subject(args), root_pem, root_key, now)?;
+            if !check {
+                write(&args.intermediate_cert_path, &pem, public)?;
+            }
+            created.push("intermediate");
+            Ok(pem)
+        }
+    }
+}
+
+fn intermediate_subject(args: &Args) -> CaSubject {
+    CaSubject {
+        common_name: args.intermediate_common_name.clone(),
+        organization: args.organization_name.clone(),
+        lifetime_days: args.intermediate_lifetime_days,
+    }
+}
+
+/// The intermediate with its key in KMS. An existing certificate must be the key's; otherwise
+/// the key is found (or, behind an alias that does not exist yet, created), its CSR is signed
+/// through KMS and verified, and the root certifies it. No private key touches this host.
+#[allow(clippy::too_many_arguments)]
+fn kms_intermediate(
+    args: &Args,
+    public_perms: &FilePerms,
+    root_pem: &str,
+    root_key: impl FnOnce() -> Result<rcgen::KeyPair, Failure>,
+    check: bool,
+    now: time::OffsetDateTime,
+    created: &mut Vec<&'static str>,
+    facts: &mut RemoteFacts,
+) -> Result<Option<String>, Failure> {
+    refuse_foreign_options(AWS_KMS, &[("intermediate_privatekey_path", args.intermediate_privatekey_path.is_some()), ("certificate_authority_arn", args.signer.certificate_authority_arn.is_some())])?;
+    let key_id = args.signer.kms_key_id.as_deref().ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))?;
+    let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
+    let kms = Kms::new(&runtime.block_on(load_config(&args.aws))?);
+    let result = (|| {
+        let existing_cert = read_optional(&args.intermediate_cert_path)?;
+        let public = match runtime.block_on(kms.public_key(key_id))? {
+            Some(public) => public,
+            None if existing_cert.is_some() => {
+                return Err(Failure::new(format!(
+                    "{} exists but its KMS key {key_id} does not: point kms_key_id at the intermediate's key, or remove the certificate",
+                    args.intermediate_cert_path
+                )))
+            }
+            None if !key_id.starts_with("alias/") => return Err(fleetpki_signers::SignerError::KeyNotFound(key_id.into()).into()),
+            None if check => {
+                created.extend(["kms_key", "intermediate"]);
+                facts.kms_key_created = true;
+                return Ok(None);
+            }
+            None => {
+                let description = format!("fleetpki.mtls intermediate CA key ({})", args.intermediate_common_name);
+                runtime.block_on(kms.create_signing_key(&args.kms_key_spec, Some(key_id), &description))?;
+                created.push("kms_key");
+                facts.kms_key_created = true;
+                runtime
+                    .block_on(kms.public_key(key_id))?
+                    .ok_or_else(|| Failure::new(format!("the KMS key behind {key_id} was created but cannot be found")))?
+            }
+        };
+        facts.kms_key_arn = Some(public.key_arn.clone());
+        if let Some(cert_pem) = existing_cert {
+            let info = parse_certificate(&cert_pem, &args.intermediate_cert_path)?;
+            if info.spki_der != public.spki_der {
+                return Err(Failure::new(format!(
+                    "{} is not the certificate of KMS key {}: point kms_key_id at the intermediate's key, or remove the certificate",
+                    args.intermediate_cert_path, public.key_arn
+                )));
+            }
+            return Ok(Some(cert_pem));
+        }
+        let root_key = root_key()?;
+        let key = Arc::new(KmsKey::new(kms.clone(), &public, runtime.clone()).map_err(|e| Failure::new(e.to_string()))?);
+        let signing_key = RemoteSigningKey::new(key, &public.spki_der)?;
+        let csr = intermediate_csr(&signing_key, &intermediate_subject(args))?;
+        let pem = certify_intermediate_csr(&csr, args.intermediate_lifetime_days, root_pem, root_key, now)?;
+        if !check {
+            write(&args.intermediate_cert_path, &pem, public_perms)?;
+        }
+        created.push("intermediate");
+        Ok(Some(pem))
+    })();
+    facts.calls = Some(("kms_calls", calls_json(kms.calls())));
+    result.map_err(|failure| failure.with("kms_calls", calls_json(kms.calls())))
+}
+
+/// The intermediate is an AWS Private CA (SUBORDINATE): one waiting for its certificate gets
+/// its CSR certified by the root and the result imported; an active one is adopted.
+#[allow(clippy::too_many_arguments)]
+fn pca_intermediate(
+    args: &Args,
+    public: &FilePerms,
+    root_pem: &str,
+    root_key: impl FnOnce() -> Result<rcgen::KeyPair, Failure>,
+    check: bool,
+    now: time::OffsetDateTime,
+    created: &mut Vec<&'static str>,
+    facts: &mut RemoteFacts,
+) -> Result<String, Failure> {
+    refuse_foreign_options(AWS_PCA, &[("intermediate_privatekey_path", args.intermediate_privatekey_path.is_some()), ("kms_key_id", args.signer.kms_key_id.is_some())])?;
+    let arn = args.signer.certificate_authority_arn.as_deref().ok_or_else(|| Failure::new("signer is aws_pca but certificate_authority_arn is missing"))?;
+    let runtime = BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?;
+    let pca = Pca::new(&runtime.block_on(load_config(&args.aws))?);
+    let result = (|| {
+        let state = runtime.block_on(pca.describe(arn))?;
+        if state.ca_type != "SUBORDINATE" {
+            return Err(Failure::new(format!("the Private CA {arn} is a {} CA: the root stays offline, so use a SUBORDINATE CA", state.ca_type)));
+        }
+        let pem = match state.status.as_str() {
+            "PENDING_CERTIFICATE" => {
+                let csr = runtime.block_on(pca.ca_csr(arn))?;
+                let pem = certify_intermediate_csr(&csr, args.intermediate_lifetime_days, root_pem, root_key()?, now)?;
+                if !check {
+                    runtime.block_on(pca.import_ca_certificate(arn, &pem, root_pem))?;
+                }
+                created.push("intermediate");
+                pem
+            }
+            "ACTIVE" => runtime.block_on(pca.ca_certificate(arn))?,
+            other => return Err(Failure::new(format!("the Private CA {arn} is {other}: it must be PENDING_CERTIFICATE or ACTIVE"))),
+        };
+        let info = parse_certificate(&pem, arn)?;
+        if !info.is_ca {
+            return Err(Failure::new(format!("the certificate of {arn} is not a CA certificate")));
+        }
+        if read_optional(&args.intermediate_cert_path)?.as_deref().map(str::trim) != Some(pem.trim()) {
+            if !check {
+                write(&args.intermediate_cert_path, &pem, public)?;
+            }
+            if !created.contains(&"intermediate") {
+                created.push("intermediate_certificate");
+            }
+        }
+        Ok(pem)
+    })();
+    facts.calls = Some(("acmpca_calls", calls_json(pca.calls())));
+    result.map_err(|failure| failure.with("acmpca_calls", calls_json(pca.calls())))
 }

@@ -14,18 +14,19 @@ use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec,
 use fleetpki_core::crl::{normalize_serial, parse_crl, reissue_reason, Reason, Revocation};
 use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::renewal::RenewBefore;
-use fleetpki_core::sign::CaSigner;
+use fleetpki_sqs::AwsOptions;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::common::rfc3339;
+use crate::common::{aws_options, rfc3339};
+use crate::signer::{signer_options, Backend, SignerArgs, AWS_KMS, FILE};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_revoke";
 
 pub fn spec() -> ArgumentSpec {
     ArgumentSpec::new()
         .option(OptionSpec::new("ownca_path", OptionType::Path).required())
-        .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path).required())
+        .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path))
         .option(OptionSpec::new("ca_chain_path", OptionType::Path).required())
         .option(OptionSpec::new("crl_path", OptionType::Path).required())
         .option(OptionSpec::new("revocations_path", OptionType::Path).required())
@@ -39,12 +40,16 @@ pub fn spec() -> ArgumentSpec {
         )
         .option(OptionSpec::new("crl_lifetime_days", OptionType::Int).default(7))
         .option(OptionSpec::new("crl_renew_before", OptionType::Str).default("2d"))
+        .options(signer_options(&[FILE, AWS_KMS]))
+        .options(aws_options())
+        .required_if("signer", FILE, &["ownca_privatekey_path"])
+        .required_if("signer", AWS_KMS, &["kms_key_id"])
 }
 
 #[derive(Debug, Deserialize)]
 struct Args {
     ownca_path: String,
-    ownca_privatekey_path: String,
+    ownca_privatekey_path: Option<String>,
     ca_chain_path: String,
     crl_path: String,
     revocations_path: String,
@@ -54,6 +59,10 @@ struct Args {
     reason: Reason,
     crl_lifetime_days: i64,
     crl_renew_before: String,
+    #[serde(flatten)]
+    signer: SignerArgs,
+    #[serde(flatten)]
+    aws: AwsOptions,
 }
 
 #[derive(Debug, Default, Deserialize, serde::Serialize)]
@@ -102,7 +111,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if renew_before >= lifetime {
         return Err(Failure::new("crl_renew_before must be shorter than crl_lifetime_days, or every run re-issues the CRL"));
     }
-    let signer = CaSigner::load(Path::new(&args.ownca_path), Path::new(&args.ownca_privatekey_path), Path::new(&args.ca_chain_path))?;
+    // With signer=aws_kms the CRL is signed through KMS like the certificates.
+    let backend = Backend::open(&args.signer, &args.aws, &args.ownca_path, args.ownca_privatekey_path.as_deref(), &args.ca_chain_path, None)?;
+    let Backend::Local { signer, .. } = &backend else {
+        return Err(Failure::new("AWS Private CA publishes its own CRL: revoke with `aws acm-pca revoke-certificate`"));
+    };
     let now = time::OffsetDateTime::now_utc();
 
     // 1. The revocation state, plus what this task revokes.

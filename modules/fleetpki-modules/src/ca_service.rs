@@ -1,13 +1,14 @@
 //! `mtls_ca_sign serve CONFIG.json`: the same drain loop as the module, long-running. The config
 //! file is the module's own JSON arguments. It long-polls, reloads the policy file when it
 //! changes (autoscaled fleets add instances all the time), backs off with jitter on SQS errors,
-//! and on SIGTERM/SIGINT finishes the batch in hand and exits cleanly.
+//! and on SIGTERM/SIGINT finishes the batch in hand and exits cleanly. When the signer fails
+//! (a disabled KMS key), it stops taking requests and probes the signer, backing off, until it
+//! signs again: an outage raises a queued request's receive count once at most, so it never
+//! drifts into the dead-letter queue while the CA cannot sign.
 
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ansible_module::Invocation;
-use fleetpki_core::sign::CaSigner;
 use fleetpki_sqs::Sqs;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -43,15 +44,14 @@ fn run(config_path: &str) -> Result<(), String> {
     for warning in policy.warnings() {
         log(&format!("warning: {warning}"));
     }
-    let signer = CaSigner::load(Path::new(&args.ownca_path), Path::new(&args.ownca_privatekey_path), Path::new(&args.ca_chain_path))
-        .map_err(|e| e.to_string())?;
+    let backend = args.open_backend().map_err(|f| f.msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let sqs = Sqs::connect(&args.aws).await.map_err(|e| e.to_string())?;
         let mut worker = loop {
-            match Worker::new(&sqs, &args, policy.clone(), &signer).await {
+            match Worker::new(&sqs, &args, policy.clone(), &backend).await {
                 Ok(worker) => break worker,
                 Err(e) => {
                     log(&format!("cannot start: {e}; retrying"));
@@ -98,6 +98,28 @@ fn run(config_path: &str) -> Result<(), String> {
             for warning in std::mem::take(&mut worker.warnings) {
                 log(&format!("warning: {warning}"));
             }
+            if let Some(error) = worker.signer_error.take() {
+                log(&format!("signer unavailable ({error}); the requests in hand went back to the queue; probing the signer before taking more"));
+                let mut attempt: u32 = 0;
+                loop {
+                    let delay = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = terminate.recv() => return stop(&worker),
+                        _ = interrupt.recv() => return stop(&worker),
+                    }
+                    match backend.probe().await {
+                        Ok(()) => {
+                            log("signer available again; resuming");
+                            break;
+                        }
+                        Err(e) => {
+                            attempt = attempt.saturating_add(1);
+                            log(&format!("signer still unavailable ({e}); next probe in {} s", (1u64 << attempt.min(6)).min(60)));
+                        }
+                    }
+                }
+            }
             match result {
                 Ok(_) => failures = 0,
                 Err(e) => {
@@ -112,10 +134,14 @@ fn run(config_path: &str) -> Result<(), String> {
                 }
             }
         }
-        let tally = &worker.tally;
-        log(&format!("stopping: issued {}, rejected {}, dead-lettered {}", tally.issued, tally.rejected, tally.dead_lettered));
-        Ok(())
+        stop(&worker)
     })
+}
+
+fn stop(worker: &Worker<'_>) -> Result<(), String> {
+    let tally = &worker.tally;
+    log(&format!("stopping: issued {}, rejected {}, dead-lettered {}", tally.issued, tally.rejected, tally.dead_lettered));
+    Ok(())
 }
 
 /// Exponential backoff with full jitter, capped at 30 s.

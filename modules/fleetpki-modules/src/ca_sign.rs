@@ -3,12 +3,17 @@
 //! down simply leaves CSRs waiting in the queue.
 
 use std::io::Write;
-use std::path::Path;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
-use fleetpki_core::csr::parse_and_verify_csr;
-use fleetpki_core::policy::{is_valid_instance_id, Policy, ReasonCode, Rejection, SigningRequest, MAX_BODY_BYTES, MAX_CSR_PEM_BYTES};
-use fleetpki_core::sign::{CaSigner, IssuedCertificate};
+use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
+use fleetpki_core::csr::{parse_and_verify_csr, ParsedCsr};
+use fleetpki_core::policy::{
+    is_valid_instance_id, Grant, Policy, ReasonCode, Rejection, SigningRequest, MAX_BODY_BYTES, MAX_CSR_PEM_BYTES,
+};
+use fleetpki_core::remote::RemoteSignError;
+use fleetpki_core::sign::{CaSigner, IssuedCertificate, CLOCK_SKEW_ALLOWANCE};
+use fleetpki_core::PkiError;
+use fleetpki_signers::pca::{template_for, Issuance};
 use fleetpki_core::wire::{
     CertificateMessage, CsrMessage, RejectionMessage, ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE, WIRE_VERSION,
 };
@@ -18,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::common::{aws_options, calls_json, now_unix, runtime};
 use crate::common::rfc3339;
+use crate::signer::{signer_options, Backend, PcaBackend, SignerArgs, AWS_KMS, AWS_PCA, FILE};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
 
@@ -25,7 +31,7 @@ pub fn spec() -> ArgumentSpec {
     ArgumentSpec::new()
         .option(OptionSpec::new("csr_queue_url", OptionType::Str).required())
         .option(OptionSpec::new("ownca_path", OptionType::Path).required())
-        .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path).required())
+        .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path))
         .option(OptionSpec::new("ca_chain_path", OptionType::Path).required())
         .option(OptionSpec::new("policy_path", OptionType::Path))
         .option(OptionSpec::new("policy", OptionType::Dict))
@@ -37,16 +43,21 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("max_requests", OptionType::Int).default(0))
         .option(OptionSpec::new("visibility_timeout", OptionType::Int).default(60))
         .option(OptionSpec::new("audit_log_path", OptionType::Path))
+        .options(signer_options(&[FILE, AWS_KMS, AWS_PCA]))
+        .option(OptionSpec::new("pca_template_arn", OptionType::Str))
         .options(aws_options())
         .mutually_exclusive(&["policy", "policy_path"])
         .required_one_of(&["policy", "policy_path"])
+        .required_if("signer", FILE, &["ownca_privatekey_path"])
+        .required_if("signer", AWS_KMS, &["kms_key_id"])
+        .required_if("signer", AWS_PCA, &["certificate_authority_arn"])
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Args {
     pub csr_queue_url: String,
     pub ownca_path: String,
-    pub ownca_privatekey_path: String,
+    pub ownca_privatekey_path: Option<String>,
     pub ca_chain_path: String,
     pub policy_path: Option<String>,
     pub policy: Option<Value>,
@@ -59,7 +70,24 @@ pub struct Args {
     pub visibility_timeout: i64,
     pub audit_log_path: Option<String>,
     #[serde(flatten)]
+    pub signer: SignerArgs,
+    pub pca_template_arn: Option<String>,
+    #[serde(flatten)]
     pub aws: AwsOptions,
+}
+
+impl Args {
+    /// Opens the signer the options name (checking a KMS key before any request is taken).
+    pub fn open_backend(&self) -> Result<Backend, Failure> {
+        Backend::open(
+            &self.signer,
+            &self.aws,
+            &self.ownca_path,
+            self.ownca_privatekey_path.as_deref(),
+            &self.ca_chain_path,
+            self.pca_template_arn.clone(),
+        )
+    }
 }
 
 fn check_range(name: &str, value: i64, low: i64, high: i64) -> Result<(), Failure> {
@@ -87,7 +115,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     check_range("max_requests", args.max_requests, 0, i64::MAX)?;
     check_range("visibility_timeout", args.visibility_timeout, 0, 43_200)?;
     let policy = load_policy(&args)?;
-    let signer = CaSigner::load(Path::new(&args.ownca_path), Path::new(&args.ownca_privatekey_path), Path::new(&args.ca_chain_path))?;
+    let backend = args.open_backend()?;
 
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -105,30 +133,51 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             outcome.warnings = policy.warnings();
             outcome
         } else {
-            let mut worker = Worker::new(&sqs, &args, policy.clone(), &signer).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            let mut worker = Worker::new(&sqs, &args, policy.clone(), &backend).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
             let limit = if args.max_requests == 0 { u64::MAX } else { args.max_requests as u64 };
             let result = worker.drain(limit).await;
             let tally = &worker.tally;
+            let with_tally = |mut values: serde_json::Map<String, Value>| {
+                for (key, value) in [
+                    ("issued", json!(tally.issued)),
+                    ("rejected", json!(tally.rejected)),
+                    ("dead_lettered", json!(tally.dead_lettered)),
+                    ("left_for_retry", json!(tally.failed)),
+                    ("serials", json!(tally.serials)),
+                    ("retries", json!(tally.retries)),
+                    ("signer", json!(backend.name())),
+                    ("sqs_calls", calls_json(sqs.calls())),
+                ] {
+                    values.insert(key.into(), value);
+                }
+                if let Some((key, calls)) = backend.calls() {
+                    values.insert(key.into(), calls);
+                }
+                values
+            };
+            if let Err(e) = result {
+                let mut failure = Failure::from(e);
+                failure.values = with_tally(failure.values);
+                return Err(failure);
+            }
+            if let Some(error) = &worker.signer_error {
+                let mut failure = Failure::new(format!(
+                    "the signer is unavailable: {error}; {} request(s) stay queued for the next run",
+                    tally.failed
+                ));
+                failure.values = with_tally(failure.values);
+                return Err(failure);
+            }
             let mut outcome = Outcome::new(
                 tally.issued + tally.rejected + tally.dead_lettered > 0,
                 format!("issued {}, rejected {}, dead-lettered {}, left for retry {}", tally.issued, tally.rejected, tally.dead_lettered, tally.failed),
-            )
-            .with("issued", tally.issued)
-            .with("rejected", tally.rejected)
-            .with("dead_lettered", tally.dead_lettered)
-            .with("left_for_retry", tally.failed)
-            .with("serials", json!(tally.serials));
+            );
+            outcome.values = with_tally(std::mem::take(&mut outcome.values));
             outcome.warnings = policy.warnings();
             outcome.warnings.extend(worker.warnings.clone());
-            if let Err(e) = result {
-                return Err(Failure::from(e)
-                    .with("issued", tally.issued)
-                    .with("serials", json!(tally.serials))
-                    .with("sqs_calls", calls_json(sqs.calls())));
-            }
-            outcome
+            return Ok(outcome);
         };
-        outcome = outcome.with("sqs_calls", calls_json(sqs.calls()));
+        outcome = outcome.with("sqs_calls", calls_json(sqs.calls())).with("signer", backend.name());
         Ok(outcome)
     })
 }
@@ -142,22 +191,30 @@ pub struct Tally {
     /// Left in the queue for a retry (e.g. a reply could not be published).
     pub failed: u64,
     pub serials: Vec<String>,
+    /// The requests left in the queue, and why.
+    pub retries: Vec<Value>,
 }
 
 /// What the checks decided for one received request.
 pub enum Verdict {
-    Sign { message: CsrMessage, issued: IssuedCertificate },
+    /// `signer_ref`: the KMS key ARN, or the Private CA certificate ARN, for the audit log.
+    Sign { message: CsrMessage, issued: IssuedCertificate, signer_ref: Option<String> },
     Refuse { message: Option<CsrMessage>, rejection: Rejection },
+    /// The signer cannot sign now (a disabled KMS key, throttling past the retries): the
+    /// request waits in the queue for a signer that works.
+    Unavailable { message: CsrMessage, error: RemoteSignError },
 }
 
 /// What became of a request once its answer was published, or could not be.
 enum Fate {
-    Issued(IssuedCertificate),
+    Issued(IssuedCertificate, Option<String>),
     Rejected(Rejection),
     DeadLettered(Rejection),
     /// Left in the queue: seen again after the visibility timeout (and dead-lettered by the
     /// queue's redrive policy if it keeps failing).
     Retry(String),
+    /// Handed back to the queue at once: the signer is unavailable, not the request at fault.
+    SignerUnavailable(RemoteSignError),
 }
 
 pub struct Worker<'a> {
@@ -165,7 +222,11 @@ pub struct Worker<'a> {
     args: &'a Args,
     /// Owned, so a long-running worker can swap in a reloaded policy.
     pub policy: Policy,
-    signer: &'a CaSigner,
+    backend: &'a Backend,
+    /// KMS signing waits on the network, not the CPU: a batch is signed on this wider pool.
+    remote_pool: Option<rayon::ThreadPool>,
+    /// Set when the signer failed: the drain stops, the requests in hand go back to the queue.
+    pub signer_error: Option<RemoteSignError>,
     /// Service mode also writes each audit line to stdout (for journald).
     pub audit_to_stdout: bool,
     dead_letter_queue: Option<String>,
@@ -174,7 +235,7 @@ pub struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    pub async fn new(sqs: &'a Sqs, args: &'a Args, policy: Policy, signer: &'a CaSigner) -> Result<Worker<'a>, SqsError> {
+    pub async fn new(sqs: &'a Sqs, args: &'a Args, policy: Policy, backend: &'a Backend) -> Result<Worker<'a>, SqsError> {
         let dead_letter_queue = match &args.dead_letter_queue_url {
             Some(url) => Some(url.clone()),
             None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,
@@ -183,13 +244,30 @@ impl<'a> Worker<'a> {
         if dead_letter_queue.is_none() {
             warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
         }
-        Ok(Worker { sqs, args, policy, signer, audit_to_stdout: false, dead_letter_queue, tally: Tally::default(), warnings })
+        let remote_pool = match backend {
+            Backend::Local { kms: Some(_), .. } => {
+                rayon::ThreadPoolBuilder::new().num_threads(args.batch_size.clamp(1, 10) as usize).thread_name(|i| format!("kms-sign-{i}")).build().ok()
+            }
+            _ => None,
+        };
+        Ok(Worker {
+            sqs,
+            args,
+            policy,
+            backend,
+            remote_pool,
+            signer_error: None,
+            audit_to_stdout: false,
+            dead_letter_queue,
+            tally: Tally::default(),
+            warnings,
+        })
     }
 
     /// Receives and processes batches until the queue is empty or `limit` requests were handled.
     pub async fn drain(&mut self, limit: u64) -> Result<(), SqsError> {
         let mut handled = 0u64;
-        while handled < limit {
+        while handled < limit && self.signer_error.is_none() {
             let want = (limit - handled).min(self.args.batch_size as u64) as i32;
             let count = self.batch(want, self.args.wait_time_seconds as i32).await?;
             if count == 0 {
@@ -219,7 +297,13 @@ impl<'a> Worker<'a> {
         if batch.is_empty() {
             return Ok(());
         }
-        let verdicts = judge_batch(&self.policy, self.signer, batch);
+        let verdicts = match self.backend {
+            Backend::Local { signer, .. } => match &self.remote_pool {
+                Some(pool) => pool.install(|| judge_batch(&self.policy, signer, batch)),
+                None => judge_batch(&self.policy, signer, batch),
+            },
+            Backend::Pca(pca) => issue_batch_through_pca(&self.policy, pca, batch).await,
+        };
         let this = &*self;
         let fates = futures_util::future::join_all(batch.iter().zip(verdicts).map(|(received, verdict)| this.answer(received, verdict))).await;
         let mut done = Vec::new();
@@ -230,7 +314,20 @@ impl<'a> Worker<'a> {
                     self.tally.failed += 1;
                     self.warnings.push(warning);
                 }
-                Fate::Issued(issued) => {
+                Fate::SignerUnavailable(error) => {
+                    self.tally.failed += 1;
+                    self.tally.retries.push(json!({
+                        "message_id": received.message_id,
+                        "instance_id": message.as_ref().map(|m| m.instance_id.clone()),
+                        "request_id": message.as_ref().and_then(|m| m.request_id.clone()),
+                        "reason": format!("signer_unavailable: {error}"),
+                    }));
+                    // Visible again at once: the next drain (or the service, once its probe
+                    // passes) takes it up; a failed hand-back only delays it by the timeout.
+                    let _ = self.sqs.hand_back(&self.args.csr_queue_url, &received.receipt_handle).await;
+                    self.signer_error = Some(error);
+                }
+                Fate::Issued(issued, _) => {
                     self.tally.issued += 1;
                     self.tally.serials.push(issued.serial_hex);
                     done.push(received.receipt_handle.clone());
@@ -257,11 +354,12 @@ impl<'a> Worker<'a> {
     /// Publishes the answer to one request; the message is returned for the audit log.
     async fn answer(&self, received: &Received, verdict: Verdict) -> (Option<CsrMessage>, Fate) {
         match verdict {
-            Verdict::Sign { message, issued } => {
+            Verdict::Unavailable { message, error } => (Some(message), Fate::SignerUnavailable(error)),
+            Verdict::Sign { message, issued, signer_ref } => {
                 let reply = ReplyMessage::Certificate(CertificateMessage {
                     instance_id: message.instance_id.clone(),
                     certificate_pem: issued.certificate_pem.clone(),
-                    ca_chain_pem: self.signer.chain_pem().to_string(),
+                    ca_chain_pem: self.backend.chain_pem().to_string(),
                     version: Some(WIRE_VERSION),
                     request_id: message.request_id.clone(),
                     serial: Some(issued.serial_hex.clone()),
@@ -275,7 +373,7 @@ impl<'a> Worker<'a> {
                 // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
                 let body = if message.is_seed_format() { seed_body(&reply) } else { reply.to_json() };
                 let fate = match self.sqs.send(&target, &body, &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)]).await {
-                    Ok(_) => Fate::Issued(issued),
+                    Ok(_) => Fate::Issued(issued, signer_ref),
                     Err(SqsError::QueueMissing(_)) => {
                         let missing = Rejection::new(ReasonCode::MessageMalformed, format!("the reply queue of {} does not exist", message.instance_id));
                         self.dead_letter(received, missing).await
@@ -346,11 +444,12 @@ impl<'a> Worker<'a> {
         if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
             return;
         }
-        let (decision, rejection, issued) = match fate {
-            Fate::Issued(issued) => ("issued", None, Some(issued)),
-            Fate::Rejected(r) => ("rejected", Some(r), None),
-            Fate::DeadLettered(r) => ("dead_lettered", Some(r), None),
-            Fate::Retry(_) => ("retry", None, None),
+        let (decision, rejection, issued, signer_ref) = match fate {
+            Fate::Issued(issued, signer_ref) => ("issued", None, Some(issued), signer_ref.clone()),
+            Fate::Rejected(r) => ("rejected", Some((r.code.as_str(), r.message.clone())), None, None),
+            Fate::DeadLettered(r) => ("dead_lettered", Some((r.code.as_str(), r.message.clone())), None, None),
+            Fate::Retry(_) => ("retry", None, None, None),
+            Fate::SignerUnavailable(e) => ("retry", Some(("signer_unavailable", e.to_string())), None, None),
         };
         let line = json!({
             "time": rfc3339(time::OffsetDateTime::now_utc()),
@@ -359,8 +458,10 @@ impl<'a> Worker<'a> {
             "instance_id": message.map(|m| m.instance_id.clone()),
             "sender_id": received.sender_id,
             "decision": decision,
-            "reason_code": rejection.map(|r| r.code.as_str()),
-            "reason": rejection.map(|r| r.message.clone()),
+            "reason_code": rejection.as_ref().map(|r| r.0),
+            "reason": rejection.map(|r| r.1),
+            "signer": self.backend.name(),
+            "signer_ref": signer_ref,
             "serial": issued.map(|i| i.serial_hex.clone()),
             "not_after": issued.map(|i| rfc3339(i.not_after)),
             "csr_sha256": message.map(|m| fleetpki_core::csr::csr_der_sha256(&m.csr_pem)),
@@ -384,26 +485,43 @@ pub fn judge_batch(policy: &Policy, signer: &CaSigner, batch: &[Received]) -> Ve
     batch.par_iter().map(|r| judge(policy, signer, r)).collect()
 }
 
+/// A request that passed every check, waiting for its signature.
+pub struct Accepted {
+    pub message: CsrMessage,
+    pub csr: ParsedCsr,
+    pub grant: Grant,
+}
+
 /// Everything that decides on one request: limits, parsing, proof of possession, policy, and
-/// the signature. No I/O.
+/// the signature. No I/O but a remote key's.
 pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict {
+    match check(policy, received) {
+        Ok(accepted) => sign_locally(signer, accepted),
+        Err(refusal) => refusal,
+    }
+}
+
+/// Limits, parsing, proof of possession and policy: whether a request may be signed.
+/// A refusal is as common an answer as an acceptance, and moved once: not boxed.
+#[allow(clippy::result_large_err)]
+pub fn check(policy: &Policy, received: &Received) -> Result<Accepted, Verdict> {
     let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse { message, rejection: Rejection::new(code, text) };
     if received.body.len() > MAX_BODY_BYTES {
-        return refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len()));
+        return Err(refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len())));
     }
     let message: CsrMessage = match serde_json::from_str(&received.body) {
         Ok(m) => m,
-        Err(e) => return refuse(None, ReasonCode::MessageMalformed, format!("not a CSR message: {e}")),
+        Err(e) => return Err(refuse(None, ReasonCode::MessageMalformed, format!("not a CSR message: {e}"))),
     };
     if message.version.is_some_and(|v| v != WIRE_VERSION) {
-        return refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported"));
+        return Err(refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported")));
     }
     if message.version.is_some() && (message.request_id.is_none() || message.timestamp.is_none()) {
         // Without them a node cannot match the answer and a replay never expires.
-        return refuse(Some(message), ReasonCode::MessageMalformed, "a version 1 request needs request_id and timestamp".into());
+        return Err(refuse(Some(message), ReasonCode::MessageMalformed, "a version 1 request needs request_id and timestamp".into()));
     }
     if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
-        return refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"));
+        return Err(refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes")));
     }
     let csr = match parse_and_verify_csr(&message.csr_pem) {
         Ok(csr) => csr,
@@ -415,7 +533,7 @@ pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict
                 "key_too_small" => ReasonCode::KeyTooSmall,
                 _ => ReasonCode::CsrMalformed,
             };
-            return refuse(Some(message), code, e.to_string());
+            return Err(refuse(Some(message), code, e.to_string()));
         }
     };
     let request = SigningRequest {
@@ -424,13 +542,88 @@ pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict
         sender_id: received.sender_id.as_deref(),
         csr: &csr,
     };
-    let grant = match policy.evaluate(&request, now_unix()) {
-        Ok(grant) => grant,
-        Err(rejection) => return Verdict::Refuse { message: Some(message), rejection },
-    };
+    match policy.evaluate(&request, now_unix()) {
+        Ok(grant) => Ok(Accepted { message, csr, grant }),
+        Err(rejection) => Err(Verdict::Refuse { message: Some(message), rejection }),
+    }
+}
+
+/// Signs an accepted request with the intermediate's key (a file, or KMS through `Sign`).
+pub fn sign_locally(signer: &CaSigner, accepted: Accepted) -> Verdict {
+    let Accepted { message, csr, grant } = accepted;
     match signer.sign(&csr, &message.instance_id, grant.profile, grant.lifetime, time::OffsetDateTime::now_utc()) {
-        Ok(issued) => Verdict::Sign { message, issued },
-        Err(e) => refuse(Some(message), ReasonCode::CsrMalformed, format!("cannot sign: {e}")),
+        Ok(issued) => Verdict::Sign { message, issued, signer_ref: signer.key_ref().map(str::to_string) },
+        Err(PkiError::RemoteSign(error)) => Verdict::Unavailable { message, error },
+        Err(e) => Verdict::Refuse { message: Some(message), rejection: Rejection::new(ReasonCode::CsrMalformed, format!("cannot sign: {e}")) },
+    }
+}
+
+/// Judges a batch with AWS Private CA as the issuer: the checks on the cores, then the
+/// issuances concurrently.
+#[allow(clippy::result_large_err)]
+pub async fn issue_batch_through_pca(policy: &Policy, backend: &PcaBackend, batch: &[Received]) -> Vec<Verdict> {
+    use rayon::prelude::*;
+    let checked: Vec<Result<Accepted, Verdict>> = batch.par_iter().map(|r| check(policy, r)).collect();
+    futures_util::future::join_all(checked.into_iter().map(|c| async move {
+        match c {
+            Ok(accepted) => issue_through_pca(backend, accepted).await,
+            Err(refusal) => refusal,
+        }
+    }))
+    .await
+}
+
+/// One issuance by Private CA. Its templates copy the CSR's subject, so a CSR whose subject is
+/// not the instance id is refused first; what comes back is checked like a node checks it
+/// (key, names, usages, chain to our root) before anyone sees it.
+async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict {
+    let Accepted { message, csr, grant } = accepted;
+    if csr.common_name.as_deref().is_some_and(|cn| cn != message.instance_id) {
+        let text = format!(
+            "the CSR's subject CN {:?} is not the instance id {}: AWS Private CA would copy it into the certificate",
+            csr.common_name.as_deref().unwrap_or_default(),
+            message.instance_id
+        );
+        return Verdict::Refuse { message: Some(message), rejection: Rejection::new(ReasonCode::InstanceIdMismatch, text) };
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = (now + grant.lifetime).min(backend.ca.not_after);
+    let (pca, arn, algorithm) = (backend.pca.clone(), backend.arn.clone(), backend.algorithm);
+    let template = backend.template_arn.clone().unwrap_or_else(|| template_for(grant.profile).to_string());
+    let csr_pem = message.csr_pem.clone();
+    let token = message.request_id.clone().unwrap_or_else(fleetpki_core::new_request_id);
+    let (not_before_unix, not_after_unix) = ((now - CLOCK_SKEW_ALLOWANCE).unix_timestamp(), not_after.unix_timestamp());
+    let issued = backend
+        .runtime
+        .spawn_on(async move {
+            let request = Issuance {
+                csr_pem: &csr_pem,
+                not_before_unix,
+                not_after_unix,
+                template_arn: &template,
+                idempotency_token: &token,
+            };
+            pca.issue(&arn, algorithm, &request).await
+        })
+        .await;
+    let (certificate_arn, pem) = match issued {
+        Ok(issued) => issued,
+        Err(error) => return Verdict::Unavailable { message, error },
+    };
+    let anchors = load_certificates(&backend.chain_pem).into_iter().last().into_iter().collect::<Vec<_>>();
+    let expect = Expectation { instance_id: &message.instance_id, spki_der: &csr.spki_der, names: &csr.names, profile: grant.profile };
+    match check_issued_certificate(&pem, &backend.chain_pem, &anchors, &expect, std::time::SystemTime::now()) {
+        Ok(info) => {
+            let issued = IssuedCertificate { certificate_pem: pem, serial_hex: info.serial_hex, not_after: info.not_after, sha256: info.sha256 };
+            Verdict::Sign { message, issued, signer_ref: Some(certificate_arn) }
+        }
+        Err(why) => Verdict::Unavailable {
+            message,
+            error: RemoteSignError::new(
+                "UnexpectedCertificate",
+                format!("Private CA issued {certificate_arn}, which a node would refuse ({why}): check the CA and pca_template_arn"),
+            ),
+        },
     }
 }
 

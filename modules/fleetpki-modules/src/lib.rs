@@ -9,3 +9,4 @@ pub mod cert_fetch;
 pub mod common;
 pub mod csr_submit;
 pub mod reply_queues;
+pub mod signer;

@@ -12,6 +12,8 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use serde::Deserialize;
 
+pub use aws_config::SdkConfig;
+
 /// amazon.aws's connection options. Unset ones fall back to the SDK's default chain
 /// (environment, shared config and credentials files, instance profile).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,7 +43,7 @@ pub enum SqsError {
 pub struct CallCounter(Arc<Mutex<BTreeMap<&'static str, u64>>>);
 
 impl CallCounter {
-    fn add(&self, operation: &'static str) {
+    pub fn add(&self, operation: &'static str) {
         if let Ok(mut map) = self.0.lock() {
             *map.entry(operation).or_default() += 1;
         }
@@ -95,35 +97,41 @@ fn hint_for(detail: &str) -> &'static str {
     }
 }
 
+/// The SDK configuration from amazon.aws-style options: the same for SQS, KMS and ACM PCA.
+pub async fn load_config(options: &AwsOptions) -> Result<aws_config::SdkConfig, SqsError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(profile) = &options.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &options.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    match (&options.access_key, &options.secret_key) {
+        (Some(access), Some(secret)) => {
+            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                access,
+                secret,
+                options.session_token.clone(),
+                None,
+                "module-options",
+            ));
+        }
+        (None, None) => {}
+        _ => return Err(SqsError::PartialCredentials),
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(SqsError::NoRegion);
+    }
+    Ok(config)
+}
+
 impl Sqs {
     pub async fn connect(options: &AwsOptions) -> Result<Self, SqsError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(profile) = &options.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(region) = &options.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &options.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-        }
-        match (&options.access_key, &options.secret_key) {
-            (Some(access), Some(secret)) => {
-                loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                    access,
-                    secret,
-                    options.session_token.clone(),
-                    None,
-                    "module-options",
-                ));
-            }
-            (None, None) => {}
-            _ => return Err(SqsError::PartialCredentials),
-        }
-        let config = loader.load().await;
-        if config.region().is_none() {
-            return Err(SqsError::NoRegion);
-        }
+        let config = load_config(options).await?;
         Ok(Sqs { client: Client::new(&config), calls: CallCounter::default() })
     }
 

@@ -1,0 +1,156 @@
+//! Where the intermediate's key lives, chosen by the `signer` option: a key file (`file`), an
+//! AWS KMS key (`aws_kms`), or AWS Private CA issuing for us (`aws_pca`). See docs/signers.md.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ansible_module::{Failure, OptionSpec, OptionType};
+use fleetpki_core::certs::{parse_certificate, CertificateInfo};
+use fleetpki_core::remote::{algorithm_for_spki, RemoteAlgorithm, RemoteSignError};
+use fleetpki_core::sign::CaSigner;
+use fleetpki_signers::kms::{Kms, KmsKey};
+use fleetpki_signers::pca::Pca;
+use fleetpki_signers::BlockingRuntime;
+use fleetpki_sqs::{load_config, AwsOptions};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::common::calls_json;
+
+pub const FILE: &str = "file";
+pub const AWS_KMS: &str = "aws_kms";
+pub const AWS_PCA: &str = "aws_pca";
+
+/// The `signer` option and the options each backend needs.
+pub fn signer_options(choices: &[&'static str]) -> Vec<OptionSpec> {
+    let mut options = vec![
+        OptionSpec::new("signer", OptionType::Str).choices(choices.iter().copied()).default(FILE),
+        OptionSpec::new("kms_key_id", OptionType::Str),
+    ];
+    if choices.contains(&AWS_PCA) {
+        options.push(OptionSpec::new("certificate_authority_arn", OptionType::Str).aliases(&["pca_arn"]));
+    }
+    options
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SignerArgs {
+    pub signer: String,
+    pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub certificate_authority_arn: Option<String>,
+}
+
+/// The options of the other backends must not be given: a leftover `ownca_privatekey_path`
+/// beside `signer: aws_kms` would suggest the key file is still used.
+pub fn refuse_foreign_options(signer: &str, given: &[(&str, bool)]) -> Result<(), Failure> {
+    for (name, is_set) in given {
+        if *is_set {
+            return Err(Failure::new(format!("{name} does not apply to signer={signer}: remove it")));
+        }
+    }
+    Ok(())
+}
+
+/// The CA worker's signer.
+pub enum Backend {
+    /// The key signs here: a key file, or a KMS key through `Sign` (with its client's runtime).
+    Local { signer: CaSigner, kms: Option<Arc<KmsKey>> },
+    /// AWS Private CA issues; `ca` is its certificate (written by mtls_ca_init).
+    Pca(PcaBackend),
+}
+
+pub struct PcaBackend {
+    pub pca: Pca,
+    pub arn: String,
+    pub ca: CertificateInfo,
+    pub chain_pem: String,
+    pub algorithm: RemoteAlgorithm,
+    pub template_arn: Option<String>,
+    pub runtime: Arc<BlockingRuntime>,
+}
+
+impl Backend {
+    /// Opens the signer; with KMS, checks the key is enabled, signs and is the certificate's.
+    pub fn open(
+        args: &SignerArgs,
+        aws: &AwsOptions,
+        cert_path: &str,
+        key_path: Option<&str>,
+        chain_path: &str,
+        pca_template_arn: Option<String>,
+    ) -> Result<Backend, Failure> {
+        match args.signer.as_str() {
+            AWS_KMS => {
+                refuse_foreign_options(AWS_KMS, &[("ownca_privatekey_path", key_path.is_some()), ("certificate_authority_arn", args.certificate_authority_arn.is_some())])?;
+                let key_id = args.kms_key_id.as_deref().ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))?;
+                let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
+                let kms = Kms::new(&runtime.block_on(load_config(aws)).map_err(Failure::from)?);
+                let public = runtime
+                    .block_on(kms.public_key(key_id))
+                    .map_err(|e| Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls())))?
+                    .ok_or_else(|| Failure::new(fleetpki_signers::SignerError::KeyNotFound(key_id.into()).to_string()).with("kms_calls", calls_json(kms.calls())))?;
+                let key = Arc::new(KmsKey::new(kms, &public, runtime).map_err(|e| Failure::new(e.to_string()))?);
+                let signer = CaSigner::with_remote_key(Path::new(cert_path), Path::new(chain_path), key.clone(), &public.spki_der)?;
+                Ok(Backend::Local { signer, kms: Some(key) })
+            }
+            AWS_PCA => {
+                refuse_foreign_options(AWS_PCA, &[("ownca_privatekey_path", key_path.is_some()), ("kms_key_id", args.kms_key_id.is_some())])?;
+                let arn = args.certificate_authority_arn.clone().ok_or_else(|| Failure::new("signer is aws_pca but certificate_authority_arn is missing"))?;
+                let read = |p: &str| std::fs::read_to_string(p).map_err(|e| Failure::new(format!("cannot read {p}: {e}. Run mtls_ca_init with signer=aws_pca first")));
+                let ca = parse_certificate(&read(cert_path)?, cert_path)?;
+                let algorithm = algorithm_for_spki(&ca.spki_der)?;
+                let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
+                let pca = Pca::new(&runtime.block_on(load_config(aws)).map_err(Failure::from)?);
+                Ok(Backend::Pca(PcaBackend { pca, arn, ca, chain_pem: read(chain_path)?, algorithm, template_arn: pca_template_arn, runtime }))
+            }
+            _ => {
+                refuse_foreign_options(FILE, &[("kms_key_id", args.kms_key_id.is_some()), ("certificate_authority_arn", args.certificate_authority_arn.is_some())])?;
+                let key_path = key_path.ok_or_else(|| Failure::new("signer is file but ownca_privatekey_path is missing"))?;
+                let signer = CaSigner::load(Path::new(cert_path), Path::new(key_path), Path::new(chain_path))?;
+                Ok(Backend::Local { signer, kms: None })
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Local { kms: Some(_), .. } => AWS_KMS,
+            Backend::Local { kms: None, .. } => FILE,
+            Backend::Pca(_) => AWS_PCA,
+        }
+    }
+
+    pub fn chain_pem(&self) -> &str {
+        match self {
+            Backend::Local { signer, .. } => signer.chain_pem(),
+            Backend::Pca(p) => &p.chain_pem,
+        }
+    }
+
+    /// Whether the signer works now. Blocking: call it off the module's runtime.
+    pub async fn probe(&self) -> Result<(), RemoteSignError> {
+        match self {
+            Backend::Local { kms: Some(key), .. } => {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || key.probe())
+                    .await
+                    .unwrap_or_else(|e| Err(RemoteSignError::new("ProbeFailed", e.to_string())))
+            }
+            Backend::Local { kms: None, .. } => Ok(()),
+            Backend::Pca(p) => {
+                let (pca, arn) = (p.pca.clone(), p.arn.clone());
+                p.runtime.spawn_on(async move { pca.probe(&arn).await }).await
+            }
+        }
+    }
+
+    /// The calls made to the signer's AWS service, as a result key and value.
+    pub fn calls(&self) -> Option<(&'static str, Value)> {
+        match self {
+            Backend::Local { kms: Some(key), .. } => Some(("kms_calls", calls_json(key.calls()))),
+            Backend::Local { kms: None, .. } => None,
+            Backend::Pca(p) => Some(("acmpca_calls", calls_json(p.pca.calls()))),
+        }
+    }
+}

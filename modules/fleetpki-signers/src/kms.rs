@@ -1,0 +1,165 @@
+//! An intermediate CA key held in AWS KMS: signatures come from KMS `Sign`, so no private key
+//! of the intermediate ever exists on the worker host.
+
+use std::sync::Arc;
+
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
+use aws_sdk_kms::Client;
+use fleetpki_core::remote::{algorithm_for_spki, RemoteAlgorithm, RemoteKey, RemoteSignError};
+use fleetpki_sqs::SdkConfig;
+
+use crate::{error_parts, hint_for, BlockingRuntime, CallCounter, SignerError};
+
+/// Bytes KMS signs as a raw message (larger ones would need MessageType DIGEST, which moto does
+/// not implement); a leaf's TBSCertificate is well under 2 KiB.
+const MAX_RAW_MESSAGE: usize = 4096;
+
+/// A KMS key's public half, as `GetPublicKey` reports it.
+#[derive(Debug, Clone)]
+pub struct KmsPublicKey {
+    pub key_arn: String,
+    pub spki_der: Vec<u8>,
+}
+
+/// A KMS client that counts its calls.
+#[derive(Debug, Clone)]
+pub struct Kms {
+    client: Client,
+    calls: CallCounter,
+}
+
+impl Kms {
+    /// KMS with the SDK's standard retry (exponential backoff with jitter on throttling and
+    /// transient errors), five attempts.
+    pub fn new(config: &SdkConfig) -> Self {
+        let config = aws_sdk_kms::config::Builder::from(config).retry_config(RetryConfig::standard().with_max_attempts(5)).build();
+        Kms { client: Client::from_conf(config), calls: CallCounter::default() }
+    }
+
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+
+    fn fail<E, R>(operation: &'static str, target: &str, error: &aws_sdk_kms::error::SdkError<E, R>) -> SignerError
+    where
+        E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let (code, message) = error_parts(error);
+        SignerError::Call { service: "KMS", operation, target: target.to_string(), hint: hint_for(&code), code, message }
+    }
+
+    /// The key's public key, or None when no such key (or alias) exists. Refuses a key that
+    /// is not a SIGN_VERIFY key; a disabled one fails here already (DisabledException).
+    /// (GetPublicKey alone: DescribeKey's large answer would cost the worker binary ~15 KB.)
+    pub async fn public_key(&self, key_id: &str) -> Result<Option<KmsPublicKey>, SignerError> {
+        self.calls.add("GetPublicKey");
+        let out = match self.client.get_public_key().key_id(key_id).send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found_exception()) => return Ok(None),
+            Err(e) => return Err(Self::fail("GetPublicKey", key_id, &e)),
+        };
+        let unusable = |why: String| SignerError::KeyUnusable { key: key_id.to_string(), why };
+        if out.key_usage() != Some(&KeyUsageType::SignVerify) {
+            return Err(unusable(format!("its usage is {:?}; create it with KeyUsage SIGN_VERIFY", out.key_usage())));
+        }
+        let spki_der = out.public_key().map(|b| b.as_ref().to_vec()).ok_or_else(|| unusable("GetPublicKey returned no key".into()))?;
+        let key_arn = out.key_id().unwrap_or(key_id).to_string();
+        Ok(Some(KmsPublicKey { key_arn, spki_der }))
+    }
+
+    /// Creates an asymmetric SIGN_VERIFY key of `spec` (ECC_NIST_P256 / ECC_NIST_P384) and,
+    /// when `alias` is given, points that alias at it. Returns the key's ARN.
+    pub async fn create_signing_key(&self, spec: &str, alias: Option<&str>, description: &str) -> Result<String, SignerError> {
+        let key_spec = KeySpec::from(spec);
+        self.calls.add("CreateKey");
+        let out = self
+            .client
+            .create_key()
+            .key_spec(key_spec)
+            .key_usage(KeyUsageType::SignVerify)
+            .description(description)
+            .send()
+            .await
+            .map_err(|e| Self::fail("CreateKey", spec, &e))?;
+        let arn = out.key_metadata().map(|m| m.arn().unwrap_or(m.key_id()).to_string()).unwrap_or_default();
+        if let Some(alias) = alias {
+            self.calls.add("CreateAlias");
+            self.client.create_alias().alias_name(alias).target_key_id(&arn).send().await.map_err(|e| Self::fail("CreateAlias", alias, &e))?;
+        }
+        Ok(arn)
+    }
+
+    /// One KMS `Sign` of a raw message; KMS hashes it.
+    pub async fn sign(&self, key_id: &str, algorithm: RemoteAlgorithm, message: &[u8]) -> Result<(String, Vec<u8>), RemoteSignError> {
+        if message.len() > MAX_RAW_MESSAGE {
+            return Err(RemoteSignError::new("MessageTooLarge", format!("{} bytes to sign; KMS signs raw messages up to {MAX_RAW_MESSAGE}", message.len())));
+        }
+        let spec = match algorithm {
+            RemoteAlgorithm::EcdsaP256Sha256 => SigningAlgorithmSpec::EcdsaSha256,
+            RemoteAlgorithm::EcdsaP384Sha384 => SigningAlgorithmSpec::EcdsaSha384,
+            RemoteAlgorithm::RsaPkcs1Sha256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+        };
+        self.calls.add("Sign");
+        let out = self
+            .client
+            .sign()
+            .key_id(key_id)
+            .message(Blob::new(message))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(spec)
+            .send()
+            .await
+            .map_err(|e| {
+                let (code, text) = error_parts(&e);
+                RemoteSignError::new(code.clone(), format!("KMS Sign with {key_id}: {text}{}", hint_for(&code)))
+            })?;
+        let signature = out.signature().map(|b| b.as_ref().to_vec()).ok_or_else(|| RemoteSignError::new("EmptySignature", "KMS Sign returned no signature"))?;
+        Ok((out.key_id().unwrap_or(key_id).to_string(), signature))
+    }
+}
+
+/// A KMS key as the CA's signing key. rcgen calls `sign` synchronously from the worker's
+/// threads; the call runs on a runtime of its own.
+pub struct KmsKey {
+    kms: Kms,
+    key_arn: String,
+    algorithm: RemoteAlgorithm,
+    runtime: Arc<BlockingRuntime>,
+}
+
+impl KmsKey {
+    /// `key_id` may be an alias: it is resolved once, and every `Sign` names the key's ARN,
+    /// so the audit log and the signatures agree even if the alias is moved later.
+    pub fn new(kms: Kms, public: &KmsPublicKey, runtime: Arc<BlockingRuntime>) -> Result<Self, SignerError> {
+        let algorithm = algorithm_for_spki(&public.spki_der)
+            .map_err(|e| SignerError::KeyUnusable { key: public.key_arn.clone(), why: e.to_string() })?;
+        Ok(KmsKey { kms, key_arn: public.key_arn.clone(), algorithm, runtime })
+    }
+
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.kms.calls()
+    }
+
+    /// Whether the key signs now: one `Sign` of a fixed probe message (what a service does
+    /// before it takes requests from the queue again after a failure).
+    pub fn probe(&self) -> Result<(), RemoteSignError> {
+        self.sign(b"fleetpki.mtls signer probe").map(|_| ())
+    }
+}
+
+impl RemoteKey for KmsKey {
+    fn key_ref(&self) -> &str {
+        &self.key_arn
+    }
+
+    fn algorithm(&self) -> RemoteAlgorithm {
+        self.algorithm
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteSignError> {
+        self.runtime.block_on(self.kms.sign(&self.key_arn, self.algorithm, message)).map(|(_, signature)| signature)
+    }
+}

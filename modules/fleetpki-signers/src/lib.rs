@@ -1,0 +1,101 @@
+//! The CA key off disk: an intermediate whose private key is an AWS KMS key ([`kms`]), or AWS
+//! Private CA issuing from our policy-checked requests ([`pca`]). Every call is counted like
+//! the SQS calls. The PKI (what gets signed, what gets checked) stays in fleetpki-core.
+
+pub mod kms;
+pub mod pca;
+
+use aws_sdk_kms::error::ProvideErrorMetadata;
+pub use fleetpki_core::remote::RemoteSignError;
+pub use fleetpki_sqs::CallCounter;
+
+/// Errors of the setup calls (creating or describing keys and CAs), each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("{service} {operation} on {target} failed: {code}: {message}{hint}")]
+    Call { service: &'static str, operation: &'static str, target: String, code: String, message: String, hint: &'static str },
+    #[error("the KMS key {0} does not exist: create it, or give an alias (alias/...) that mtls_ca_init may create")]
+    KeyNotFound(String),
+    #[error("the KMS key {key} cannot sign certificates: {why}")]
+    KeyUnusable { key: String, why: String },
+    #[error("the Private CA {arn} cannot issue yet: {why}")]
+    CaUnusable { arn: String, why: String },
+    #[error("cannot start the AWS client runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The error code and message of an SDK error: the service's own (`DisabledException`) when it
+/// answered, else what went wrong on the way (connection, timeout).
+pub(crate) fn error_parts<E, R>(error: &aws_sdk_kms::error::SdkError<E, R>) -> (String, String)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match error.code() {
+        Some(code) => (code.to_string(), error.message().unwrap_or("").to_string()),
+        None => ("ConnectionError".into(), aws_sdk_kms::error::DisplayErrorContext(error).to_string()),
+    }
+}
+
+/// What to do about an error code, for the messages.
+pub(crate) fn hint_for(code: &str) -> &'static str {
+    match code {
+        "AccessDeniedException" => ". The IAM policy of this identity (or the key policy) does not allow this call: see README, Signers",
+        "DisabledException" => ". Enable the key (aws kms enable-key) and run again: queued requests wait",
+        "NotFoundException" | "ResourceNotFoundException" => ". Check the key id / CA ARN and the region",
+        "KMSInvalidStateException" | "InvalidStateException" => ". The key or CA is not in a usable state (pending deletion, disabled, expired)",
+        "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException" => ". The account's request quota was exceeded after retries: lower the worker's batch concurrency or ask for a quota increase",
+        "ConnectionError" => ". Check endpoint_url / network access to AWS",
+        _ => "",
+    }
+}
+
+/// A runtime of its own for AWS calls made from synchronous code (rcgen's signing callback
+/// runs on rayon threads, outside the module's runtime). A current-thread runtime driven by a
+/// dedicated thread: the multi-threaded scheduler would add ~100 KB to binaries that travel.
+pub struct BlockingRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl BlockingRuntime {
+    pub fn new() -> Result<Self, SignerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SignerError::Runtime)?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // This thread drives the I/O and timers for every caller of `block_on` and `spawn_on`.
+        std::thread::Builder::new()
+            .name("fleetpki-aws".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(SignerError::Runtime)?;
+        Ok(BlockingRuntime { handle, stop: Some(stop) })
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.handle.block_on(future)
+    }
+
+    /// Runs a call on this runtime and awaits it from another (the module's own).
+    pub async fn spawn_on<T, F>(&self, future: F) -> Result<T, RemoteSignError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, RemoteSignError>> + Send + 'static,
+    {
+        self.handle.spawn(future).await.unwrap_or_else(|e| Err(RemoteSignError::new("TaskFailed", e.to_string())))
+    }
+}
+
+impl Drop for BlockingRuntime {
+    /// Lets the driving thread finish; never waits for it (this may run inside another runtime).
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -47,7 +47,10 @@ EXPECTED = {
         ),
     },
     "CaWorkerPolicy": {
-        "ConsumeCertificateRequests": ({"sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage"}, {CSR}),
+        "ConsumeCertificateRequests": (
+            {"sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
+            {CSR},
+        ),
         "DeadLetter": ({"sqs:GetQueueUrl", "sqs:SendMessage"}, {DLQ}),
         "AnswerOnReplyQueues": ({"sqs:SendMessage"}, {REPLY}),
     },

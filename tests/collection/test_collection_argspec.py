@@ -19,7 +19,7 @@ from collection_helpers import MODULES, assert_run_ok, describe_run, run, tool
 # constraint in the binary cannot go unchecked silently.
 COMPARED = ("type", "elements", "required", "default", "choices", "aliases")
 SPEC_KEYS = set(COMPARED) | {"no_log"}
-SPEC_TOP_KEYS = {"argument_spec", "mutually_exclusive", "required_one_of"}
+SPEC_TOP_KEYS = {"argument_spec", "mutually_exclusive", "required_one_of", "required_if"}
 NO_LOG_MARK = "(no_log)"
 
 
@@ -109,6 +109,13 @@ def test_option_constraints_are_stated_in_the_docs(module, docs, specs):
                 for other in group:
                     if other != name:
                         assert f"O({other})" in text, f"{module}.{name}: docs do not name O({other}) of its {kind} group"
+    # required_if: each required option says when, as "Required when O(signer=file)".
+    for name, value, requirements in specs[module]["required_if"]:
+        for required in requirements:
+            text = description(documented[required])
+            assert f"O({name}={value})" in text and re.search(r"required", text, re.I), (
+                f"{module}.{required} is required when {name}={value} but its docs do not say O({name}={value}): {text!r}"
+            )
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # AWS connection options shared by every fleetpki.mtls module that talks to SQS.
+    # AWS connection options shared by every fleetpki.mtls module that talks to AWS (SQS, and
+    # KMS / ACM PCA for the CA modules with signer=aws_kms or aws_pca).
     # Names and aliases follow amazon.aws. When an option is not set, the AWS SDK's
     # default chain applies (environment variables, shared config/credentials files,
     # then the instance profile).
@@ -14,14 +15,16 @@ class ModuleDocFragment:
 options:
   region:
     description:
-      - The AWS region of the queues.
+      - The AWS region of the queues (and of the KMS key or Private CA of the CA modules).
       - When not set, E(AWS_REGION) or the region of the selected profile is used.
     type: str
     aliases: [aws_region, ec2_region]
   endpoint_url:
     description:
-      - URL of the SQS endpoint to use instead of the region's default, for example a local test server.
-      - When not set, E(AWS_ENDPOINT_URL_SQS) or else E(AWS_ENDPOINT_URL) is used.
+      - URL of the AWS endpoint to use instead of the region's default, for example a local test server.
+        It applies to every AWS service the module calls (SQS, and KMS or ACM PCA for the CA modules with C(signer=aws_kms) or C(signer=aws_pca)).
+      - When not set, the per-service E(AWS_ENDPOINT_URL_SQS), E(AWS_ENDPOINT_URL_KMS) or E(AWS_ENDPOINT_URL_ACM_PCA),
+        or else E(AWS_ENDPOINT_URL), is used.
     type: str
     aliases: [aws_endpoint_url]
   profile:

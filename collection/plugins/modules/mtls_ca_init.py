@@ -21,7 +21,17 @@ description:
     or SEC1 PEM) is adopted and certified.
   - The root key is needed only to create the root or to sign a new intermediate, so it can live on an
     offline host; the intermediate certificate, key and chain are what the CA worker needs.
-  - Makes no network calls. In check mode nothing is written.
+  - The root is always a key file (offline); O(signer) decides where the intermediate's key lives.
+  - With O(signer=aws_kms) the intermediate's key is an asymmetric AWS KMS key (O(kms_key_id)). When O(kms_key_id)
+    is an alias that does not exist, a key of O(kms_key_spec) with usage SIGN_VERIFY is created and the alias
+    pointed at it; a key id or key ARN must exist. The intermediate's CSR is signed through KMS, verified, and
+    certified by the root. Only the certificate and the chain are written, no private key file.
+  - With O(signer=aws_pca) the intermediate is a subordinate AWS Private CA (O(certificate_authority_arn)). When it
+    waits for its certificate (status PENDING_CERTIFICATE), its CSR is certified by the root and imported; when it
+    is ACTIVE, its certificate is fetched and must chain to the root. The CA's certificate and the chain are
+    written to O(intermediate_cert_path) and O(chain_path).
+  - Makes no network calls with O(signer=file); the other signers call AWS KMS or AWS Private CA. In check mode
+    nothing is written and nothing is created in AWS.
 options:
   root_cert_path:
     description:
@@ -41,8 +51,36 @@ options:
   intermediate_privatekey_path:
     description:
       - Path of the intermediate CA private key. An existing key (PKCS#8, PKCS#1 or SEC1 PEM) is adopted.
+      - Required when O(signer=file); the other signers write no intermediate key.
     type: path
-    required: true
+  signer:
+    description:
+      - Where the intermediate CA's key lives, as for M(fleetpki.mtls.mtls_ca_sign).
+      - V(file), a key file, O(intermediate_privatekey_path).
+      - V(aws_kms), an asymmetric AWS KMS key, O(kms_key_id), created when O(kms_key_id) is an alias that does not
+        exist yet.
+      - V(aws_pca), a subordinate AWS Private CA, O(certificate_authority_arn), certified by the root.
+    type: str
+    choices: [file, aws_kms, aws_pca]
+    default: file
+  kms_key_id:
+    description:
+      - The AWS KMS key of the intermediate CA, as a key id, key ARN, alias name (V(alias/...)) or alias ARN.
+      - Required when O(signer=aws_kms). An alias that does not exist is created with a new key of O(kms_key_spec);
+        a key id or key ARN must name an existing ECC key with usage SIGN_VERIFY.
+    type: str
+  kms_key_spec:
+    description:
+      - Key spec of a KMS key created for O(signer=aws_kms) (an existing key keeps its own).
+    type: str
+    choices: [ECC_NIST_P256, ECC_NIST_P384]
+    default: ECC_NIST_P256
+  certificate_authority_arn:
+    description:
+      - ARN of the subordinate AWS Private CA that becomes the intermediate.
+      - Required when O(signer=aws_pca).
+    type: str
+    aliases: [pca_arn]
   chain_path:
     description:
       - Path of the CA chain (PEM), intermediate then root.
@@ -64,7 +102,7 @@ options:
     type: str
   type:
     description:
-      - Type of the CA keys.
+      - Type of the CA keys (with O(signer=aws_kms) or O(signer=aws_pca), of the root key only).
     type: str
     choices: [ECC, RSA]
     default: ECC
@@ -100,11 +138,13 @@ options:
     type: str
   mode:
     description:
-      - Permissions of the private key files written, as an octal string such as V('0600') or a number.
+      - Permissions of the private key files written, as an octal string such as V('0600') or a number (with
+        O(signer=aws_kms) or O(signer=aws_pca), the root key only).
     type: raw
     default: "0600"
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - fleetpki.mtls.aws
 attributes:
   check_mode:
     support: full
@@ -114,8 +154,22 @@ attributes:
     platforms: posix
 notes:
   - The module is a static Linux x86_64 binary; the host needs no Python.
+  - The AWS connection options are used only with O(signer=aws_kms) or O(signer=aws_pca); per-service endpoints
+    come from E(AWS_ENDPOINT_URL_KMS) and E(AWS_ENDPOINT_URL_ACM_PCA).
+  - "IAM permissions: V(aws_kms) needs C(kms:CreateKey) and C(kms:CreateAlias) (only to create the key),
+    C(kms:DescribeKey), C(kms:GetPublicKey) and C(kms:Sign); V(aws_pca) needs C(acm-pca:DescribeCertificateAuthority),
+    C(acm-pca:GetCertificateAuthorityCsr), C(acm-pca:ImportCertificateAuthorityCertificate) and
+    C(acm-pca:GetCertificateAuthorityCertificate)."
+  - Run it where the root key is (the offline root host); with the AWS signers that host needs AWS credentials
+    for this one task, the CA worker host never needs the root key.
 seealso:
   - module: fleetpki.mtls.mtls_ca_sign
+  - name: AWS KMS CreateKey
+    description: Key specs and key usage of asymmetric KMS keys.
+    link: https://docs.aws.amazon.com/kms/latest/APIReference/API_CreateKey.html
+  - name: AWS Private CA, installing a subordinate CA certificate signed by an external parent CA
+    description: The PENDING_CERTIFICATE to ACTIVE steps this module performs with the root.
+    link: https://docs.aws.amazon.com/privateca/latest/userguide/PCACertInstall.html
 """
 
 EXAMPLES = r"""
@@ -141,6 +195,14 @@ EXAMPLES = r"""
     intermediate_common_name: Example Fleet Intermediate CA
     curve: secp384r1
     intermediate_lifetime_days: 365
+
+# The intermediate's key in AWS KMS instead of a file: leave out intermediate_privatekey_path and add
+#   signer: aws_kms
+#   kms_key_id: alias/fleetpki-intermediate    # created (ECC_NIST_P256) when the alias does not exist
+#   region: eu-west-1
+# Or certify a subordinate AWS Private CA with the root:
+#   signer: aws_pca
+#   certificate_authority_arn: arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555
 """
 
 RETURN = r"""
@@ -168,4 +230,41 @@ intermediate_not_after:
   returned: success
   type: str
   sample: "2031-11-26T22:30:00Z"
+signer:
+  description:
+    - The signer of the intermediate, V(file), V(aws_kms) or V(aws_pca).
+  returned: always
+  type: str
+  sample: aws_kms
+kms_key_arn:
+  description:
+    - ARN of the KMS key that holds the intermediate's private key.
+  returned: when O(signer=aws_kms)
+  type: str
+  sample: arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
+kms_key_created:
+  description:
+    - Whether a new KMS key (and its alias) was created (in check mode, whether one would be).
+  returned: when O(signer=aws_kms)
+  type: bool
+  sample: true
+certificate_authority_arn:
+  description:
+    - ARN of the AWS Private CA that is the intermediate.
+  returned: when O(signer=aws_pca)
+  type: str
+  sample: arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555
+kms_calls:
+  description:
+    - Number of AWS KMS API calls made, by operation, and their C(total).
+  returned: when O(signer=aws_kms)
+  type: dict
+  sample: {"DescribeKey": 2, "CreateKey": 1, "CreateAlias": 1, "GetPublicKey": 1, "Sign": 1, "total": 6}
+acmpca_calls:
+  description:
+    - Number of AWS Private CA API calls made, by operation, and their C(total).
+  returned: when O(signer=aws_pca)
+  type: dict
+  sample: {"DescribeCertificateAuthority": 1, "GetCertificateAuthorityCsr": 1, "ImportCertificateAuthorityCertificate": 1,
+           "total": 3}
 """

@@ -24,9 +24,16 @@ description:
     (R(fleetpki.mtls.mtls_ca_sign,ansible_collections.fleetpki.mtls.mtls_ca_sign_module) option
     O(fleetpki.mtls.mtls_ca_sign#module:audit_log_path)); with several worker hosts, gather their logs
     (for example with M(ansible.builtin.fetch)) and list them all in O(issuance_log_paths).
-  - Makes no network calls. In check mode nothing is written.
+  - With O(signer=aws_kms) the CRL is signed through AWS KMS (C(Sign)) with the intermediate's KMS key
+    O(kms_key_id), as M(fleetpki.mtls.mtls_ca_sign) signs the certificates; otherwise the module makes no
+    network calls. In check mode nothing is written and nothing is signed.
+  - The AWS connection options are used only with O(signer=aws_kms); a KMS endpoint of its own comes from
+    E(AWS_ENDPOINT_URL_KMS).
+  - An intermediate that is an AWS Private CA (M(fleetpki.mtls.mtls_ca_sign) with C(signer=aws_pca)) is not
+    supported here, since AWS Private CA publishes its own CRL. Revoke with C(aws acm-pca revoke-certificate).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - fleetpki.mtls.aws
 attributes:
   check_mode:
     support: full
@@ -43,8 +50,23 @@ options:
   ownca_privatekey_path:
     description:
       - Path of the intermediate CA private key (PKCS#8, PKCS#1 or SEC1 PEM).
+      - Required when O(signer=file); refused with O(signer=aws_kms).
     type: path
-    required: true
+  signer:
+    description:
+      - Where the intermediate CA's key that signs the CRL lives.
+      - V(file), the key file O(ownca_privatekey_path).
+      - V(aws_kms), the asymmetric AWS KMS key O(kms_key_id); the CRL is signed with KMS C(Sign).
+      - AWS Private CA (V(aws_pca) elsewhere) publishes its own CRL and is not a choice here.
+    type: str
+    choices: [file, aws_kms]
+    default: file
+  kms_key_id:
+    description:
+      - The AWS KMS key of the intermediate CA, as a key id, key ARN, alias name (V(alias/...)) or alias ARN.
+      - Required when O(signer=aws_kms); its public key must be the one of O(ownca_path).
+      - The module needs C(kms:Sign), C(kms:GetPublicKey) and C(kms:DescribeKey) on the key.
+    type: str
   ca_chain_path:
     description:
       - Path of the CA chain (intermediate then root).
@@ -118,6 +140,10 @@ EXAMPLES = r"""
     ca_chain_path: /etc/fleetpki/ca/chain.pem
     crl_path: /etc/fleetpki/ca/crl.pem
     revocations_path: /etc/fleetpki/ca/revocations.json
+
+# With the intermediate's key in AWS KMS, replace ownca_privatekey_path by
+#   signer: aws_kms
+#   kms_key_id: alias/fleetpki-intermediate
 """
 
 RETURN = r"""

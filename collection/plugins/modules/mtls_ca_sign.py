@@ -25,23 +25,66 @@ description:
     after publishing. Messages that cannot be processed at all go to the dead-letter queue.
   - Requests without a C(version) field come from the seed article's scripts and are answered on
     O(shared_cert_queue_url).
-  - In check mode no message is received, sent or deleted; the result reports the queue depth instead.
+  - The signer (O(signer)) decides where the intermediate CA's key lives. V(file) signs with a key file
+    (O(ownca_privatekey_path)). V(aws_kms) signs every certificate with AWS KMS C(Sign) on an asymmetric KMS key
+    (O(kms_key_id)), so no private key exists on the CA host. V(aws_pca) has AWS Private CA
+    (O(certificate_authority_arn)) issue the certificate from the CSR after the policy accepted it; the serial is
+    the one Private CA chose. The policy checks, reason codes, audit log and answers are the same with every
+    signer.
+  - "When the signer is unavailable (KMS key disabled, missing or not accessible, throttling that outlasts the
+    retries, a Private CA error), the requests it could not sign are neither deleted nor dead-lettered: they are
+    made visible again at once, the drain stops, and the task fails with
+    C(the signer is unavailable: <code>: <message>; N request(s) stay queued for the next run). The result still
+    holds what was done (RV(issued), RV(serials), RV(retries), ...). The next run signs them once the signer works."
+  - In check mode no message is received, sent or deleted and nothing is signed; the result reports the queue
+    depth instead.
 options:
   csr_queue_url:
     description:
       - URL of the SQS queue the nodes send their CSRs to.
     type: str
     required: true
+  signer:
+    description:
+      - Where the key that signs the node certificates lives.
+      - V(file), the intermediate CA's private key in O(ownca_privatekey_path).
+      - V(aws_kms), the intermediate CA's private key is the asymmetric AWS KMS key O(kms_key_id) (created by
+        M(fleetpki.mtls.mtls_ca_init)); every certificate is signed with KMS C(Sign) and the key never leaves KMS.
+      - V(aws_pca), AWS Private CA O(certificate_authority_arn) issues each certificate (C(IssueCertificate), then
+        C(GetCertificate) once it is issued) with the template O(pca_template_arn).
+    type: str
+    choices: [file, aws_kms, aws_pca]
+    default: file
   ownca_path:
     description:
       - Path of the intermediate CA certificate (PEM) that signs the node certificates.
+      - With O(signer=aws_pca), the Private CA's certificate (written by M(fleetpki.mtls.mtls_ca_init)).
     type: path
     required: true
   ownca_privatekey_path:
     description:
       - Path of the intermediate CA private key, PKCS#8, PKCS#1 or SEC1 PEM.
+      - Required when O(signer=file); refused with the other signers.
     type: path
-    required: true
+  kms_key_id:
+    description:
+      - The AWS KMS key of the intermediate CA, as a key id, key ARN, alias name (V(alias/...)) or alias ARN.
+      - Required when O(signer=aws_kms); its public key must be the one of O(ownca_path).
+    type: str
+  certificate_authority_arn:
+    description:
+      - ARN of the AWS Private CA (a subordinate CA, ACTIVE) that issues the certificates.
+      - Required when O(signer=aws_pca).
+    type: str
+    aliases: [pca_arn]
+  pca_template_arn:
+    description:
+      - With O(signer=aws_pca), the ARN of the Private CA certificate template used for every certificate.
+      - When not set, the template follows the request's profile,
+        V(arn:aws:acm-pca:::template/EndEntityCertificate/V1) for V(mtls) (client and server),
+        V(arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1) for V(client) and
+        V(arn:aws:acm-pca:::template/EndEntityServerAuthCertificate/V1) for V(server).
+    type: str
   ca_chain_path:
     description:
       - Path of the CA chain (PEM, intermediate then root) published to the nodes with each certificate.
@@ -94,7 +137,10 @@ options:
     default: 60
   audit_log_path:
     description:
-      - Path of an audit log that receives one JSON line per issued, rejected or dead-lettered request.
+      - Path of an audit log that receives one JSON line per issued, rejected, dead-lettered or retried request.
+      - Each line names the signer (C(signer)) and C(signer_ref), the KMS key ARN (V(aws_kms)) or the certificate
+        ARN Private CA returned (V(aws_pca)). A request left for retry because the signer is unavailable is logged
+        with decision C(retry), C(reason_code) C(signer_unavailable) and the error as C(reason).
     type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -112,10 +158,27 @@ notes:
     is required, and C(instances) lists the allowed instance ids (exact or glob pattern) with their allowed
     DNS names, DNS suffixes, IP addresses and IP networks. The P(fleetpki.mtls.ca_worker#role) role writes
     it from the inventory.
+  - The AWS connection options apply to every AWS service the module calls, SQS, KMS (O(signer=aws_kms)) and
+    ACM PCA (O(signer=aws_pca)). Per-service endpoints come from E(AWS_ENDPOINT_URL_SQS), E(AWS_ENDPOINT_URL_KMS)
+    and E(AWS_ENDPOINT_URL_ACM_PCA).
+  - "IAM permissions besides SQS: V(aws_kms) needs C(kms:Sign), C(kms:GetPublicKey) and C(kms:DescribeKey) on the
+    key; V(aws_pca) needs C(acm-pca:IssueCertificate) and C(acm-pca:GetCertificate) on the CA."
+  - KMS and Private CA calls are counted like the SQS calls (RV(kms_calls), RV(acmpca_calls)). KMS throttling is
+    retried with backoff; KMS's request quota for ECC C(Sign) bounds the issuance rate of V(aws_kms), and Private
+    CA's C(IssueCertificate) quota that of V(aws_pca) (see the collection's README).
+  - C(mtls_ca_sign serve CONFIG.json) takes the same arguments. After a signer failure it stops receiving and
+    probes the signer with backoff (1 s doubling to 60 s), and resumes only once a probe succeeds, so an outage
+    raises each queued request's receive count once at most.
 seealso:
   - module: fleetpki.mtls.mtls_csr_submit
   - module: fleetpki.mtls.mtls_cert_fetch
   - module: fleetpki.mtls.mtls_ca_init
+  - name: AWS KMS asymmetric keys
+    description: Signing with an asymmetric KMS key (C(Sign), key specs and signing algorithms).
+    link: https://docs.aws.amazon.com/kms/latest/developerguide/symmetric-asymmetric.html
+  - name: AWS Private CA IssueCertificate
+    description: The API that issues a certificate from a CSR with a template.
+    link: https://docs.aws.amazon.com/privateca/latest/APIReference/API_IssueCertificate.html
 """
 
 EXAMPLES = r"""
@@ -129,6 +192,13 @@ EXAMPLES = r"""
     audit_log_path: /etc/fleetpki/ca/audit.jsonl
     region: eu-west-1
   register: drain
+
+# The same drain with the intermediate's key in AWS KMS (mtls_ca_init signer=aws_kms made it): no key file.
+#   signer: aws_kms
+#   kms_key_id: alias/fleetpki-intermediate      # instead of ownca_privatekey_path
+# Or with AWS Private CA issuing (ownca_path is then the Private CA's certificate):
+#   signer: aws_pca
+#   certificate_authority_arn: arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555
 
 - name: Sign at most 50 requests with an inline policy
   fleetpki.mtls.mtls_ca_sign:
@@ -169,10 +239,28 @@ dead_lettered:
   sample: 0
 left_for_retry:
   description:
-    - Number of requests left in the queue for a later attempt (for example, an answer could not be published).
+    - Number of requests left in the queue for a later attempt (for example, an answer could not be published, or
+      the signer is unavailable).
   returned: when not in check mode
   type: int
   sample: 0
+retries:
+  description:
+    - The requests left in the queue for a later attempt, each with C(message_id), C(instance_id), C(request_id)
+      and the C(reason).
+  returned: when not in check mode
+  type: list
+  elements: dict
+  sample: [{"message_id": "5fea7756-0ea4-451a-a703-a558b933e274", "instance_id": "i-0123456789abcdef0",
+            "request_id": "0f5e6c1a-4f5b-4b9e-9a53-0d2f0c5e7d1b",
+            "reason": "signer_unavailable: DisabledException: KMS Sign with arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab:
+              arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab is disabled. Enable the key (aws kms enable-key) and run again: queued requests wait"}]
+signer:
+  description:
+    - The signer used, V(file), V(aws_kms) or V(aws_pca).
+  returned: always
+  type: str
+  sample: aws_kms
 serials:
   description:
     - Serial numbers of the issued certificates, hexadecimal.
@@ -192,4 +280,16 @@ sqs_calls:
   returned: always
   type: dict
   sample: {"ReceiveMessage": 2, "SendMessage": 5, "DeleteMessageBatch": 1, "GetQueueUrl": 5}
+kms_calls:
+  description:
+    - Number of AWS KMS API calls made, by operation, and their C(total).
+  returned: when O(signer=aws_kms)
+  type: dict
+  sample: {"DescribeKey": 1, "GetPublicKey": 1, "Sign": 5, "total": 7}
+acmpca_calls:
+  description:
+    - Number of AWS Private CA API calls made, by operation, and their C(total).
+  returned: when O(signer=aws_pca)
+  type: dict
+  sample: {"IssueCertificate": 5, "GetCertificate": 5, "total": 10}
 """

@@ -168,16 +168,21 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let mut listed: Vec<String> = state.revoked.iter().map(|r| r.serial.clone()).collect();
     listed.sort();
     let why = reissue_reason(current.as_ref(), &listed, now, renew_before);
+    // Which key signed, and (with KMS) what it cost: on every result.
+    let finish = |outcome: Outcome| match backend.calls() {
+        Some((key, calls)) => outcome.with("signer", backend.name()).with(key, calls),
+        None => outcome.with("signer", backend.name()),
+    };
     let mut outcome = Outcome::new(false, "the CRL is current").with("revoked", json!(newly)).with("revoked_count", state.revoked.len());
     outcome.warnings = warnings;
     if let Some(crl) = &current {
         outcome = outcome.with("crl_next_update", crl.next_update.map(rfc3339));
     }
-    let Some(why) = why else { return Ok(outcome) };
+    let Some(why) = why else { return Ok(finish(outcome)) };
     outcome.changed = true;
     outcome.msg = format!("{} a new CRL: {why}", if invocation.check_mode { "would issue" } else { "issued" });
     if invocation.check_mode {
-        return Ok(outcome);
+        return Ok(finish(outcome));
     }
     for path in [&args.revocations_path, &args.crl_path] {
         if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
@@ -191,5 +196,5 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     write_atomic(Path::new(&args.revocations_path), &state_json, &perms)?;
     write_atomic(Path::new(&args.crl_path), crl_pem.as_bytes(), &FilePerms::public_like(&perms))?;
     let next = now.replace_nanosecond(0).unwrap_or(now) + lifetime;
-    Ok(outcome.with("crl_next_update", rfc3339(next)).with("crl_number", state.crl_number))
+    Ok(finish(outcome.with("crl_next_update", rfc3339(next)).with("crl_number", state.crl_number)))
 }

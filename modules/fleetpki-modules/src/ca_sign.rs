@@ -115,7 +115,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     check_range("max_requests", args.max_requests, 0, i64::MAX)?;
     check_range("visibility_timeout", args.visibility_timeout, 0, 43_200)?;
     let policy = load_policy(&args)?;
-    let backend = args.open_backend()?;
+    let backend = args.open_backend().map_err(|f| signer_unavailable_at_start(&args, f))?;
 
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -180,6 +180,34 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         outcome = outcome.with("sqs_calls", calls_json(sqs.calls())).with("signer", backend.name());
         Ok(outcome)
     })
+}
+
+/// The signer failed its check before any request was received (a disabled or missing KMS
+/// key, a Private CA that is not ACTIVE): nothing left the queue, so nothing was counted
+/// against the requests' receive counts. Said in the words of a failure in mid-drain, with the
+/// same (empty) result keys, so a playbook handles both alike.
+fn signer_unavailable_at_start(args: &Args, failure: Failure) -> Failure {
+    if !failure.values.contains_key("kms_calls") && !failure.values.contains_key("acmpca_calls") {
+        return failure; // not an AWS answer: a missing file or option, said as it is
+    }
+    let mut out = Failure::new(format!(
+        "the signer is unavailable: {}; no request was taken from the queue: they wait there for the next run",
+        failure.msg
+    ));
+    out.values = failure.values;
+    for (key, value) in [
+        ("signer", json!(args.signer.signer)),
+        ("issued", json!(0)),
+        ("rejected", json!(0)),
+        ("dead_lettered", json!(0)),
+        ("left_for_retry", json!(0)),
+        ("serials", json!([])),
+        ("retries", json!([])),
+        ("sqs_calls", json!({"total": 0})),
+    ] {
+        out.values.insert(key.into(), value);
+    }
+    out
 }
 
 /// Counts of one drain.
@@ -449,7 +477,7 @@ impl<'a> Worker<'a> {
             Fate::Rejected(r) => ("rejected", Some((r.code.as_str(), r.message.clone())), None, None),
             Fate::DeadLettered(r) => ("dead_lettered", Some((r.code.as_str(), r.message.clone())), None, None),
             Fate::Retry(_) => ("retry", None, None, None),
-            Fate::SignerUnavailable(e) => ("retry", Some(("signer_unavailable", e.to_string())), None, None),
+            Fate::SignerUnavailable(e) => ("retry", Some(("signer_unavailable", e.to_string())), None, self.backend.signer_ref().map(str::to_string)),
         };
         let line = json!({
             "time": rfc3339(time::OffsetDateTime::now_utc()),

@@ -102,6 +102,10 @@ impl Backend {
                 let algorithm = algorithm_for_spki(&ca.spki_der)?;
                 let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
                 let pca = Pca::new(&runtime.block_on(load_config(aws)).map_err(Failure::from)?);
+                // A CA that cannot issue is found out before any request is taken from the queue.
+                if let Err(e) = runtime.block_on(pca.probe(&arn)) {
+                    return Err(Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls())));
+                }
                 Ok(Backend::Pca(PcaBackend { pca, arn, ca, chain_pem: read(chain_path)?, algorithm, template_arn: pca_template_arn, runtime }))
             }
             _ => {
@@ -118,6 +122,14 @@ impl Backend {
             Backend::Local { kms: Some(_), .. } => AWS_KMS,
             Backend::Local { kms: None, .. } => FILE,
             Backend::Pca(_) => AWS_PCA,
+        }
+    }
+
+    /// What the audit log names the signer by: the KMS key ARN, or the Private CA's ARN.
+    pub fn signer_ref(&self) -> Option<&str> {
+        match self {
+            Backend::Local { signer, .. } => signer.key_ref(),
+            Backend::Pca(p) => Some(&p.arn),
         }
     }
 

@@ -63,7 +63,8 @@ impl Kms {
         };
         let unusable = |why: String| SignerError::KeyUnusable { key: key_id.to_string(), why };
         if out.key_usage() != Some(&KeyUsageType::SignVerify) {
-            return Err(unusable(format!("its usage is {:?}; create it with KeyUsage SIGN_VERIFY", out.key_usage())));
+            let usage = out.key_usage().map_or("unknown", |u| u.as_str());
+            return Err(unusable(format!("its usage is {usage}; create it with KeyUsage SIGN_VERIFY")));
         }
         let spki_der = out.public_key().map(|b| b.as_ref().to_vec()).ok_or_else(|| unusable("GetPublicKey returned no key".into()))?;
         let key_arn = out.key_id().unwrap_or(key_id).to_string();

@@ -31,8 +31,9 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
+    // AWS messages end with a period; ours append ". What to do" after them.
     match error.code() {
-        Some(code) => (code.to_string(), error.message().unwrap_or("").to_string()),
+        Some(code) => (code.to_string(), error.message().unwrap_or("").trim_end_matches('.').to_string()),
         None => ("ConnectionError".into(), aws_sdk_kms::error::DisplayErrorContext(error).to_string()),
     }
 }

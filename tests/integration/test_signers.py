@@ -1066,3 +1066,31 @@ def test_serve_keeps_requests_queued_while_the_kms_key_is_disabled(
 
     service.signal(signal.SIGTERM)
     assert service.wait_exit(timeout=30) == 0, service.describe()
+
+
+def test_serve_started_with_the_kms_key_disabled_waits_for_it_without_receiving(
+    kms_ca, queues, sqs, run_module, tmp_path, kms, aws_env, services
+):
+    """A service (re)started while the key is disabled retries the key, not the queue: no request
+    is received until the key signs, then the waiting ones are signed."""
+    (node,) = make_nodes(kms_ca, queues, run_module, tmp_path, (1,))
+    submitted = submit_all([node])
+    kms.disable_key(KeyId=kms_ca.kms_key_arn)
+    config = write_config(tmp_path / "serve.json", sign_args_for(kms_ca, queues))
+    service = start_serve(config, aws_env)
+    services.append(service)
+    service.wait_for_stderr("signer unavailable at start", timeout=30)
+    time.sleep(4)  # a few retries (1, 2 s ...)
+    assert service.proc.poll() is None, f"the service exited instead of waiting for the key\n{service.describe()}"
+    peek = helpers.receive_all(sqs, queues.csr, visibility_timeout=0)
+    assert [int(m["Attributes"]["ApproximateReceiveCount"]) for m in peek] == [1], "received while the key was disabled"
+
+    kms.enable_key(KeyId=kms_ca.kms_key_arn)
+    service.wait_for_stderr("serving ", timeout=90)
+    fetched, proc = node.fetch(timeout=90)
+    assert_ok(fetched, proc)
+    assert_node_installed_and_verifies(node, kms_ca, fetched, proc)
+    issued = {line.get("request_id") for line in service.audit_lines() if line.get("decision") == "issued"}
+    assert submitted[node.n]["request_id"] in issued, issued
+    service.signal(signal.SIGTERM)
+    assert service.wait_exit(timeout=30) == 0, service.describe()

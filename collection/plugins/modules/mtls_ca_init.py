@@ -157,7 +157,7 @@ notes:
   - The AWS connection options are used only with O(signer=aws_kms) or O(signer=aws_pca); per-service endpoints
     come from E(AWS_ENDPOINT_URL_KMS) and E(AWS_ENDPOINT_URL_ACM_PCA).
   - "IAM permissions: V(aws_kms) needs C(kms:CreateKey) and C(kms:CreateAlias) (only to create the key),
-    C(kms:DescribeKey), C(kms:GetPublicKey) and C(kms:Sign); V(aws_pca) needs C(acm-pca:DescribeCertificateAuthority),
+    C(kms:GetPublicKey) and C(kms:Sign); V(aws_pca) needs C(acm-pca:DescribeCertificateAuthority),
     C(acm-pca:GetCertificateAuthorityCsr), C(acm-pca:ImportCertificateAuthorityCertificate) and
     C(acm-pca:GetCertificateAuthorityCertificate)."
   - Run it where the root key is (the offline root host); with the AWS signers that host needs AWS credentials
@@ -259,7 +259,7 @@ kms_calls:
     - Number of AWS KMS API calls made, by operation, and their C(total).
   returned: when O(signer=aws_kms)
   type: dict
-  sample: {"DescribeKey": 2, "CreateKey": 1, "CreateAlias": 1, "GetPublicKey": 1, "Sign": 1, "total": 6}
+  sample: {"CreateKey": 1, "CreateAlias": 1, "GetPublicKey": 2, "Sign": 1, "total": 5}
 acmpca_calls:
   description:
     - Number of AWS Private CA API calls made, by operation, and their C(total).

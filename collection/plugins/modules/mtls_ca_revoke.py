@@ -65,7 +65,7 @@ options:
     description:
       - The AWS KMS key of the intermediate CA, as a key id, key ARN, alias name (V(alias/...)) or alias ARN.
       - Required when O(signer=aws_kms); its public key must be the one of O(ownca_path).
-      - The module needs C(kms:Sign), C(kms:GetPublicKey) and C(kms:DescribeKey) on the key.
+      - The module needs C(kms:Sign) and C(kms:GetPublicKey) on the key.
     type: str
   ca_chain_path:
     description:

@@ -161,8 +161,9 @@ notes:
   - The AWS connection options apply to every AWS service the module calls, SQS, KMS (O(signer=aws_kms)) and
     ACM PCA (O(signer=aws_pca)). Per-service endpoints come from E(AWS_ENDPOINT_URL_SQS), E(AWS_ENDPOINT_URL_KMS)
     and E(AWS_ENDPOINT_URL_ACM_PCA).
-  - "IAM permissions besides SQS: V(aws_kms) needs C(kms:Sign), C(kms:GetPublicKey) and C(kms:DescribeKey) on the
-    key; V(aws_pca) needs C(acm-pca:IssueCertificate) and C(acm-pca:GetCertificate) on the CA."
+  - "IAM permissions besides SQS: V(aws_kms) needs C(kms:Sign) and C(kms:GetPublicKey) on the
+    key; V(aws_pca) needs C(acm-pca:IssueCertificate), C(acm-pca:GetCertificate) and
+    C(acm-pca:DescribeCertificateAuthority) on the CA."
   - KMS and Private CA calls are counted like the SQS calls (RV(kms_calls), RV(acmpca_calls)). KMS throttling is
     retried with backoff; KMS's request quota for ECC C(Sign) bounds the issuance rate of V(aws_kms), and Private
     CA's C(IssueCertificate) quota that of V(aws_pca) (see the collection's README).
@@ -285,7 +286,7 @@ kms_calls:
     - Number of AWS KMS API calls made, by operation, and their C(total).
   returned: when O(signer=aws_kms)
   type: dict
-  sample: {"DescribeKey": 1, "GetPublicKey": 1, "Sign": 5, "total": 7}
+  sample: {"GetPublicKey": 1, "Sign": 5, "total": 6}
 acmpca_calls:
   description:
     - Number of AWS Private CA API calls made, by operation, and their C(total).

@@ -139,3 +139,26 @@ fn dn_type(oid: ObjectIdentifier) -> DnType {
         _ => DnType::CustomDnType(oid.arcs().map(u64::from).collect()),
     }
 }
+
+/// Whether `cert_pem` is signed by the key of `issuer_pem` (and names it as its issuer): the
+/// check that an adopted intermediate (an AWS Private CA's) really hangs under our root.
+pub fn is_signed_by(cert_pem: &str, issuer_pem: &str) -> Result<bool, PkiError> {
+    use x509_cert::der::Encode;
+    let parse = |text: &str, what: &str| -> Result<x509_cert::Certificate, PkiError> {
+        let bad = |detail: String| PkiError::CertificateParse { what: what.into(), detail };
+        let der = pem::parse(text.trim()).map_err(|e| bad(e.to_string()))?;
+        x509_cert::Certificate::from_der(der.contents()).map_err(|e| bad(e.to_string()))
+    };
+    let cert = parse(cert_pem, "certificate")?;
+    let issuer = parse(issuer_pem, "issuer certificate")?;
+    if cert.tbs_certificate().issuer() != issuer.tbs_certificate().subject() {
+        return Ok(false);
+    }
+    let spki = issuer.tbs_certificate().subject_public_key_info();
+    let Ok(kind) = crate::csr::key_kind(spki) else { return Ok(false) };
+    let Ok(algorithm) = crate::csr::verification_algorithm(kind, cert.signature_algorithm().oid) else { return Ok(false) };
+    let tbs = cert.tbs_certificate().to_der().map_err(|e| PkiError::Build(e.to_string()))?;
+    let Some(signature) = cert.signature().as_bytes() else { return Ok(false) };
+    let key = aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, spki.subject_public_key.raw_bytes());
+    Ok(key.verify(&tbs, signature).is_ok())
+}

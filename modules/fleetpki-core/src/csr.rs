@@ -271,7 +271,7 @@ pub(crate) fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Res
     }
 }
 
-fn verification_algorithm(key: KeyKind, sig: ObjectIdentifier) -> Result<&'static dyn VerificationAlgorithm, CsrError> {
+pub(crate) fn verification_algorithm(key: KeyKind, sig: ObjectIdentifier) -> Result<&'static dyn VerificationAlgorithm, CsrError> {
     Ok(match (key, sig) {
         (KeyKind::EcP256, oid::ECDSA_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
         (KeyKind::EcP256, oid::ECDSA_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,

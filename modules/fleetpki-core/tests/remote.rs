@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fleetpki_core::ca::{certify_intermediate_csr, create_root, intermediate_csr, CaSubject};
+use fleetpki_core::ca::{certify_intermediate_csr, create_root, intermediate_csr, is_signed_by, CaSubject};
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, parse_certificate, Expectation};
 use fleetpki_core::crl::{parse_crl, Reason, Revocation};
 use fleetpki_core::csr::{build_csr, parse_and_verify_csr};
@@ -122,6 +122,15 @@ fn the_intermediate_keeps_the_csr_subject_and_a_sha1_key_identifier() {
 fn x509_bits(spki_der: &[u8]) -> Vec<u8> {
     use x509_cert::der::Decode;
     x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der).unwrap().subject_public_key.raw_bytes().to_vec()
+}
+
+#[test]
+fn the_intermediate_hangs_under_its_root_and_no_other() {
+    let ca = remote_ca("issuedby", KeySpec::EcP256);
+    let other = remote_ca("issuedby-other", KeySpec::EcP256);
+    assert!(is_signed_by(&ca.int_pem, &ca.root_pem).unwrap());
+    assert!(!is_signed_by(&ca.int_pem, &other.root_pem).unwrap(), "same subject, another root key");
+    assert!(!is_signed_by(&ca.root_pem, &ca.int_pem).unwrap());
 }
 
 #[test]

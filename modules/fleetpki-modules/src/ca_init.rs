@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
-use fleetpki_core::ca::{certify_intermediate_csr, create_intermediate, create_root, intermediate_csr, CaSubject};
+use fleetpki_core::ca::{certify_intermediate_csr, create_intermediate, create_root, intermediate_csr, is_signed_by, CaSubject};
 use fleetpki_core::certs::parse_certificate;
 use fleetpki_core::keys::{load_private_key, public_key_spki, KeySpec};
 use fleetpki_core::layout::{write_atomic, FilePerms};
@@ -403,6 +403,12 @@ fn pca_intermediate(
         let info = parse_certificate(&pem, arn)?;
         if !info.is_ca {
             return Err(Failure::new(format!("the certificate of {arn} is not a CA certificate")));
+        }
+        if !is_signed_by(&pem, root_pem)? {
+            return Err(Failure::new(format!(
+                "the certificate of {arn} is not signed by the root {}: this Private CA belongs to another hierarchy",
+                args.root_cert_path
+            )));
         }
         if read_optional(&args.intermediate_cert_path)?.as_deref().map(str::trim) != Some(pem.trim()) {
             if !check {

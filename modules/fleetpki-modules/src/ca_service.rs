@@ -44,7 +44,20 @@ fn run(config_path: &str) -> Result<(), String> {
     for warning in policy.warnings() {
         log(&format!("warning: {warning}"));
     }
-    let backend = args.open_backend().map_err(|f| f.msg)?;
+    // A signer that cannot sign yet (a disabled KMS key, a Private CA not yet ACTIVE) is waited
+    // for here, before any request is taken; SIGTERM meanwhile simply ends the process.
+    let mut wait = Duration::from_secs(1);
+    let backend = loop {
+        match args.open_backend() {
+            Ok(backend) => break backend,
+            Err(f) if f.values.contains_key("kms_calls") || f.values.contains_key("acmpca_calls") => {
+                log(&format!("signer unavailable at start ({}); retrying in {} s", f.msg, wait.as_secs()));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            Err(f) => return Err(f.msg),
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""moto's server (`moto_server -H HOST -p PORT ...`, same arguments) with two fidelity patches.
+"""moto's server (`moto_server -H HOST -p PORT ...`, same arguments) with three fidelity patches.
 
 scripts/sqs-server starts this with .venv/bin/python instead of .venv/bin/moto_server. Its name
 must keep containing "moto_server": sqs-server's is_our_server() looks for it in the command line.
@@ -33,11 +33,25 @@ must keep containing "moto_server": sqs-server's is_our_server() looks for it in
    once (GetCertificate never answers RequestInProgressException); GetCertificate's chain is the CA
    certificate alone; a GetCertificate for an unknown certificate ARN is an HTTP 500.
 
+3. KMS `Sign` and `Verify` with MessageType=DIGEST. moto 5.2.5 ignores MessageType: it hashes the
+   Message it is given with the signing algorithm's hash even when the caller says Message already
+   is that digest, so a DIGEST signature is over hash(digest) and does not verify over the
+   original data. Real KMS signs (verifies) a DIGEST Message as the prehashed digest of the
+   algorithm's hash (SHA-256 for ECDSA_SHA_256, RSASSA_*_SHA_256; SHA-384, SHA-512 likewise) and
+   refuses a Message whose length is not that hash's (32, 48 or 64 bytes) with a
+   `ValidationException` ("Digest is invalid length for algorithm <algorithm>."; HTTP 400). Here,
+   with MessageType DIGEST, both do that (`cryptography`'s `utils.Prehashed`, the same padding as
+   moto's RAW path), after moto's own checks (key usage, signing algorithm) and the key-state check
+   of 1 (upstream: getmoto/moto pull request 10202, open when this was written, does the same).
+   MessageType RAW (or none) stays moto's. The mtls_ca_sign/mtls_ca_revoke KMS client sends
+   messages over 4096 bytes (KMS's limit for RAW, e.g. a large CRL's to-be-signed part) as DIGEST.
+
 Everything else is moto as installed; nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 
@@ -323,6 +337,130 @@ def _accept_key_arn(method_name: str) -> None:
     setattr(KmsBackend, method_name, normalised)
 
 
+# --------------------------------------------------------------------------------------------
+# 3. KMS Sign / Verify with MessageType=DIGEST
+# --------------------------------------------------------------------------------------------
+
+# Set (to True) while a Sign or Verify request with MessageType DIGEST is served: the key objects'
+# sign/verify then take the message as the prehashed digest. A context variable: moto's server
+# serves requests in threads, each with its own context.
+_DIGEST = contextvars.ContextVar("fleetpki_kms_digest", default=False)
+
+
+def _hash_of(signing_algorithm: str):
+    """The hash a KMS signing algorithm names (ECDSA_SHA_256, RSASSA_PSS_SHA_384, ...)."""
+    from cryptography.hazmat.primitives import hashes
+
+    for suffix, algorithm in (("SHA_256", hashes.SHA256), ("SHA_384", hashes.SHA384), ("SHA_512", hashes.SHA512)):
+        if signing_algorithm.endswith(suffix):
+            return algorithm()
+    return None
+
+
+def _prehashed(message: bytes, signing_algorithm: str):
+    """The Prehashed algorithm for a DIGEST message, or ValidationException as KMS answers when
+    the digest's length is not the algorithm's hash's."""
+    from cryptography.hazmat.primitives.asymmetric import utils
+    from moto.kms.exceptions import ValidationException
+
+    algorithm = _hash_of(signing_algorithm)
+    if algorithm is None or len(message) != algorithm.digest_size:
+        raise ValidationException(f"Digest is invalid length for algorithm {signing_algorithm}.")
+    return utils.Prehashed(algorithm)
+
+
+def _patch_key_classes() -> None:
+    """ECDSA and RSA keys: with _DIGEST set, sign/verify the message as a prehashed digest."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from moto.kms.utils import ECDSAPrivateKey, RSAPrivateKey, validate_signing_algorithm
+
+    if getattr(ECDSAPrivateKey.sign, "_fleetpki_patched", False):
+        return
+    moto_ec_sign, moto_ec_verify = ECDSAPrivateKey.sign, ECDSAPrivateKey.verify
+    moto_rsa_sign, moto_rsa_verify = RSAPrivateKey.sign, RSAPrivateKey.verify
+
+    def ecdsa_sign(self, message, signing_algorithm):
+        if not _DIGEST.get():
+            return moto_ec_sign(self, message, signing_algorithm)
+        validate_signing_algorithm(signing_algorithm, self.valid_signing_algorithms)
+        return self.private_key.sign(message, ec.ECDSA(_prehashed(message, signing_algorithm)))
+
+    def ecdsa_verify(self, message, signature, signing_algorithm):
+        if not _DIGEST.get():
+            return moto_ec_verify(self, message, signature, signing_algorithm)
+        validate_signing_algorithm(signing_algorithm, self.valid_signing_algorithms)
+        prehashed = _prehashed(message, signing_algorithm)
+        try:
+            self.private_key.public_key().verify(signature, message, ec.ECDSA(prehashed))
+            return True
+        except InvalidSignature:
+            return False
+
+    def _rsa_padding(self, signing_algorithm):
+        # moto's own choice of padding for the algorithm (name-mangled private method).
+        pad, _hash = self._RSAPrivateKey__padding_and_hash_algorithm(signing_algorithm)
+        return pad
+
+    def rsa_sign(self, message, signing_algorithm):
+        from moto.kms.utils import SigningAlgorithm
+
+        if not _DIGEST.get():
+            return moto_rsa_sign(self, message, signing_algorithm)
+        validate_signing_algorithm(signing_algorithm, SigningAlgorithm.rsa_signing_algorithms())
+        prehashed = _prehashed(message, signing_algorithm)
+        return self.private_key.sign(message, _rsa_padding(self, signing_algorithm), prehashed)
+
+    def rsa_verify(self, message, signature, signing_algorithm):
+        from moto.kms.utils import SigningAlgorithm
+
+        if not _DIGEST.get():
+            return moto_rsa_verify(self, message, signature, signing_algorithm)
+        validate_signing_algorithm(signing_algorithm, SigningAlgorithm.rsa_signing_algorithms())
+        prehashed = _prehashed(message, signing_algorithm)
+        try:
+            self.private_key.public_key().verify(signature, message, _rsa_padding(self, signing_algorithm), prehashed)
+            return True
+        except InvalidSignature:
+            return False
+
+    for cls, name, fn in (
+        (ECDSAPrivateKey, "sign", ecdsa_sign),
+        (ECDSAPrivateKey, "verify", ecdsa_verify),
+        (RSAPrivateKey, "sign", rsa_sign),
+        (RSAPrivateKey, "verify", rsa_verify),
+    ):
+        fn._fleetpki_patched = True  # type: ignore[attr-defined]
+        setattr(cls, name, fn)
+
+
+def _patch_digest_responses() -> None:
+    """KmsResponse.sign / verify: serve a MessageType=DIGEST request with _DIGEST set. Anything
+    but DIGEST (RAW, none) is moto's path unchanged."""
+    from moto.kms.responses import KmsResponse
+
+    for name in ("sign", "verify"):
+        original = getattr(KmsResponse, name)
+        if getattr(original, "_fleetpki_patched", False):
+            continue
+
+        def make(original):
+            @functools.wraps(original)
+            def served(self) -> str:
+                if self._get_param("MessageType") != "DIGEST":
+                    return original(self)
+                token = _DIGEST.set(True)
+                try:
+                    return original(self)
+                finally:
+                    _DIGEST.reset(token)
+
+            served._fleetpki_patched = True  # type: ignore[attr-defined]
+            return served
+
+        setattr(KmsResponse, name, make(original))
+
+
 def patch() -> None:
     for name in ("sign", "verify", "get_public_key"):
         _guard(name)
@@ -330,6 +468,8 @@ def patch() -> None:
         _accept_key_arn(name)
     _patch_get_public_key_response()
     _patch_acmpca()
+    _patch_key_classes()
+    _patch_digest_responses()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,9 @@
 issuer, against moto's KMS and ACM PCA on the same endpoint as SQS.
 
 moto runs through scripts/moto_server.py, which makes moto's KMS refuse a disabled key
-(DisabledException) as real KMS does, and makes moto's Private CA honour the end-entity templates,
-Validity and the CA's status (see that file). The binaries reach KMS and ACM PCA through
+(DisabledException) and sign a MessageType=DIGEST message as a digest, as real KMS does, and
+makes moto's Private CA honour the end-entity templates, Validity and the CA's status (see that
+file). The binaries reach KMS and ACM PCA through
 AWS_ENDPOINT_URL_KMS and AWS_ENDPOINT_URL_ACM_PCA (the module docs' per-service endpoints).
 
 What is checked:
@@ -11,11 +12,16 @@ What is checked:
   private key file under the CA directory: the root key lives in an "offline" directory beside
   it); mtls_ca_sign signs through KMS; every certificate verifies with `openssl verify -purpose
   sslclient` and `-purpose sslserver`; the audit log names the key ARN; KMS calls are counted.
-- A disabled or missing KMS key: the drain fails with the contract's message, every affected
-  request stays queued (not deleted, not dead-lettered, not answered), is listed in `retries` and
-  audited as `retry`; once the key works again the next drain issues them all.
+- A disabled or missing KMS key, or one that is not the intermediate's: found before any receive.
+  Disabled, or kms:Sign denied (AccessDeniedException injected by a proxy), in mid-drain: the
+  drain fails with the contract's message, every affected request stays queued (not deleted, not
+  dead-lettered, not answered), is listed in `retries` and audited as `retry`; once the signer
+  works again the next drain issues them all.
+- A CRL over 4096 bytes (120 revocations) is signed through KMS as a digest and verifies.
 - aws_pca: mtls_ca_init certifies and imports a SUBORDINATE Private CA; mtls_ca_sign has it issue
   the certificates; they verify; the audit log names the certificate ARNs; PCA calls are counted.
+  A CSR whose subject is more than CN=<instance id> is refused (`instance_id_mismatch`) before any
+  IssueCertificate; an error about one request (MalformedCSRException) is answered `signer_refused`.
 - serve mode with aws_kms: a key disabled while the service runs leaves the requests queued, each
   received at most once during the outage; re-enabled, they are signed.
 """
@@ -24,8 +30,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
+import ipaddress
 import json
+import re
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -37,9 +47,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import helpers
 from conftest import CA, Node, ca_paths
@@ -50,7 +60,6 @@ EMPTY = {"visible": 0, "in_flight": 0, "delayed": 0}
 REGION = "us-east-1"
 UNAVAILABLE = "the signer is unavailable"
 STAY_QUEUED = "stay queued"
-PCA_DEFAULT_TEMPLATE = "arn:aws:acm-pca:::template/EndEntityCertificate_APIPassthrough/V1"
 
 
 def total(depth: dict[str, int]) -> int:
@@ -231,6 +240,52 @@ def sign_args_for(sca: SignerCA, queues, **overrides: Any) -> dict[str, Any]:
     return args
 
 
+class AnsweringProxy(SqsProxy):
+    """SqsProxy (service_helpers) that can also answer a call itself instead of forwarding it:
+    `answer(operation, params)` returns None (forward, with `hook` and `after_hook` as usual) or
+    (HTTP status, JSON body), sent back as an AWS JSON-protocol answer. An error answer is
+    `(400, {"__type": "AccessDeniedException", "message": "..."})`."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream)
+        self.answer = None
+        proxy = self
+        forwarding = self.server.RequestHandlerClass
+
+        class Handler(forwarding):
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                operation, params = proxy._parse(self.headers, body, self.path)
+                answer = proxy.answer(operation, params) if proxy.answer else None
+                if answer is None:
+                    # Forward: the base handler reads the body again; the connection's own
+                    # stream is put back for the next request on it (keep-alive).
+                    stream, self.rfile = self.rfile, io.BytesIO(body)
+                    try:
+                        return forwarding._handle(self)
+                    finally:
+                        self.rfile = stream
+                with proxy._lock:
+                    proxy.calls.append((operation, params))
+                status, payload = answer
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    self.close_connection = True
+
+            do_POST = _handle
+            do_GET = _handle
+
+        self.server.RequestHandlerClass = Handler
+
+
 # ------------------------------------------------------------------------------------------------
 # Small checks
 # ------------------------------------------------------------------------------------------------
@@ -333,7 +388,9 @@ def assert_unavailable_up_front(result: dict[str, Any], proc, code: str, signer:
     assert result.get("failed") is True, describe(result, proc)
     msg = result.get("msg") or ""
     assert UNAVAILABLE in msg and code in msg, msg
-    assert "no request was taken from the queue" in msg and ".." not in msg, msg
+    assert "no request was taken from the queue" in msg, msg
+    # No doubled full stop where AWS's message (ending in ".") meets ours ("alias/..." is fine).
+    assert not re.search(r"(?<!\.)\.\.(?!\.)", msg), f"a doubled full stop in {msg!r}"
     assert result.get("issued") == 0 and result.get("dead_lettered") == 0, describe(result)
     assert result.get("serials") == [] and result.get("retries") == [], describe(result)
     assert result.get("signer") == signer and result["sqs_calls"]["total"] == 0, describe(result)
@@ -701,6 +758,100 @@ def test_kms_key_disabled_mid_drain_every_request_gets_an_outcome(
     assert queue_attributes(sqs, queues.csr) == EMPTY and queue_attributes(sqs, queues.dlq) == EMPTY
 
 
+def test_kms_sign_access_denied_mid_drain_leaves_the_request_queued(
+    kms_ca, queues, sqs, run_aws, run_module, tmp_path, aws_env, sqs_server
+):
+    """kms:Sign denied in mid-drain (a policy change, an SCP): KMS calls pass through a proxy that
+    lets the first certificate's Sign through, answers the next certificate's Sign with
+    AccessDeniedException (HTTP 400) and holds any other certificate's Sign until that answer is
+    sent. The denied request, and any other the drain does not sign after it, stays queued (not
+    dead-lettered, not answered) and is listed in `retries`; the next drain signs them all."""
+    nodes = make_nodes(kms_ca, queues, run_module, tmp_path, (1, 2, 3, 4))
+    submitted = submit_all(nodes)
+    ids = {node.instance_id.encode(): node for node in nodes}
+    audit = tmp_path / "audit.jsonl"
+    denial = (
+        "User: arn:aws:sts::123456789012:assumed-role/CaWorkerRole/worker is not authorized to perform: "
+        f"kms:Sign on resource: {kms_ca.kms_key_arn} because no identity-based policy allows the kms:Sign action"
+    )
+
+    proxy = AnsweringProxy(sqs_server.endpoint)
+    state: dict[str, Any] = {"first": None, "denied": None}
+    answered = threading.Event()
+    lock = threading.Lock()
+
+    def node_of(params):
+        try:
+            message = base64.b64decode(params.get("Message") or "")
+        except ValueError:
+            return None
+        return next((node for marker, node in ids.items() if marker in message), None)
+
+    def answer(operation, params):
+        if operation != "Sign":
+            return None
+        node = node_of(params)
+        if node is None:
+            return None  # not a certificate (the probe Sign before the drain): pass
+        with lock:
+            if state["first"] in (None, node.instance_id):
+                state["first"] = node.instance_id
+                return None
+            if state["denied"] in (None, node.instance_id):
+                state["denied"] = node.instance_id
+                answered.set()  # set before the answer is written: the others go on after it
+                return 400, {"__type": "AccessDeniedException", "message": denial}
+        answered.wait(timeout=30)
+        return None
+
+    proxy.answer = answer
+    try:
+        result, proc = run_aws(
+            "mtls_ca_sign",
+            sign_args_for(kms_ca, queues, audit_log_path=str(audit)),
+            env=dict(aws_env, AWS_ENDPOINT_URL_KMS=proxy.url),
+        )
+    finally:
+        proxy.close()
+    assert (
+        state["first"] is not None and state["denied"] is not None
+    ), f"no two certificates' Sign passed the proxy: {state} {proxy.operations()}\n{describe(result, proc)}"
+
+    # Every request has one outcome: issued (and answered), or left queued with the reason.
+    retries = result.get("retries")
+    assert isinstance(retries, list), describe(result, proc)
+    by_id = {node.instance_id: node for node in nodes}
+    retried = [by_id[entry["instance_id"]] for entry in retries]
+    issued = [node for node in nodes if node not in retried]
+    denied = by_id[state["denied"]]
+    assert denied in retried, f"the request whose Sign was denied is not in retries: {retries}"
+    assert by_id[state["first"]] in issued, f"the request signed before the denial was not issued: {retries}"
+    assert_signer_unavailable(result, proc, "AccessDeniedException", len(retried))
+    assert result.get("issued") == len(issued) and len(result.get("serials") or []) == len(issued), describe(result)
+    assert result.get("dead_lettered") == 0 and result.get("rejected") == 0, describe(result)
+    assert_retries_are(result, submitted, retried, "AccessDeniedException")
+    assert_untouched_and_unanswered(sqs, queues, submitted, retried, queued=len(retried))
+    for node in issued:
+        assert queue_attributes(sqs, submitted[node.n]["reply_queue_url"]) == {**EMPTY, "visible": 1}
+    fetch_all(issued, kms_ca)
+    lines = read_audit(audit)
+    assert_retry_audit(lines, submitted, retried, "AccessDeniedException", kms_ca.kms_key_arn)
+    assert sorted(l["request_id"] for l in lines if l.get("decision") == "issued") == sorted(
+        submitted[node.n]["request_id"] for node in issued
+    ), lines
+    assert call_count(result, "kms_calls", "Sign") >= 2, describe(result)
+    assert_calls_total(result, "kms_calls")
+
+    # Allowed again (no proxy): the next drain signs what waited.
+    signed, proc = run_aws("mtls_ca_sign", sign_args_for(kms_ca, queues, audit_log_path=str(audit)))
+    assert_ok(signed, proc)
+    assert (signed["issued"], signed["left_for_retry"], signed["dead_lettered"]) == (len(retried), 0, 0), describe(
+        signed, proc
+    )
+    fetch_all(retried, kms_ca)
+    assert queue_attributes(sqs, queues.csr) == EMPTY and queue_attributes(sqs, queues.dlq) == EMPTY
+
+
 @pytest.mark.parametrize("form", ["alias", "key_arn"])
 def test_missing_kms_key_fails_clearly_and_loses_nothing(form, kms_ca, queues, sqs, run_aws, run_module, tmp_path):
     missing = {
@@ -712,16 +863,19 @@ def test_missing_kms_key_fails_clearly_and_loses_nothing(form, kms_ca, queues, s
     audit = tmp_path / "audit.jsonl"
 
     result, proc = run_aws("mtls_ca_sign", sign_args_for(kms_ca, queues, kms_key_id=missing, audit_log_path=str(audit)))
-    assert result.get("failed") is True, describe(result, proc)
-    msg = result.get("msg") or ""
-    # The contract's form is `the signer is unavailable: NotFoundException: ...`; a message that
-    # names the key and says it does not exist is as clear.
-    assert "NotFoundException" in msg or "does not exist" in msg, f"msg does not say the key is missing: {msg!r}"
+    # Found by the check before the drain (GetPublicKey): `the signer is unavailable: the KMS key
+    # <key> does not exist: ...; no request was taken from the queue ...`, empty counts, no SQS call.
+    assert_unavailable_up_front(result, proc, "does not exist", "aws_kms")
+    msg = result["msg"]
     assert missing.split("/", 1)[1] in msg, f"msg does not name the missing key {missing}: {msg!r}"
-    assert not result.get("issued") and not result.get("dead_lettered"), describe(result)
-    # Nothing lost: the requests are all in the queue and visible, nothing dead-lettered or answered.
+    assert helpers.sqs_call_count(result, "ReceiveMessage") == 0, describe(result)
+    # Nothing lost: the requests are all in the queue and visible, nothing dead-lettered or answered,
+    # and nothing was received (no audit line at all; this peek is each message's first receive).
     assert_untouched_and_unanswered(sqs, queues, submitted, nodes, queued=len(nodes))
-    assert not [l for l in read_audit(audit) if l.get("decision") in ("issued", "rejected", "dead_lettered")]
+    assert read_audit(audit) == [], "the drain wrote audit lines: it took a request"
+    peek = helpers.receive_all(sqs, queues.csr, visibility_timeout=0)
+    counts = {m["MessageId"]: int(m["Attributes"]["ApproximateReceiveCount"]) for m in peek}
+    assert sorted(counts.values()) == [1] * len(nodes), f"received before this peek: {counts}"
 
     # With the right key the same requests are issued.
     signed, proc = run_aws("mtls_ca_sign", sign_args_for(kms_ca, queues))
@@ -738,6 +892,14 @@ def test_kms_key_that_is_not_the_intermediates_issues_nothing(kms_ca, queues, sq
     submitted = submit_all(nodes)
     result, proc = run_aws("mtls_ca_sign", sign_args_for(kms_ca, queues, kms_key_id=other))
     assert result.get("failed") is True, f"signed with a key ownca_path does not certify:\n{describe(result, proc)}"
+    # Found before the drain (GetPublicKey against ownca_path's public key): the message says the
+    # key is not the certificate's, naming both, and no SQS call was made.
+    msg = result.get("msg") or ""
+    assert "does not belong to the CA certificate" in msg, f"msg does not say the key is another: {msg!r}"
+    assert (
+        other in msg and str(kms_ca.ca.intermediate_cert_path) in msg
+    ), f"msg does not name the key and certificate: {msg!r}"
+    assert result.get("sqs_calls", {}).get("total") == 0, f"SQS was called:\n{describe(result, proc)}"
     assert not result.get("issued") and not result.get("serials"), describe(result)
     assert_untouched_and_unanswered(sqs, queues, submitted, nodes, queued=len(nodes))
 
@@ -922,6 +1084,150 @@ def test_pca_profiles_choose_the_templates(pca_ca, queues, sqs, run_aws, run_mod
         assert refused.returncode != 0, f"{node.instance_id}'s {want._name} certificate passes -purpose {other}"
 
 
+def node_csr_with_subject(node: Node, subject: x509.Name) -> str:
+    """A CSR for the node's names under another subject, with a fresh P-256 key."""
+    general = []
+    for san in node.sans:
+        kind, value = san.split(":", 1)
+        general.append(x509.DNSName(value) if kind == "DNS" else x509.IPAddress(ipaddress.ip_address(value)))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .add_extension(x509.SubjectAlternativeName(general), critical=False)
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def replace_queued_csr(sqs, queues, node: Node, csr_pem: str) -> dict[str, Any]:
+    """Takes the node's wire-v1 request off the CSR queue (receive + delete) and sends it back with
+    csr_pem replaced, the same body otherwise and the same InstanceId attribute (as the hostile
+    tests do). Returns the new body."""
+    messages = helpers.receive_all(sqs, queues.csr, visibility_timeout=60)
+    (message,) = [m for m in messages if json.loads(m["Body"]).get("instance_id") == node.instance_id]
+    for m in messages:
+        if m is not message:  # someone else's: visible again at once
+            sqs.change_message_visibility(QueueUrl=queues.csr, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    sqs.delete_message(QueueUrl=queues.csr, ReceiptHandle=message["ReceiptHandle"])
+    body = json.loads(message["Body"])
+    assert body["version"] == 1, body
+    attrs = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+    body["csr_pem"] = csr_pem
+    sqs.send_message(
+        QueueUrl=queues.csr,
+        MessageBody=json.dumps(body),
+        MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
+    )
+    return body
+
+
+def test_pca_refuses_a_csr_whose_subject_is_more_than_the_instance_id(
+    pca_ca, queues, sqs, run_aws, run_module, tmp_path
+):
+    """Private CA copies the CSR's subject into the certificate, so with aws_pca the subject must be
+    exactly CN=<instance id>: a CSR for CN=<instance id>, O=admins is refused with
+    `instance_id_mismatch` on the node's reply queue (not dead-lettered, not issued) before any
+    IssueCertificate; a plain CSR beside it is issued."""
+    greedy, plain = make_nodes(pca_ca, queues, run_module, tmp_path, (1, 2))
+    submitted = submit_all([greedy])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, greedy.instance_id),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "admins"),
+        ]
+    )
+    body = replace_queued_csr(sqs, queues, greedy, node_csr_with_subject(greedy, subject))
+    submitted.update(submit_all([plain]))
+    assert queue_attributes(sqs, queues.csr) == {**EMPTY, "visible": 2}
+    audit = tmp_path / "audit.jsonl"
+
+    signed, proc = run_aws("mtls_ca_sign", sign_args_for(pca_ca, queues, audit_log_path=str(audit)))
+    assert_ok(signed, proc)
+    assert (signed["issued"], signed["rejected"], signed["dead_lettered"]) == (1, 1, 0), describe(signed, proc)
+    assert signed.get("left_for_retry") == 0 and signed.get("retries") == [], describe(signed)
+    # One IssueCertificate: the plain request's. The refused one never reached Private CA.
+    assert call_count(signed, "acmpca_calls", "IssueCertificate") == 1, describe(signed)
+    assert_calls_total(signed, "acmpca_calls")
+    assert queue_attributes(sqs, queues.csr) == EMPTY and queue_attributes(sqs, queues.dlq) == EMPTY
+    assert queue_attributes(sqs, queues.shared) == EMPTY
+
+    # The refusal is answered on the node's reply queue.
+    reply_url = submitted[greedy.n]["reply_queue_url"]
+    (message,) = helpers.receive_all(sqs, reply_url, visibility_timeout=0)
+    reply = json.loads(message["Body"])
+    assert reply.get("kind") == "rejection" and "certificate_pem" not in reply, reply
+    assert reply["request_id"] == body["request_id"] and reply["instance_id"] == greedy.instance_id, reply
+    assert reply["reason_code"] == "instance_id_mismatch", reply
+    lines = read_audit(audit)
+    (refused,) = [line for line in lines if line.get("request_id") == body["request_id"]]
+    assert refused["decision"] == "rejected" and refused["reason_code"] == "instance_id_mismatch", refused
+    assert refused.get("serial") is None and refused.get("certificate_sha256") is None, refused
+    result, proc = greedy.fetch(wait=True, timeout=30)
+    assert result.get("failed") is True and "instance_id_mismatch" in (result.get("msg") or ""), describe(result, proc)
+    assert not greedy.current.exists(), "a refused request led to an installed certificate"
+
+    # The plain CSR (subject CN=<instance id> alone) beside it was issued.
+    leaf = fetch_all([plain], pca_ca)[plain.n]
+    assert leaf.subject == x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, plain.instance_id)]), leaf.subject
+
+
+def test_pca_refusing_one_request_answers_it_signer_refused(
+    pca_ca, queues, sqs, run_aws, run_module, tmp_path, aws_env, sqs_server
+):
+    """An error about one request (Private CA answers its IssueCertificate with
+    MalformedCSRException, injected by a proxy) is not an outage: the request is answered to its
+    node as a rejection with reason code `signer_refused` and deleted, not retried and not
+    dead-lettered; the drain goes on and issues the other request."""
+    refused, plain = make_nodes(pca_ca, queues, run_module, tmp_path, (1, 2))
+    submitted = submit_all([refused, plain])
+    audit = tmp_path / "audit.jsonl"
+
+    proxy = AnsweringProxy(sqs_server.endpoint)
+    seen: list[str] = []
+
+    def answer(operation, params):
+        if operation != "IssueCertificate":
+            return None
+        try:
+            csr = x509.load_pem_x509_csr(base64.b64decode(params.get("Csr") or ""))
+        except ValueError:
+            return None
+        cn = helpers.common_name(csr)
+        seen.append(cn)
+        if cn != refused.instance_id:
+            return None
+        return 400, {"__type": "MalformedCSRException", "message": "The certificate signing request is invalid."}
+
+    proxy.answer = answer
+    try:
+        signed, proc = run_aws(
+            "mtls_ca_sign",
+            sign_args_for(pca_ca, queues, audit_log_path=str(audit)),
+            env=dict(aws_env, AWS_ENDPOINT_URL_ACM_PCA=proxy.url),
+        )
+    finally:
+        proxy.close()
+    assert (
+        refused.instance_id in seen
+    ), f"the refused node's IssueCertificate never came: {seen}\n{describe(signed, proc)}"
+    assert_ok(signed, proc)
+    assert (signed["issued"], signed["rejected"], signed["dead_lettered"]) == (1, 1, 0), describe(signed, proc)
+    assert signed.get("left_for_retry") == 0 and signed.get("retries") == [], describe(signed)
+    assert queue_attributes(sqs, queues.csr) == EMPTY and queue_attributes(sqs, queues.dlq) == EMPTY
+
+    (message,) = helpers.receive_all(sqs, submitted[refused.n]["reply_queue_url"], visibility_timeout=0)
+    reply = json.loads(message["Body"])
+    assert reply.get("kind") == "rejection" and reply["reason_code"] == "signer_refused", reply
+    assert reply["request_id"] == submitted[refused.n]["request_id"], reply
+    assert "MalformedCSRException" in reply.get("message", ""), reply
+    (line,) = [l for l in read_audit(audit) if l.get("request_id") == submitted[refused.n]["request_id"]]
+    assert line["decision"] == "rejected" and line["reason_code"] == "signer_refused", line
+    result, proc = refused.fetch(wait=True, timeout=30)
+    assert result.get("failed") is True and "signer_refused" in (result.get("msg") or ""), describe(result, proc)
+    assert not refused.current.exists()
+    fetch_all([plain], pca_ca)
+
+
 def test_pca_not_active_leaves_requests_queued_until_it_is(pca_ca, queues, sqs, run_aws, run_module, tmp_path, acmpca):
     nodes = make_nodes(pca_ca, queues, run_module, tmp_path, (1, 2))
     submitted = submit_all(nodes)
@@ -996,6 +1302,57 @@ def test_kms_revoke_signs_the_crl_through_kms_and_pca_is_refused(
     refused, proc = run_aws("mtls_ca_revoke", pca_args)
     assert refused.get("failed") is True and "aws_pca" in (refused.get("msg") or ""), describe(refused, proc)
     assert not (crl_dir / "pca-crl.pem").exists()
+
+
+def test_kms_crl_with_many_revocations_is_signed_through_a_digest(kms_ca, run_aws, tmp_path):
+    """A CRL whose to-be-signed part is over 4096 bytes (KMS's limit for a RAW message): 120 made-up
+    serials revoked with aws_kms. It is signed as a digest (MessageType DIGEST) and verifies with
+    openssl against the intermediate, listing all 120."""
+    serials = sorted({x509.random_serial_number() for _ in range(120)})
+    assert len(serials) == 120
+    crl_dir = tmp_path / "crl"
+    crl_dir.mkdir()
+    crl_path = crl_dir / "crl.pem"
+    args = {
+        "ownca_path": str(kms_ca.ca.intermediate_cert_path),
+        "ca_chain_path": str(kms_ca.ca.chain_path),
+        "crl_path": str(crl_path),
+        "revocations_path": str(crl_dir / "revocations.json"),
+        "serials": [format(serial, "x") for serial in serials],
+        "reason": "key_compromise",
+        "signer": "aws_kms",
+        "kms_key_id": kms_ca.kms_key_id,
+    }
+    result, proc = run_aws("mtls_ca_revoke", args)
+    assert_ok(result, proc)
+    assert result["changed"] is True, describe(result, proc)
+    assert call_count(result, "kms_calls", "Sign") >= 1, describe(result)
+    assert_calls_total(result, "kms_calls")
+
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    assert (
+        len(crl.tbs_certlist_bytes) > 4096
+    ), f"the CRL's TBS is {len(crl.tbs_certlist_bytes)} bytes: not over KMS's RAW limit"
+    intermediate = helpers.load_cert(kms_ca.ca.intermediate_cert_path)
+    assert crl.issuer == intermediate.subject and crl.is_signature_valid(intermediate.public_key())
+    assert sorted(entry.serial_number for entry in crl) == serials
+    # openssl: the signature verifies against the chain (the intermediate), and it lists 120 entries.
+    verified = subprocess.run(
+        ["openssl", "crl", "-in", str(crl_path), "-CAfile", str(kms_ca.ca.chain_path), "-noout"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert verified.returncode == 0 and "verify OK" in verified.stdout + verified.stderr, verified
+    text = subprocess.run(
+        ["openssl", "crl", "-in", str(crl_path), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert text.count("Serial Number:") == 120, text[:2000]
+    assert_no_private_key_under(kms_ca.ca.dir)
 
 
 # ------------------------------------------------------------------------------------------------

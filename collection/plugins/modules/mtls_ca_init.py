@@ -67,7 +67,8 @@ options:
     description:
       - The AWS KMS key of the intermediate CA, as a key id, key ARN, alias name (V(alias/...)) or alias ARN.
       - Required when O(signer=aws_kms). An alias that does not exist is created with a new key of O(kms_key_spec);
-        a key id or key ARN must name an existing ECC key with usage SIGN_VERIFY.
+        a key id, key ARN or existing alias must name an existing key with usage SIGN_VERIFY, ECC (C(ECC_NIST_P256),
+        C(ECC_NIST_P384)) or RSA.
     type: str
   kms_key_spec:
     description:

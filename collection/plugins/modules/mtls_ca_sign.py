@@ -29,13 +29,24 @@ description:
     (O(ownca_privatekey_path)). V(aws_kms) signs every certificate with AWS KMS C(Sign) on an asymmetric KMS key
     (O(kms_key_id)), so no private key exists on the CA host. V(aws_pca) has AWS Private CA
     (O(certificate_authority_arn)) issue the certificate from the CSR after the policy accepted it; the serial is
-    the one Private CA chose. The policy checks, reason codes, audit log and answers are the same with every
-    signer.
-  - "When the signer is unavailable (KMS key disabled, missing or not accessible, throttling that outlasts the
-    retries, a Private CA error), the requests it could not sign are neither deleted nor dead-lettered: they are
-    made visible again at once, the drain stops, and the task fails with
-    C(the signer is unavailable: <code>: <message>; N request(s) stay queued for the next run). The result still
-    holds what was done (RV(issued), RV(serials), RV(retries), ...). The next run signs them once the signer works."
+    the one Private CA chose. Private CA copies the CSR's subject, so with V(aws_pca) the subject must be exactly
+    C(CN=<instance id>); a CSR with more (an C(O=admins) beside the CN) is refused with reason code
+    C(instance_id_mismatch) before Private CA is called. The policy checks, reason codes, audit log and answers
+    are the same with every signer.
+  - "Before it takes any request, the module checks the signer: with V(aws_kms) C(GetPublicKey) (the key exists,
+    is enabled, signs and is the key of O(ownca_path)) and one probe C(Sign); with V(aws_pca)
+    C(DescribeCertificateAuthority) (the CA is ACTIVE). If that fails the task fails with
+    C(the signer is unavailable: <error>; no request was taken from the queue: ...) and nothing is received."
+  - "When the signer becomes unavailable in mid-drain (KMS key disabled or deleted, access denied, throttling that
+    outlasts the retries, a Private CA no longer ACTIVE, a connection error), the requests it could not sign are
+    neither deleted nor dead-lettered: they are made visible again at once, the drain stops, and the task fails
+    with C(the signer is unavailable: <code>: <message>; N request(s) stay queued for the next run). The result
+    still holds what was done (RV(issued), RV(serials), RV(retries), ...). The next run signs them once the signer
+    works. Each run that received such a request raised its receive count once, so after the queue's
+    C(maxReceiveCount) (5) failing runs its redrive policy moves the request to the dead-letter queue."
+  - "Errors that only one request reveals are not retried: a KMS message too large, Private CA's
+    C(MalformedCSRException) or C(InvalidArgsException), a certificate from Private CA that the module's checks
+    refuse. The request is answered to the node as a rejection with reason code C(signer_refused)."
   - In check mode no message is received, sent or deleted and nothing is signed; the result reports the queue
     depth instead.
 options:
@@ -138,9 +149,10 @@ options:
   audit_log_path:
     description:
       - Path of an audit log that receives one JSON line per issued, rejected, dead-lettered or retried request.
-      - Each line names the signer (C(signer)) and C(signer_ref), the KMS key ARN (V(aws_kms)) or the certificate
-        ARN Private CA returned (V(aws_pca)). A request left for retry because the signer is unavailable is logged
-        with decision C(retry), C(reason_code) C(signer_unavailable) and the error as C(reason).
+      - Each line names the signer (C(signer)) and C(signer_ref). On C(issued) lines C(signer_ref) is the KMS key ARN
+        (V(aws_kms)) or the ARN of the certificate Private CA issued (V(aws_pca)). A request left for retry because
+        the signer is unavailable is logged with decision C(retry), C(reason_code) C(signer_unavailable), the error
+        as C(reason), and as C(signer_ref) the KMS key ARN or the Private CA's ARN.
     type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -164,6 +176,8 @@ notes:
   - "IAM permissions besides SQS: V(aws_kms) needs C(kms:Sign) and C(kms:GetPublicKey) on the
     key; V(aws_pca) needs C(acm-pca:IssueCertificate), C(acm-pca:GetCertificate) and
     C(acm-pca:DescribeCertificateAuthority) on the CA."
+  - KMS signs a message of up to 4096 bytes as it is (C(MessageType) C(RAW), every certificate) and a larger one
+    as its SHA-256 or SHA-384 digest (C(DIGEST)).
   - KMS and Private CA calls are counted like the SQS calls (RV(kms_calls), RV(acmpca_calls)). KMS throttling is
     retried with backoff; KMS's request quota for ECC C(Sign) bounds the issuance rate of V(aws_kms), and Private
     CA's C(IssueCertificate) quota that of V(aws_pca) (see the collection's README).
@@ -228,7 +242,8 @@ issued:
   sample: 5
 rejected:
   description:
-    - Number of requests rejected by the policy (the node received a rejection with the reason).
+    - Number of requests rejected by the policy, or refused by the signer for that request alone (reason code
+      C(signer_refused)); the node received a rejection with the reason.
   returned: always
   type: int
   sample: 0
@@ -254,8 +269,9 @@ retries:
   elements: dict
   sample: [{"message_id": "5fea7756-0ea4-451a-a703-a558b933e274", "instance_id": "i-0123456789abcdef0",
             "request_id": "0f5e6c1a-4f5b-4b9e-9a53-0d2f0c5e7d1b",
-            "reason": "signer_unavailable: DisabledException: KMS Sign with arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab:
-              arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab is disabled. Enable the key (aws kms enable-key) and run again: queued requests wait"}]
+            "reason": "signer_unavailable: AccessDeniedException: KMS Sign with
+              arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab: User ... is not authorized
+              to perform: kms:Sign ... The IAM policy of this identity (or the key policy) does not allow this call"}]
 signer:
   description:
     - The signer used, V(file), V(aws_kms) or V(aws_pca).
@@ -283,14 +299,16 @@ sqs_calls:
   sample: {"ReceiveMessage": 2, "SendMessage": 5, "DeleteMessageBatch": 1, "GetQueueUrl": 5}
 kms_calls:
   description:
-    - Number of AWS KMS API calls made, by operation, and their C(total).
-  returned: when O(signer=aws_kms)
+    - Number of AWS KMS API calls made, by operation, and their C(total). The sample is a drain that issued 5
+      certificates, after the check of the key (C(GetPublicKey) and one probe C(Sign)).
+  returned: when O(signer=aws_kms), in check mode too
   type: dict
-  sample: {"GetPublicKey": 1, "Sign": 5, "total": 6}
+  sample: {"GetPublicKey": 1, "Sign": 6, "total": 7}
 acmpca_calls:
   description:
-    - Number of AWS Private CA API calls made, by operation, and their C(total).
-  returned: when O(signer=aws_pca)
+    - Number of AWS Private CA API calls made, by operation, and their C(total). The sample is a drain that issued
+      5 certificates, after the check of the CA (C(DescribeCertificateAuthority)).
+  returned: when O(signer=aws_pca), in check mode too
   type: dict
-  sample: {"IssueCertificate": 5, "GetCertificate": 5, "total": 10}
+  sample: {"DescribeCertificateAuthority": 1, "IssueCertificate": 5, "GetCertificate": 5, "total": 11}
 """

@@ -19,6 +19,8 @@ use crate::{hex, sha256_hex, PkiError};
 pub struct CertificateInfo {
     pub der: Vec<u8>,
     pub common_name: Option<String>,
+    /// How many attributes the subject holds.
+    pub subject_attributes: usize,
     pub names: Vec<SubjectAltName>,
     pub spki_der: Vec<u8>,
     pub serial_hex: String,
@@ -92,6 +94,7 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, 
     Ok(CertificateInfo {
         der: der.to_vec(),
         common_name: tbs.subject().common_name().ok().flatten().map(|cn| cn.value().into_owned()),
+        subject_attributes: tbs.subject().iter().count(),
         names,
         spki_der: tbs.subject_public_key_info().to_der().map_err(|e| bad(e.to_string()))?,
         serial_hex: hex(tbs.serial_number().as_bytes()),

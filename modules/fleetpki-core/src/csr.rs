@@ -91,6 +91,8 @@ impl CsrError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedCsr {
     pub common_name: Option<String>,
+    /// How many attributes the subject holds (1 for our nodes' `CN=<instance id>`).
+    pub subject_attributes: usize,
     /// DNS and IP names, sorted and de-duplicated.
     pub names: Vec<SubjectAltName>,
     /// SAN entries of other kinds (email, URI, ...), which we never sign.
@@ -164,6 +166,7 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
 
     let mut parsed = ParsedCsr {
         common_name,
+        subject_attributes: req.info.subject.iter().count(),
         names: Vec::new(),
         unsupported_names: Vec::new(),
         spki_der,

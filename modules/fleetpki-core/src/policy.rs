@@ -47,10 +47,13 @@ pub enum ReasonCode {
     IdentityProofInvalid,
     SenderMismatch,
     RequestExpired,
+    /// The remote signer (KMS, Private CA) refused this one request, or issued a certificate
+    /// the worker's checks refuse: answered, not retried.
+    SignerRefused,
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 22] = [
+    pub const ALL: [ReasonCode; 23] = [
         ReasonCode::MessageTooLarge,
         ReasonCode::MessageMalformed,
         ReasonCode::UnsupportedVersion,
@@ -73,6 +76,7 @@ impl ReasonCode {
         ReasonCode::IdentityProofInvalid,
         ReasonCode::SenderMismatch,
         ReasonCode::RequestExpired,
+        ReasonCode::SignerRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +103,7 @@ impl ReasonCode {
             ReasonCode::IdentityProofInvalid => "identity_proof_invalid",
             ReasonCode::SenderMismatch => "sender_mismatch",
             ReasonCode::RequestExpired => "request_expired",
+            ReasonCode::SignerRefused => "signer_refused",
         }
     }
 

@@ -54,9 +54,26 @@ pub struct RemoteSignError {
     pub message: String,
 }
 
+/// Errors about one request, not about the signer: answered to the node (`signer_refused`),
+/// never retried — a retry would fail the same way until the queue dead-letters it unanswered.
+const REQUEST_ERRORS: &[&str] = &[
+    "MessageTooLarge",
+    "UnexpectedCertificate",
+    "MalformedCSRException",
+    "InvalidArgsException",
+    "MalformedCertificateException",
+];
+
 impl RemoteSignError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         RemoteSignError { code: code.into(), message: message.into() }
+    }
+
+    /// Whether the signer cannot sign now (disabled or missing key, access denied, throttling
+    /// past the retries, a CA not ACTIVE, no connection): the request waits in the queue. Any
+    /// other error is about the request itself.
+    pub fn is_outage(&self) -> bool {
+        !REQUEST_ERRORS.contains(&self.code.as_str())
     }
 }
 

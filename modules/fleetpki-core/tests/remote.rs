@@ -176,3 +176,36 @@ fn a_crl_is_signed_through_the_remote_key() {
     let parsed = parse_crl(&crl).unwrap();
     assert!(parsed.serials.iter().any(|s| s == "40aabbcc"), "{:?}", parsed.serials);
 }
+
+#[test]
+fn outages_wait_in_the_queue_and_request_errors_are_answered() {
+    let outages = [
+        "DisabledException",
+        "AccessDeniedException",
+        "ThrottlingException",
+        "KMSInvalidStateException",
+        "NotFoundException",
+        "InvalidStateException",
+        "ConnectionError",
+        "RequestInProgressException",
+    ];
+    for code in outages {
+        assert!(RemoteSignError::new(code, "x").is_outage(), "{code} is an outage");
+    }
+    for code in ["MessageTooLarge", "UnexpectedCertificate", "MalformedCSRException", "InvalidArgsException"] {
+        assert!(!RemoteSignError::new(code, "x").is_outage(), "{code} is about the request");
+    }
+}
+
+#[test]
+fn a_crl_larger_than_a_kms_raw_message_is_signed_through_the_remote_key() {
+    let ca = remote_ca("bigcrl", KeySpec::EcP256);
+    let signer = signer(&ca);
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let revoked: Vec<Revocation> = (0..150u32)
+        .map(|i| Revocation { serial: format!("40{i:030x}"), revoked_at: now, reason: Reason::Superseded, instance_id: None })
+        .collect();
+    let crl = signer.sign_crl(&revoked, 2, OffsetDateTime::now_utc(), Duration::from_secs(86400)).unwrap();
+    assert!(crl.len() > 4096 * 4 / 3, "the CRL should be over 4 KiB of DER");
+    assert_eq!(parse_crl(&crl).unwrap().serials.len(), 150);
+}

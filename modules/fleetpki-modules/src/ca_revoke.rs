@@ -79,7 +79,9 @@ fn issued_records(paths: &[String]) -> Result<Vec<(String, String, i64)>, Failur
         let text = std::fs::read_to_string(path).map_err(|e| Failure::new(format!("cannot read the issuance log {path}: {e}")))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let Ok(value) = serde_json::from_str::<Value>(line) else { continue };
-            if value["decision"] != "issued" {
+            // Every line with a serial is a certificate that exists: issued, or signed but not
+            // delivered (its reply could not be sent), which must be revocable all the same.
+            if value["serial"].is_null() {
                 continue;
             }
             let not_after = value["not_after"]

@@ -178,6 +178,9 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             return Ok(outcome);
         };
         outcome = outcome.with("sqs_calls", calls_json(sqs.calls())).with("signer", backend.name());
+        if let Some((key, calls)) = backend.calls() {
+            outcome = outcome.with(key, calls); // the signer check before the queue was looked at
+        }
         Ok(outcome)
     })
 }
@@ -187,13 +190,14 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
 /// against the requests' receive counts. Said in the words of a failure in mid-drain, with the
 /// same (empty) result keys, so a playbook handles both alike.
 fn signer_unavailable_at_start(args: &Args, failure: Failure) -> Failure {
-    if !failure.values.contains_key("kms_calls") && !failure.values.contains_key("acmpca_calls") {
-        return failure; // not an AWS answer: a missing file or option, said as it is
-    }
-    let mut out = Failure::new(format!(
-        "the signer is unavailable: {}; no request was taken from the queue: they wait there for the next run",
+    let aws_answered = failure.values.contains_key("kms_calls") || failure.values.contains_key("acmpca_calls");
+    // Not an AWS answer (a missing file, a key that is not the certificate's): said as it is.
+    let msg = if aws_answered {
+        format!("the signer is unavailable: {}; no request was taken from the queue: they wait there for the next run", failure.msg)
+    } else {
         failure.msg
-    ));
+    };
+    let mut out = Failure::new(msg);
     out.values = failure.values;
     for (key, value) in [
         ("signer", json!(args.signer.signer)),
@@ -223,6 +227,9 @@ pub struct Tally {
     pub retries: Vec<Value>,
 }
 
+/// A certificate signed for a request, and what the audit log names its signer by.
+type Signed = (IssuedCertificate, Option<String>);
+
 /// What the checks decided for one received request.
 pub enum Verdict {
     /// `signer_ref`: the KMS key ARN, or the Private CA certificate ARN, for the audit log.
@@ -235,7 +242,7 @@ pub enum Verdict {
 
 /// What became of a request once its answer was published, or could not be.
 enum Fate {
-    Issued(IssuedCertificate, Option<String>),
+    Issued(IssuedCertificate),
     Rejected(Rejection),
     DeadLettered(Rejection),
     /// Left in the queue: seen again after the visibility timeout (and dead-lettered by the
@@ -335,8 +342,8 @@ impl<'a> Worker<'a> {
         let this = &*self;
         let fates = futures_util::future::join_all(batch.iter().zip(verdicts).map(|(received, verdict)| this.answer(received, verdict))).await;
         let mut done = Vec::new();
-        for (received, (message, fate)) in batch.iter().zip(fates) {
-            self.record(received, message.as_ref(), &fate);
+        for (received, (message, fate, signed)) in batch.iter().zip(fates) {
+            self.record(received, message.as_ref(), &fate, signed.as_ref());
             match fate {
                 Fate::Retry(warning) => {
                     self.tally.failed += 1;
@@ -355,7 +362,7 @@ impl<'a> Worker<'a> {
                     let _ = self.sqs.hand_back(&self.args.csr_queue_url, &received.receipt_handle).await;
                     self.signer_error = Some(error);
                 }
-                Fate::Issued(issued, _) => {
+                Fate::Issued(issued) => {
                     self.tally.issued += 1;
                     self.tally.serials.push(issued.serial_hex);
                     done.push(received.receipt_handle.clone());
@@ -379,11 +386,14 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Publishes the answer to one request; the message is returned for the audit log.
-    async fn answer(&self, received: &Received, verdict: Verdict) -> (Option<CsrMessage>, Fate) {
+    /// Publishes the answer to one request. The message, and a certificate signed for it even if
+    /// it could not be delivered, are returned for the audit log: every certificate that exists
+    /// under our CA is in the log.
+    async fn answer(&self, received: &Received, verdict: Verdict) -> (Option<CsrMessage>, Fate, Option<Signed>) {
         match verdict {
-            Verdict::Unavailable { message, error } => (Some(message), Fate::SignerUnavailable(error)),
+            Verdict::Unavailable { message, error } => (Some(message), Fate::SignerUnavailable(error), None),
             Verdict::Sign { message, issued, signer_ref } => {
+                let signed = Some((issued.clone(), signer_ref));
                 let reply = ReplyMessage::Certificate(CertificateMessage {
                     instance_id: message.instance_id.clone(),
                     certificate_pem: issued.certificate_pem.clone(),
@@ -396,23 +406,23 @@ impl<'a> Worker<'a> {
                 let Some(target) = self.reply_target(&message) else {
                     let missing = Rejection::new(ReasonCode::MessageMalformed, "a seed-format request, and no shared_cert_queue_url is set to answer it on");
                     let fate = self.dead_letter(received, missing).await;
-                    return (Some(message), fate);
+                    return (Some(message), fate, signed);
                 };
                 // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
                 let body = if message.is_seed_format() { seed_body(&reply) } else { reply.to_json() };
                 let fate = match self.sqs.send(&target, &body, &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)]).await {
-                    Ok(_) => Fate::Issued(issued, signer_ref),
+                    Ok(_) => Fate::Issued(issued),
                     Err(SqsError::QueueMissing(_)) => {
                         let missing = Rejection::new(ReasonCode::MessageMalformed, format!("the reply queue of {} does not exist", message.instance_id));
                         self.dead_letter(received, missing).await
                     }
                     Err(e) => Fate::Retry(format!("could not publish the certificate for {}: {e}", message.instance_id)),
                 };
-                (Some(message), fate)
+                (Some(message), fate, signed)
             }
             Verdict::Refuse { message, rejection } => {
                 let fate = self.refuse(received, message.as_ref(), rejection).await;
-                (message, fate)
+                (message, fate, None)
             }
         }
     }
@@ -468,16 +478,22 @@ impl<'a> Worker<'a> {
     }
 
     /// One JSON line per decision. No key, secret or HMAC is ever written.
-    fn record(&mut self, received: &Received, message: Option<&CsrMessage>, fate: &Fate) {
+    fn record(&mut self, received: &Received, message: Option<&CsrMessage>, fate: &Fate, signed: Option<&Signed>) {
         if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
             return;
         }
-        let (decision, rejection, issued, signer_ref) = match fate {
-            Fate::Issued(issued, signer_ref) => ("issued", None, Some(issued), signer_ref.clone()),
-            Fate::Rejected(r) => ("rejected", Some((r.code.as_str(), r.message.clone())), None, None),
-            Fate::DeadLettered(r) => ("dead_lettered", Some((r.code.as_str(), r.message.clone())), None, None),
-            Fate::Retry(_) => ("retry", None, None, None),
-            Fate::SignerUnavailable(e) => ("retry", Some(("signer_unavailable", e.to_string())), None, self.backend.signer_ref().map(str::to_string)),
+        let (decision, rejection) = match fate {
+            Fate::Issued(..) => ("issued", None),
+            Fate::Rejected(r) => ("rejected", Some((r.code.as_str(), r.message.clone()))),
+            Fate::DeadLettered(r) => ("dead_lettered", Some((r.code.as_str(), r.message.clone()))),
+            Fate::Retry(why) => ("retry", Some(("not_delivered", why.clone()))),
+            Fate::SignerUnavailable(e) => ("retry", Some(("signer_unavailable", e.to_string()))),
+        };
+        // A certificate signed but not delivered (the reply could not be sent) is logged too.
+        let issued = signed.map(|(issued, _)| issued);
+        let signer_ref = match signed {
+            Some((_, signer_ref)) => signer_ref.clone(),
+            None => self.backend.signer_ref().map(str::to_string),
         };
         let line = json!({
             "time": rfc3339(time::OffsetDateTime::now_utc()),
@@ -581,8 +597,19 @@ pub fn sign_locally(signer: &CaSigner, accepted: Accepted) -> Verdict {
     let Accepted { message, csr, grant } = accepted;
     match signer.sign(&csr, &message.instance_id, grant.profile, grant.lifetime, time::OffsetDateTime::now_utc()) {
         Ok(issued) => Verdict::Sign { message, issued, signer_ref: signer.key_ref().map(str::to_string) },
-        Err(PkiError::RemoteSign(error)) => Verdict::Unavailable { message, error },
+        Err(PkiError::RemoteSign(error)) => remote_failure(message, error),
         Err(e) => Verdict::Refuse { message: Some(message), rejection: Rejection::new(ReasonCode::CsrMalformed, format!("cannot sign: {e}")) },
+    }
+}
+
+/// A remote signer's error: an outage leaves the request queued; an error about this request is
+/// answered to the node (retrying would only fail again until the queue dead-letters it).
+fn remote_failure(message: CsrMessage, error: RemoteSignError) -> Verdict {
+    if error.is_outage() {
+        Verdict::Unavailable { message, error }
+    } else {
+        let rejection = Rejection::new(ReasonCode::SignerRefused, error.to_string());
+        Verdict::Refuse { message: Some(message), rejection }
     }
 }
 
@@ -602,15 +629,17 @@ pub async fn issue_batch_through_pca(policy: &Policy, backend: &PcaBackend, batc
 }
 
 /// One issuance by Private CA. Its templates copy the CSR's subject, so a CSR whose subject is
-/// not the instance id is refused first; what comes back is checked like a node checks it
-/// (key, names, usages, chain to our root) before anyone sees it.
+/// not exactly `CN=<instance id>` is refused first; what comes back is checked like a node
+/// checks it (key, names, usages, chain to our root), plus its subject and lifetime, before
+/// anyone sees it.
 async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict {
     let Accepted { message, csr, grant } = accepted;
-    if csr.common_name.as_deref().is_some_and(|cn| cn != message.instance_id) {
+    if csr.subject_attributes != 1 || csr.common_name.as_deref() != Some(message.instance_id.as_str()) {
         let text = format!(
-            "the CSR's subject CN {:?} is not the instance id {}: AWS Private CA would copy it into the certificate",
+            "with AWS Private CA the CSR's subject must be exactly CN={} (Private CA copies the subject into the certificate); it has {} attribute(s), CN {:?}",
+            message.instance_id,
+            csr.subject_attributes,
             csr.common_name.as_deref().unwrap_or_default(),
-            message.instance_id
         );
         return Verdict::Refuse { message: Some(message), rejection: Rejection::new(ReasonCode::InstanceIdMismatch, text) };
     }
@@ -619,7 +648,9 @@ async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict 
     let (pca, arn, algorithm) = (backend.pca.clone(), backend.arn.clone(), backend.algorithm);
     let template = backend.template_arn.clone().unwrap_or_else(|| template_for(grant.profile).to_string());
     let csr_pem = message.csr_pem.clone();
-    let token = message.request_id.clone().unwrap_or_else(fleetpki_core::new_request_id);
+    // Private CA returns the same certificate for a repeated token within minutes: bind it to
+    // the CSR too, so a node reusing a request id with a new key cannot get the old certificate.
+    let token = fleetpki_core::sha256_hex(format!("{}\n{}", message.request_id.as_deref().unwrap_or_default(), csr.sha256).as_bytes())[..36].to_string();
     let (not_before_unix, not_after_unix) = ((now - CLOCK_SKEW_ALLOWANCE).unix_timestamp(), not_after.unix_timestamp());
     let issued = backend
         .runtime
@@ -636,22 +667,33 @@ async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict 
         .await;
     let (certificate_arn, pem) = match issued {
         Ok(issued) => issued,
-        Err(error) => return Verdict::Unavailable { message, error },
+        Err(error) => return remote_failure(message, error),
     };
     let anchors = load_certificates(&backend.chain_pem).into_iter().last().into_iter().collect::<Vec<_>>();
     let expect = Expectation { instance_id: &message.instance_id, spki_der: &csr.spki_der, names: &csr.names, profile: grant.profile };
-    match check_issued_certificate(&pem, &backend.chain_pem, &anchors, &expect, std::time::SystemTime::now()) {
+    let checked = check_issued_certificate(&pem, &backend.chain_pem, &anchors, &expect, std::time::SystemTime::now())
+        .map_err(|why| why.to_string())
+        .and_then(|info| {
+            if info.subject_attributes != 1 {
+                Err(format!("its subject has {} attributes, not only CN", info.subject_attributes))
+            } else if info.not_after.unix_timestamp() > not_after_unix + 60 {
+                Err(format!("it is valid until {}, beyond the {} granted", rfc3339(info.not_after), rfc3339(not_after)))
+            } else {
+                Ok(info)
+            }
+        });
+    match checked {
         Ok(info) => {
             let issued = IssuedCertificate { certificate_pem: pem, serial_hex: info.serial_hex, not_after: info.not_after, sha256: info.sha256 };
             Verdict::Sign { message, issued, signer_ref: Some(certificate_arn) }
         }
-        Err(why) => Verdict::Unavailable {
+        Err(why) => remote_failure(
             message,
-            error: RemoteSignError::new(
+            RemoteSignError::new(
                 "UnexpectedCertificate",
-                format!("Private CA issued {certificate_arn}, which a node would refuse ({why}): check the CA and pca_template_arn"),
+                format!("Private CA issued {certificate_arn}, which is not published ({why}): check the CA and pca_template_arn"),
             ),
-        },
+        ),
     }
 }
 

@@ -71,7 +71,8 @@ pub struct PcaBackend {
 }
 
 impl Backend {
-    /// Opens the signer; with KMS, checks the key is enabled, signs and is the certificate's.
+    /// Opens the signer; with KMS, checks the key is enabled, is the certificate's and signs (one
+    /// probe `Sign`); with Private CA, that the CA is ACTIVE.
     pub fn open(
         args: &SignerArgs,
         aws: &AwsOptions,
@@ -92,6 +93,11 @@ impl Backend {
                     .ok_or_else(|| Failure::new(fleetpki_signers::SignerError::KeyNotFound(key_id.into()).to_string()).with("kms_calls", calls_json(kms.calls())))?;
                 let key = Arc::new(KmsKey::new(kms, &public, runtime).map_err(|e| Failure::new(e.to_string()))?);
                 let signer = CaSigner::with_remote_key(Path::new(cert_path), Path::new(chain_path), key.clone(), &public.spki_der)?;
+                // One probe signature before any request is taken: GetPublicKey alone would miss
+                // a missing kms:Sign permission, found only after receiving (a receive count each run).
+                if let Err(e) = key.probe() {
+                    return Err(Failure::new(format!("KMS Sign with {}: {e}", public.key_arn)).with("kms_calls", calls_json(key.calls())));
+                }
                 Ok(Backend::Local { signer, kms: Some(key) })
             }
             AWS_PCA => {

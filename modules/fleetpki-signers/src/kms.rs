@@ -12,8 +12,9 @@ use fleetpki_sqs::SdkConfig;
 
 use crate::{error_parts, hint_for, BlockingRuntime, CallCounter, SignerError};
 
-/// Bytes KMS signs as a raw message (larger ones would need MessageType DIGEST, which moto does
-/// not implement); a leaf's TBSCertificate is well under 2 KiB.
+/// Bytes KMS signs as a raw message. A leaf's TBSCertificate is well under 2 KiB and goes raw
+/// (KMS hashes it); a larger message — a CRL with many entries — is hashed here and sent as a
+/// DIGEST. (moto implements only RAW: scripts/moto_server.py adds DIGEST.)
 const MAX_RAW_MESSAGE: usize = 4096;
 
 /// A KMS key's public half, as `GetPublicKey` reports it.
@@ -93,23 +94,16 @@ impl Kms {
         Ok(arn)
     }
 
-    /// One KMS `Sign` of a raw message; KMS hashes it.
+    /// One KMS `Sign` of `message` (raw up to 4 KiB, else as its digest).
     pub async fn sign(&self, key_id: &str, algorithm: RemoteAlgorithm, message: &[u8]) -> Result<(String, Vec<u8>), RemoteSignError> {
-        if message.len() > MAX_RAW_MESSAGE {
-            return Err(RemoteSignError::new("MessageTooLarge", format!("{} bytes to sign; KMS signs raw messages up to {MAX_RAW_MESSAGE}", message.len())));
-        }
-        let spec = match algorithm {
-            RemoteAlgorithm::EcdsaP256Sha256 => SigningAlgorithmSpec::EcdsaSha256,
-            RemoteAlgorithm::EcdsaP384Sha384 => SigningAlgorithmSpec::EcdsaSha384,
-            RemoteAlgorithm::RsaPkcs1Sha256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
-        };
+        let (spec, body, message_type) = sign_request(algorithm, message);
         self.calls.add("Sign");
         let out = self
             .client
             .sign()
             .key_id(key_id)
-            .message(Blob::new(message))
-            .message_type(MessageType::Raw)
+            .message(Blob::new(body))
+            .message_type(message_type)
             .signing_algorithm(spec)
             .send()
             .await
@@ -119,6 +113,22 @@ impl Kms {
             })?;
         let signature = out.signature().map(|b| b.as_ref().to_vec()).ok_or_else(|| RemoteSignError::new("EmptySignature", "KMS Sign returned no signature"))?;
         Ok((out.key_id().unwrap_or(key_id).to_string(), signature))
+    }
+}
+
+/// What a `Sign` request carries for `message`: the algorithm, and the message itself (RAW) or,
+/// above 4 KiB, its digest with the algorithm's hash (DIGEST).
+fn sign_request(algorithm: RemoteAlgorithm, message: &[u8]) -> (SigningAlgorithmSpec, Vec<u8>, MessageType) {
+    use aws_lc_rs::digest::{digest, SHA256, SHA384};
+    let (spec, hash) = match algorithm {
+        RemoteAlgorithm::EcdsaP256Sha256 => (SigningAlgorithmSpec::EcdsaSha256, &SHA256),
+        RemoteAlgorithm::EcdsaP384Sha384 => (SigningAlgorithmSpec::EcdsaSha384, &SHA384),
+        RemoteAlgorithm::RsaPkcs1Sha256 => (SigningAlgorithmSpec::RsassaPkcs1V15Sha256, &SHA256),
+    };
+    if message.len() <= MAX_RAW_MESSAGE {
+        (spec, message.to_vec(), MessageType::Raw)
+    } else {
+        (spec, digest(hash, message).as_ref().to_vec(), MessageType::Digest)
     }
 }
 
@@ -162,5 +172,24 @@ impl RemoteKey for KmsKey {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteSignError> {
         self.runtime.block_on(self.kms.sign(&self.key_arn, self.algorithm, message)).map(|(_, signature)| signature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_messages_go_raw_and_large_ones_as_the_digest_of_the_keys_hash() {
+        let small = vec![7u8; MAX_RAW_MESSAGE];
+        let (_, body, kind) = sign_request(RemoteAlgorithm::EcdsaP256Sha256, &small);
+        assert_eq!((body, kind), (small.clone(), MessageType::Raw));
+
+        let large = vec![7u8; MAX_RAW_MESSAGE + 1];
+        let (spec, body, kind) = sign_request(RemoteAlgorithm::EcdsaP256Sha256, &large);
+        assert_eq!((spec, kind), (SigningAlgorithmSpec::EcdsaSha256, MessageType::Digest));
+        assert_eq!(body, aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &large).as_ref());
+        let (spec, body, _) = sign_request(RemoteAlgorithm::EcdsaP384Sha384, &large);
+        assert_eq!((spec, body.len()), (SigningAlgorithmSpec::EcdsaSha384, 48));
     }
 }

@@ -152,7 +152,10 @@ options:
       - Each line names the signer (C(signer)) and C(signer_ref). On C(issued) lines C(signer_ref) is the KMS key ARN
         (V(aws_kms)) or the ARN of the certificate Private CA issued (V(aws_pca)). A request left for retry because
         the signer is unavailable is logged with decision C(retry), C(reason_code) C(signer_unavailable), the error
-        as C(reason), and as C(signer_ref) the KMS key ARN or the Private CA's ARN.
+        as C(reason), and as C(signer_ref) the KMS key ARN or the Private CA's ARN. A certificate that was signed
+        but whose answer could not be sent is logged with decision C(retry), C(reason_code) C(not_delivered) and its
+        C(serial), so every certificate under the CA is in the log (M(fleetpki.mtls.mtls_ca_revoke) reads every
+        line with a serial).
     type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes

@@ -23,7 +23,7 @@ pub enum PkiError {
     CaKeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("{path} is not a CA certificate (no basicConstraints CA:TRUE): it cannot sign certificates")]
     NotACa { path: PathBuf },
-    #[error("the CA's remote key could not sign ({0}); the request stays queued for a retry")]
+    #[error("the CA's remote key could not sign: {0}")]
     RemoteSign(crate::remote::RemoteSignError),
     #[error("the install layout at {path} is damaged: {detail}")]
     Layout { path: PathBuf, detail: String },

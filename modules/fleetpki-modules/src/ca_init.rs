@@ -16,14 +16,13 @@ use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::remote::RemoteSigningKey;
 use fleetpki_signers::kms::{Kms, KmsKey};
 use fleetpki_signers::pca::Pca;
-use fleetpki_signers::BlockingRuntime;
-use fleetpki_sqs::{load_config, AwsOptions};
+use fleetpki_sqs::AwsOptions;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::{aws_options, calls_json, file_options, key_perms};
 use crate::common::rfc3339;
-use crate::signer::{refuse_foreign_options, signer_options, SignerArgs, AWS_KMS, AWS_PCA, FILE};
+use crate::signer::{aws_runtime, refuse_foreign_options, signer_options, SignerArgs, AWS_KMS, AWS_PCA, FILE};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_init";
 
@@ -310,9 +309,9 @@ fn kms_intermediate(
     facts: &mut RemoteFacts,
 ) -> Result<Option<String>, Failure> {
     refuse_foreign_options(AWS_KMS, &[("intermediate_privatekey_path", args.intermediate_privatekey_path.is_some()), ("certificate_authority_arn", args.signer.certificate_authority_arn.is_some())])?;
-    let key_id = args.signer.kms_key_id.as_deref().ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))?;
-    let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
-    let kms = Kms::new(&runtime.block_on(load_config(&args.aws))?);
+    let key_id = args.signer.kms_key_id()?;
+    let (runtime, config) = aws_runtime(&args.aws)?;
+    let kms = Kms::new(&config);
     let result = (|| {
         let existing_cert = read_optional(&args.intermediate_cert_path)?;
         let public = match runtime.block_on(kms.public_key(key_id))? {
@@ -379,9 +378,9 @@ fn pca_intermediate(
     facts: &mut RemoteFacts,
 ) -> Result<String, Failure> {
     refuse_foreign_options(AWS_PCA, &[("intermediate_privatekey_path", args.intermediate_privatekey_path.is_some()), ("kms_key_id", args.signer.kms_key_id.is_some())])?;
-    let arn = args.signer.certificate_authority_arn.as_deref().ok_or_else(|| Failure::new("signer is aws_pca but certificate_authority_arn is missing"))?;
-    let runtime = BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?;
-    let pca = Pca::new(&runtime.block_on(load_config(&args.aws))?);
+    let arn = args.signer.certificate_authority_arn()?;
+    let (runtime, config) = aws_runtime(&args.aws)?;
+    let pca = Pca::new(&config);
     let result = (|| {
         let state = runtime.block_on(pca.describe(arn))?;
         if state.ca_type != "SUBORDINATE" {

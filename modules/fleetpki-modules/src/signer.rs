@@ -11,7 +11,7 @@ use fleetpki_core::sign::CaSigner;
 use fleetpki_signers::kms::{Kms, KmsKey};
 use fleetpki_signers::pca::Pca;
 use fleetpki_signers::BlockingRuntime;
-use fleetpki_sqs::{load_config, AwsOptions};
+use fleetpki_sqs::{load_config, AwsOptions, SdkConfig};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -39,6 +39,28 @@ pub struct SignerArgs {
     pub kms_key_id: Option<String>,
     #[serde(default)]
     pub certificate_authority_arn: Option<String>,
+}
+
+impl SignerArgs {
+    /// `kms_key_id`, which `required_if` demands with signer=aws_kms.
+    pub fn kms_key_id(&self) -> Result<&str, Failure> {
+        self.kms_key_id.as_deref().ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))
+    }
+
+    /// `certificate_authority_arn`, which `required_if` demands with signer=aws_pca.
+    pub fn certificate_authority_arn(&self) -> Result<&str, Failure> {
+        self.certificate_authority_arn
+            .as_deref()
+            .ok_or_else(|| Failure::new("signer is aws_pca but certificate_authority_arn is missing"))
+    }
+}
+
+/// The runtime the signer's AWS calls run on, and the SDK configuration from the module's
+/// amazon.aws options (the same as SQS's).
+pub fn aws_runtime(aws: &AwsOptions) -> Result<(Arc<BlockingRuntime>, SdkConfig), Failure> {
+    let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
+    let config = runtime.block_on(load_config(aws))?;
+    Ok((runtime, config))
 }
 
 /// The options of the other backends must not be given: a leftover `ownca_privatekey_path`
@@ -84,9 +106,9 @@ impl Backend {
         match args.signer.as_str() {
             AWS_KMS => {
                 refuse_foreign_options(AWS_KMS, &[("ownca_privatekey_path", key_path.is_some()), ("certificate_authority_arn", args.certificate_authority_arn.is_some())])?;
-                let key_id = args.kms_key_id.as_deref().ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))?;
-                let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
-                let kms = Kms::new(&runtime.block_on(load_config(aws)).map_err(Failure::from)?);
+                let key_id = args.kms_key_id()?;
+                let (runtime, config) = aws_runtime(aws)?;
+                let kms = Kms::new(&config);
                 let public = runtime
                     .block_on(kms.public_key(key_id))
                     .map_err(|e| Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls())))?
@@ -102,12 +124,12 @@ impl Backend {
             }
             AWS_PCA => {
                 refuse_foreign_options(AWS_PCA, &[("ownca_privatekey_path", key_path.is_some()), ("kms_key_id", args.kms_key_id.is_some())])?;
-                let arn = args.certificate_authority_arn.clone().ok_or_else(|| Failure::new("signer is aws_pca but certificate_authority_arn is missing"))?;
+                let arn = args.certificate_authority_arn()?.to_string();
                 let read = |p: &str| std::fs::read_to_string(p).map_err(|e| Failure::new(format!("cannot read {p}: {e}. Run mtls_ca_init with signer=aws_pca first")));
                 let ca = parse_certificate(&read(cert_path)?, cert_path)?;
                 let algorithm = algorithm_for_spki(&ca.spki_der)?;
-                let runtime = Arc::new(BlockingRuntime::new().map_err(|e| Failure::new(e.to_string()))?);
-                let pca = Pca::new(&runtime.block_on(load_config(aws)).map_err(Failure::from)?);
+                let (runtime, config) = aws_runtime(aws)?;
+                let pca = Pca::new(&config);
                 // A CA that cannot issue is found out before any request is taken from the queue.
                 if let Err(e) = runtime.block_on(pca.probe(&arn)) {
                     return Err(Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls())));

@@ -43,8 +43,10 @@ must keep containing "moto_server": sqs-server's is_our_server() looks for it in
    with MessageType DIGEST, both do that (`cryptography`'s `utils.Prehashed`, the same padding as
    moto's RAW path), after moto's own checks (key usage, signing algorithm) and the key-state check
    of 1 (upstream: getmoto/moto pull request 10202, open when this was written, does the same).
-   MessageType RAW (or none) stays moto's. The mtls_ca_sign/mtls_ca_revoke KMS client sends
-   messages over 4096 bytes (KMS's limit for RAW, e.g. a large CRL's to-be-signed part) as DIGEST.
+   MessageType RAW (or none) stays moto's, except that a RAW Message over 4096 bytes is refused
+   with a `ValidationException` as real KMS does (moto signs any size). The mtls_ca_sign /
+   mtls_ca_revoke KMS client sends messages over 4096 bytes (e.g. a large CRL's to-be-signed
+   part) as DIGEST.
 
 Everything else is moto as installed; nothing is written to disk.
 """
@@ -341,6 +343,9 @@ def _accept_key_arn(method_name: str) -> None:
 # 3. KMS Sign / Verify with MessageType=DIGEST
 # --------------------------------------------------------------------------------------------
 
+# KMS's limit for a RAW Message (bytes); DIGEST messages are the hash's length.
+RAW_MESSAGE_LIMIT = 4096
+
 # Set (to True) while a Sign or Verify request with MessageType DIGEST is served: the key objects'
 # sign/verify then take the message as the prehashed digest. A context variable: moto's server
 # serves requests in threads, each with its own context.
@@ -448,6 +453,15 @@ def _patch_digest_responses() -> None:
             @functools.wraps(original)
             def served(self) -> str:
                 if self._get_param("MessageType") != "DIGEST":
+                    # Real KMS refuses a RAW message over 4096 bytes; moto signs any size.
+                    message = self._get_param("Message") or b""
+                    if len(message) > RAW_MESSAGE_LIMIT:
+                        from moto.kms.exceptions import ValidationException
+
+                        raise ValidationException(
+                            "1 validation error detected: Value at 'message' failed to satisfy constraint: "
+                            f"Member must have length less than or equal to {RAW_MESSAGE_LIMIT}",
+                        )
                     return original(self)
                 token = _DIGEST.set(True)
                 try:

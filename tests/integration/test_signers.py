@@ -37,7 +37,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,18 +104,12 @@ def aws_env(module_env, sqs_server) -> dict[str, str]:
 
 
 @pytest.fixture
-def run_aws(aws_env, tmp_path):
-    """run_aws(name, args, check=False, env=None) -> (result, proc), with KMS and ACM PCA reachable."""
+def run_aws(run_module, aws_env):
+    """run_aws(name, args, check=False, env=None) -> (result, proc): conftest's run_module with
+    KMS and ACM PCA reachable."""
 
     def run(name: str, args: dict[str, Any], check: bool = False, env: dict[str, str] | None = None, timeout=None):
-        return helpers.run_module(
-            name,
-            args,
-            check=check,
-            env=aws_env if env is None else env,
-            timeout=timeout or helpers.MODULE_TIMEOUT,
-            args_dir=tmp_path / "args",
-        )
+        return run_module(name, args, check=check, env=aws_env if env is None else env, timeout=timeout)
 
     return run
 
@@ -380,6 +373,16 @@ def assert_signer_unavailable(result: dict[str, Any], proc, code: str, count: in
     assert code in msg, f"msg lacks the error code {code!r}: {msg!r}"
     assert STAY_QUEUED in msg, f"msg lacks {STAY_QUEUED!r}: {msg!r}"
     assert f"{count} request(s) {STAY_QUEUED}" in msg, f"msg does not say {count} request(s) stay queued: {msg!r}"
+
+
+def node_signed_in(params: dict[str, Any], nodes: list[Node]) -> Node | None:
+    """The node whose certificate a KMS Sign request (as the proxy sees it) is for: its instance
+    id is in the TBSCertificate; None for anything else (the probe Sign before a drain)."""
+    try:
+        message = base64.b64decode(params.get("Message") or "")
+    except ValueError:
+        return None
+    return next((node for node in nodes if node.instance_id.encode() in message), None)
 
 
 def assert_unavailable_up_front(result: dict[str, Any], proc, code: str, signer: str) -> None:
@@ -681,7 +684,6 @@ def test_kms_key_disabled_mid_drain_every_request_gets_an_outcome(
     with its reason; none is lost, dead-lettered or answered twice."""
     nodes = make_nodes(kms_ca, queues, run_module, tmp_path, (1, 2, 3, 4))
     submitted = submit_all(nodes)
-    ids = {node.instance_id.encode(): node for node in nodes}
     audit = tmp_path / "audit.jsonl"
 
     proxy = SqsProxy(sqs_server.endpoint)
@@ -689,17 +691,10 @@ def test_kms_key_disabled_mid_drain_every_request_gets_an_outcome(
     disabled = threading.Event()
     lock = threading.Lock()
 
-    def node_of(params):
-        try:
-            message = base64.b64decode(params.get("Message") or "")
-        except ValueError:
-            return None
-        return next((node for marker, node in ids.items() if marker in message), None)
-
     def hook(operation, params):
         if operation != "Sign":
             return None
-        node = node_of(params)
+        node = node_signed_in(params, nodes)
         if node is None:
             return None  # not a certificate (a probe of the key): pass
         with lock:
@@ -712,7 +707,7 @@ def test_kms_key_disabled_mid_drain_every_request_gets_an_outcome(
 
     def after_hook(operation, params):
         if operation == "Sign":
-            node = node_of(params)
+            node = node_signed_in(params, nodes)
             if node is not None and node.instance_id == state["first"] and not disabled.is_set():
                 try:
                     kms.disable_key(KeyId=kms_ca.kms_key_arn)
@@ -768,7 +763,6 @@ def test_kms_sign_access_denied_mid_drain_leaves_the_request_queued(
     dead-lettered, not answered) and is listed in `retries`; the next drain signs them all."""
     nodes = make_nodes(kms_ca, queues, run_module, tmp_path, (1, 2, 3, 4))
     submitted = submit_all(nodes)
-    ids = {node.instance_id.encode(): node for node in nodes}
     audit = tmp_path / "audit.jsonl"
     denial = (
         "User: arn:aws:sts::123456789012:assumed-role/CaWorkerRole/worker is not authorized to perform: "
@@ -780,17 +774,10 @@ def test_kms_sign_access_denied_mid_drain_leaves_the_request_queued(
     answered = threading.Event()
     lock = threading.Lock()
 
-    def node_of(params):
-        try:
-            message = base64.b64decode(params.get("Message") or "")
-        except ValueError:
-            return None
-        return next((node for marker, node in ids.items() if marker in message), None)
-
     def answer(operation, params):
         if operation != "Sign":
             return None
-        node = node_of(params)
+        node = node_signed_in(params, nodes)
         if node is None:
             return None  # not a certificate (the probe Sign before the drain): pass
         with lock:
@@ -1392,7 +1379,8 @@ def test_serve_keeps_requests_queued_while_the_kms_key_is_disabled(
         if line.get("decision") == "retry" and line.get("request_id") == submitted[second.n]["request_id"]
     ]
     service.wait_for(retry_of_second, 30, "a retry audit line for the request signed while the key is disabled")
-    time.sleep(10)  # several probe intervals (1, 2, 4 s ...): a worker that kept receiving would show it
+    # Three failed probes (1, 2, 4 s apart): a worker that kept receiving meanwhile would show it.
+    service.wait_for_stderr("signer still unavailable", timeout=60, count=3)
     assert total(queue_attributes(sqs, queues.csr)) == 2, queue_attributes(sqs, queues.csr)
     assert queue_attributes(sqs, queues.dlq) == EMPTY, "a request was dead-lettered during the outage"
     for node in (second, third):
@@ -1437,7 +1425,7 @@ def test_serve_started_with_the_kms_key_disabled_waits_for_it_without_receiving(
     service = start_serve(config, aws_env)
     services.append(service)
     service.wait_for_stderr("signer unavailable at start", timeout=30)
-    time.sleep(4)  # a few retries (1, 2 s ...)
+    service.wait_for_stderr("signer unavailable at start", timeout=60, count=3)  # three tries, 1 and 2 s apart
     assert service.proc.poll() is None, f"the service exited instead of waiting for the key\n{service.describe()}"
     peek = helpers.receive_all(sqs, queues.csr, visibility_timeout=0)
     assert [int(m["Attributes"]["ApproximateReceiveCount"]) for m in peek] == [1], "received while the key was disabled"

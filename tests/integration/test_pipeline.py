@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -352,6 +353,21 @@ def test_non_json_args_file_fails_as_json(name, content, tmp_path, module_env):
     result, proc = helpers.run_args_file(name, args_file, env=module_env)
     assert result.get("failed") is True and isinstance(result.get("msg"), str) and result["msg"], describe(result, proc)
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", helpers.MODULES)
+def test_dash_reads_the_arguments_from_stdin(name, tmp_path, module_env):
+    """`<binary> -` (the collection's module cache runs binaries so): the options come from stdin,
+    are validated like an args file's, and a bad stdin fails as JSON."""
+    binary = str(helpers.binary_path(name))
+    for stdin, expected in (
+        (json.dumps({"bogus_option": 1, "_ansible_check_mode": True}) + "\n", "bogus_option"),
+        ("this is { not json\n", "not a JSON object"),
+    ):
+        proc = subprocess.run([binary, "-"], input=stdin, capture_output=True, text=True, env=module_env, cwd=tmp_path, timeout=60)
+        result = helpers.parse_single_json(proc.stdout, f"{name} - (rc {proc.returncode}, stderr: {proc.stderr[-2000:]})")
+        assert result.get("failed") is True and expected in result.get("msg", ""), describe(result, proc)
+    assert not any(tmp_path.iterdir()), "a module that refused its options wrote files"
 
 
 @pytest.mark.parametrize("name", helpers.MODULES)

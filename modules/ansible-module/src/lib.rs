@@ -3,7 +3,9 @@
 //! Ansible runs a binary module as `<binary> <args-file>`: the file holds the task's options plus
 //! internal `_ansible_*` keys; the module prints exactly one JSON object on stdout. Ansible
 //! checks none of the options of a binary module and masks none of its secrets, so this crate
-//! does both. Stdin is never read: over SSH it stays open and a read would block forever.
+//! does both. Stdin is read only when the args file is `-`: the collection's action plugin runs
+//! a cached copy of the binary that way, the arguments on stdin (one SSH command instead of
+//! transfers). Without `-` stdin is never read: over SSH it stays open and a read would block.
 //!
 //! The same JSON file doubles as a config file, so a node can run a module from a systemd timer.
 
@@ -44,7 +46,7 @@ pub enum ArgumentError {
 /// Why the module could not even start on its task.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("usage: {0} ARGS_FILE (Ansible passes the path of the task's JSON arguments; stdin is never read)")]
+    #[error("usage: {0} ARGS_FILE (Ansible passes the path of the task's JSON arguments; `-` reads them from stdin)")]
     Usage(String),
     #[error("cannot read the arguments file {path}: {source}")]
     ReadArgs { path: String, source: std::io::Error },
@@ -64,9 +66,16 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// Reads and validates an args file.
+    /// Reads and validates an args file; `-` is stdin, read to its end.
     pub fn from_args_file(path: &str, default_name: &str, spec: &ArgumentSpec) -> Result<Self, ProtocolError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProtocolError::ReadArgs { path: path.to_string(), source })?;
+        let read = || -> std::io::Result<String> {
+            if path == "-" {
+                std::io::read_to_string(std::io::stdin().lock())
+            } else {
+                std::fs::read_to_string(path)
+            }
+        };
+        let text = read().map_err(|source| ProtocolError::ReadArgs { path: path.to_string(), source })?;
         let raw: Map<String, Value> =
             serde_json::from_str(&text).map_err(|e| ProtocolError::NotJson { path: path.to_string(), detail: e.to_string() })?;
         Self::from_raw(raw, default_name, spec)

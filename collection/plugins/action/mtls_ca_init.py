@@ -1,0 +1,11 @@
+# Copyright: fleetpki.mtls contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action of fleetpki.mtls.mtls_ca_init: runs the module binary from a copy cached on the host."""
+
+from __future__ import annotations
+
+from ansible_collections.fleetpki.mtls.plugins.plugin_utils.cached_binary import CachedBinaryAction
+
+
+class ActionModule(CachedBinaryAction):
+    """See plugins/plugin_utils/cached_binary.py."""

@@ -1,0 +1,245 @@
+"""The module cache of the collection's action plugin (plugins/plugin_utils/cached_binary.py, issue 6).
+
+A binary module is transferred on every task by Ansible; our action keeps one copy per host,
+named by its SHA-256, and runs it with the arguments on stdin in one command. These tests run the
+real ansible-playbook on the installed collection (local connection: it sends stdin as SSH does)
+with their own remote_tmp, and read Ansible's -vvv log for what was transferred and run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from collection_helpers import assert_run_ok, describe_run, run, tool
+
+INSTANCE_ID = "i-0cac4e0000000000a"
+CACHE_DIR_NAME = "fleetpki.mtls-modules"
+
+
+@pytest.fixture
+def cache_play(tmp_path, ansible_env, installed):
+    """play(*extra_args) runs mtls_cert_fetch in check mode on a node with no pending request (it
+    answers without SQS) and returns (CompletedProcess, the task's result)."""
+    (tmp_path / "ca.pem").write_text("", encoding="utf-8")
+    result_file = tmp_path / "result.json"
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        f"""
+- name: Fetch in check mode
+  hosts: all
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+  tasks:
+    - name: Fetch
+      fleetpki.mtls.mtls_cert_fetch:
+        instance_id: {INSTANCE_ID}
+        path: {tmp_path / "pki"}
+        ca_path: {tmp_path / "ca.pem"}
+      check_mode: true
+      environment:
+        FLEETPKI_TEST_MARKER: from-the-environment-keyword
+      register: fetched
+    - name: Keep the result
+      ansible.builtin.copy:
+        content: "{{{{ fetched | to_json }}}}"
+        dest: {result_file}
+        mode: "0600"
+      check_mode: false
+""",
+        encoding="utf-8",
+    )
+    env = dict(ansible_env, ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp"))
+
+    def play(*extra: str):
+        result_file.unlink(missing_ok=True)
+        proc = run([tool("ansible-playbook"), "-i", "node1,", "-c", "local", "-vvv", *extra, str(playbook)], env=env, cwd=tmp_path)
+        assert_run_ok(proc)
+        return proc, json.loads(result_file.read_text(encoding="utf-8"))
+
+    play.cache_dir = tmp_path / "remote-tmp" / CACHE_DIR_NAME
+    play.binary = installed / "plugins" / "modules" / "mtls_cert_fetch"
+    return play
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_task_log(proc) -> list[str]:
+    """The -vvv lines of the module's task (the play's copy task transfers files of its own)."""
+    section = proc.stdout.split("TASK [Fetch]")[1].split("TASK [")[0]
+    return section.splitlines()
+
+
+def transferred_binary(proc) -> bool:
+    """Ansible's standard path: the binary is PUT into its temporary directory."""
+    return any(line.startswith("<node1> PUT ") and "mtls_cert_fetch" in line for line in fetch_task_log(proc))
+
+
+def sent_binary(proc) -> bool:
+    """The cache's miss path: the binary goes on the stdin of the command that caches and runs it."""
+    return any("fleetpki.mtls: mtls_cert_fetch is not cached on this host: sending it" in line for line in fetch_task_log(proc))
+
+
+def remote_commands(proc) -> list[str]:
+    return [line for line in fetch_task_log(proc) if line.startswith("<node1> EXEC ")]
+
+
+def test_first_run_caches_the_binary_and_later_runs_transfer_nothing(cache_play):
+    digest = sha256(cache_play.binary.resolve())
+    cache_play.cache_dir.mkdir(parents=True, mode=0o700)
+    older_release = cache_play.cache_dir / f"mtls_cert_fetch-{'0' * 64}"
+    recent_release = cache_play.cache_dir / f"mtls_cert_fetch-{'1' * 64}"
+    for copy, age_hours in ((older_release, 25), (recent_release, 23)):
+        copy.write_bytes(b"another release of the module")
+        copy.chmod(0o700)
+        stamp = time.time() - age_hours * 3600
+        os.utime(copy, (stamp, stamp))
+
+    first, first_result = cache_play()
+    assert sent_binary(first), describe_run(first)
+    # Two commands (the check, then cache-and-run with the binary on stdin): no temporary
+    # directory, no sftp, no chmod, no clean-up.
+    assert len(remote_commands(first)) == 2, remote_commands(first)
+    assert not any(line.startswith("<node1> PUT ") for line in fetch_task_log(first)), describe_run(first)
+    assert first_result["status"] == "no_request", first_result
+    cached = cache_play.cache_dir / f"mtls_cert_fetch-{digest}"
+    assert cached.is_file()
+    assert sha256(cached) == digest
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cache_play.cache_dir.stat().st_mode) == 0o700
+    assert not older_release.exists(), "the copy of a release cached over a day ago was left behind"
+    # A copy cached within the day may be in use by a controller on that release: it stays.
+    assert sorted(p.name for p in cache_play.cache_dir.iterdir()) == sorted([cached.name, recent_release.name]), "a partial copy was left behind"
+    assert [p.name for p in cache_play.cache_dir.parent.iterdir()] == [CACHE_DIR_NAME], "something was left in remote_tmp"
+
+    second, second_result = cache_play()
+    assert "ran mtls_cert_fetch from the module cache" in second.stdout, describe_run(second)
+    assert not any(line.startswith("<node1> PUT ") for line in fetch_task_log(second)), describe_run(second)
+    assert second_result["status"] == "no_request", second_result
+    assert second_result["changed"] is False
+    # One command for the task: no temporary directory, no chmod, no args file.
+    assert len(remote_commands(second)) == 1, remote_commands(second)
+
+
+def test_arguments_travel_on_stdin_not_on_the_command_line(cache_play):
+    """Options can hold secrets (AWS keys): a command line is visible to every user of the host."""
+    for _ in range(2):  # the transferring run and the cached run
+        proc, result = cache_play()
+        exec_lines = remote_commands(proc)
+        assert exec_lines, describe_run(proc)
+        assert not any(INSTANCE_ID in line for line in exec_lines), exec_lines
+        assert result["status"] == "no_request"
+        # The task's `environment` still reaches the module, on the command line as Ansible puts it.
+        assert any("FLEETPKI_TEST_MARKER=from-the-environment-keyword" in line for line in exec_lines), exec_lines
+
+
+def test_a_swapped_cached_copy_is_never_run(cache_play, tmp_path):
+    cache_play()
+    digest = sha256(cache_play.binary.resolve())
+    cached = cache_play.cache_dir / f"mtls_cert_fetch-{digest}"
+    ran = tmp_path / "impostor-ran"
+    cached.write_text(f'#!/bin/sh\ntouch {ran}\necho \'{{"changed": true, "status": "impostor"}}\'\n', encoding="utf-8")
+    cached.chmod(0o700)
+
+    proc, result = cache_play()
+    assert not ran.exists(), "a cached file whose SHA-256 is not the module's was run"
+    assert result["status"] == "no_request", result
+    assert sent_binary(proc), describe_run(proc)
+    assert sha256(cached) == digest, "the swapped copy was not replaced by the module"
+
+
+def test_a_cache_directory_others_can_enter_is_not_used(cache_play):
+    """A directory that is not 0700 could be written by others between the check and the run."""
+    cache_play()
+    cache_play.cache_dir.chmod(0o755)
+    for _ in range(2):
+        proc, result = cache_play()
+        assert "ran mtls_cert_fetch from the module cache" not in proc.stdout, describe_run(proc)
+        assert sent_binary(proc), describe_run(proc)
+        assert result["status"] == "no_request", result
+    assert stat.S_IMODE(cache_play.cache_dir.stat().st_mode) == 0o755, "the directory's mode was changed behind the user's back"
+    # This run's private directory is gone; the cache directory holds what it held.
+    assert sorted(p.name for p in cache_play.cache_dir.parent.iterdir()) == [CACHE_DIR_NAME]
+    assert [p.name for p in cache_play.cache_dir.iterdir()] == [f"mtls_cert_fetch-{sha256(cache_play.binary.resolve())}"]
+
+
+def test_the_cache_can_be_turned_off(cache_play):
+    proc, result = cache_play("-e", "fleetpki_mtls_module_cache=false")
+    assert "module cache not used: fleetpki_mtls_module_cache is false" in proc.stdout, describe_run(proc)
+    assert transferred_binary(proc), describe_run(proc)
+    assert any(line.startswith("<node1> PUT ") and line.rstrip().endswith("/args") for line in fetch_task_log(proc)), describe_run(proc)
+    assert result["status"] == "no_request", result
+    assert not cache_play.cache_dir.exists()
+
+
+def test_an_async_task_takes_the_standard_path(tmp_path, ansible_env, installed):
+    (tmp_path / "ca.pem").write_text("", encoding="utf-8")
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        f"""
+- name: Fetch asynchronously
+  hosts: all
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+  tasks:
+    - name: Fetch
+      fleetpki.mtls.mtls_cert_fetch:
+        instance_id: {INSTANCE_ID}
+        path: {tmp_path / "pki"}
+        ca_path: {tmp_path / "ca.pem"}
+      async: 60
+      poll: 1
+      register: fetched
+    - name: The module ran
+      ansible.builtin.assert:
+        that: fetched.status == "no_request"
+""",
+        encoding="utf-8",
+    )
+    env = dict(ansible_env, ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp"), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"))
+    proc = run([tool("ansible-playbook"), "-i", "node1,", "-c", "local", "-vvv", str(playbook)], env=env, cwd=tmp_path)
+    assert_run_ok(proc)
+    assert "module cache not used: async task" in proc.stdout, describe_run(proc)
+    assert not (tmp_path / "remote-tmp" / CACHE_DIR_NAME).exists()
+
+
+def test_become_uses_the_cache_only_with_pipelining(cache_play):
+    """Through sudo, stdin needs what pipelining needs (no requiretty): Ansible makes that opt-in."""
+    proc, result = cache_play("--become")
+    assert "module cache not used: become without pipelining" in proc.stdout, describe_run(proc)
+    assert result["status"] == "no_request", result
+    assert not cache_play.cache_dir.exists()
+
+    for _ in range(2):
+        proc, result = cache_play("--become", "-e", "ansible_pipelining=true")
+        assert result["status"] == "no_request", result
+    assert "ran mtls_cert_fetch from the module cache" in proc.stdout, describe_run(proc)
+
+
+def test_a_binary_that_arrives_altered_is_neither_run_nor_cached(cache_play, tmp_path, ansible_env):
+    """The host's sha256sum disagrees with the controller (what a corrupted transfer looks like):
+    the task fails naming the problem, nothing runs and nothing is cached."""
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "sha256sum").write_text("#!/bin/sh\ncat > /dev/null\necho '" + "ab" * 32 + "  -'\n", encoding="utf-8")
+    (fake_bin / "sha256sum").chmod(0o755)
+    proc = run(
+        [tool("ansible-playbook"), "-i", "node1,", "-c", "local", "-vvv", str(tmp_path / "play.yml")],
+        env=dict(ansible_env, ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp"), PATH=f"{fake_bin}:{ansible_env['PATH']}"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0, describe_run(proc)
+    assert "arrived on the host with another SHA-256 than the controller's binary" in proc.stdout, describe_run(proc)
+    assert "no request is pending" not in proc.stdout, "the module ran although its SHA-256 did not match"
+    assert not any(cache_play.cache_dir.iterdir()), "a binary whose SHA-256 did not match was cached"
+    assert sorted(p.name for p in cache_play.cache_dir.parent.iterdir()) == [CACHE_DIR_NAME]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -58,9 +60,9 @@ def cache_play(tmp_path, ansible_env, installed):
     )
     env = dict(ansible_env, ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp"))
 
-    def play(*extra: str):
+    def play(*extra: str, **more_env: str):
         result_file.unlink(missing_ok=True)
-        proc = run([tool("ansible-playbook"), "-i", "node1,", "-c", "local", "-vvv", *extra, str(playbook)], env=env, cwd=tmp_path)
+        proc = run([tool("ansible-playbook"), "-i", "node1,", "-c", "local", "-vvv", *extra, str(playbook)], env=dict(env, **more_env), cwd=tmp_path)
         assert_run_ok(proc)
         return proc, json.loads(result_file.read_text(encoding="utf-8"))
 
@@ -90,7 +92,17 @@ def sent_binary(proc) -> bool:
 
 
 def remote_commands(proc) -> list[str]:
-    return [line for line in fetch_task_log(proc) if line.startswith("<node1> EXEC ")]
+    """The task's remote commands as -vvv logs them (ours span several lines, up to `sleep 0'`)."""
+    commands, current = [], None
+    for line in fetch_task_log(proc):
+        if line.startswith("<node1> EXEC "):
+            current = [line]
+        elif current is not None:
+            current.append(line)
+        if current is not None and line.rstrip().endswith("sleep 0'"):
+            commands.append("\n".join(current))
+            current = None
+    return commands
 
 
 def test_first_run_caches_the_binary_and_later_runs_transfer_nothing(cache_play):
@@ -157,19 +169,73 @@ def test_a_swapped_cached_copy_is_never_run(cache_play, tmp_path):
     assert sha256(cached) == digest, "the swapped copy was not replaced by the module"
 
 
-def test_a_cache_directory_others_can_enter_is_not_used(cache_play):
+def test_a_cache_directory_others_can_enter_is_neither_run_from_nor_written(cache_play):
     """A directory that is not 0700 could be written by others between the check and the run."""
     cache_play()
+    cached = cache_play.cache_dir / f"mtls_cert_fetch-{sha256(cache_play.binary.resolve())}"
+    before = cached.stat()
     cache_play.cache_dir.chmod(0o755)
     for _ in range(2):
         proc, result = cache_play()
         assert "ran mtls_cert_fetch from the module cache" not in proc.stdout, describe_run(proc)
         assert sent_binary(proc), describe_run(proc)
         assert result["status"] == "no_request", result
+    after = cached.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "the copy in a directory open to others was replaced"
+    assert [p.name for p in cache_play.cache_dir.iterdir()] == [cached.name], "something was written into a directory open to others"
     assert stat.S_IMODE(cache_play.cache_dir.stat().st_mode) == 0o755, "the directory's mode was changed behind the user's back"
-    # This run's private directory is gone; the cache directory holds what it held.
+    # The runs' private directories are gone too.
     assert sorted(p.name for p in cache_play.cache_dir.parent.iterdir()) == [CACHE_DIR_NAME]
-    assert [p.name for p in cache_play.cache_dir.iterdir()] == [f"mtls_cert_fetch-{sha256(cache_play.binary.resolve())}"]
+
+
+def test_a_cached_copy_others_can_read_or_run_is_replaced(cache_play):
+    cache_play()
+    cached = cache_play.cache_dir / f"mtls_cert_fetch-{sha256(cache_play.binary.resolve())}"
+    cached.chmod(0o755)
+    inode = cached.stat().st_ino
+    proc, result = cache_play()
+    assert "ran mtls_cert_fetch from the module cache" not in proc.stdout, describe_run(proc)
+    assert sent_binary(proc), describe_run(proc)
+    assert result["status"] == "no_request", result
+    assert cached.stat().st_ino != inode and stat.S_IMODE(cached.stat().st_mode) == 0o700
+
+
+def test_the_module_runs_with_the_login_umask(tmp_path, ansible_env, installed):
+    """The cache's own files are made under umask 077; the module's directories are not."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        """
+- name: Create a CA
+  hosts: all
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: CA
+      fleetpki.mtls.mtls_ca_init:
+        root_cert_path: "{{ ca_dir }}/root/root.pem"
+        root_privatekey_path: "{{ ca_dir }}/root/root.key"
+        intermediate_cert_path: "{{ ca_dir }}/intermediate/intermediate.pem"
+        intermediate_privatekey_path: "{{ ca_dir }}/intermediate/intermediate.key"
+        chain_path: "{{ ca_dir }}/chain/chain.pem"
+""",
+        encoding="utf-8",
+    )
+    modes = {}
+    # The first run caches the binary (the command that sends it runs it too); the second runs
+    # the cached copy; the third takes Ansible's standard path. All three must agree.
+    for label, cache in (("sent", "true"), ("cached", "true"), ("standard", "false")):
+        ca_dir = tmp_path / label
+        proc = subprocess.run(
+            [tool("ansible-playbook"), "-i", "node1,", "-c", "local", "-e", f"ca_dir={ca_dir}", "-e", f"fleetpki_mtls_module_cache={cache}", str(playbook)],
+            env=dict(ansible_env, ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp")),
+            cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+            preexec_fn=lambda: os.umask(0o022),
+        )
+        assert proc.returncode == 0, describe_run(proc)
+        modes[label] = {str(p.relative_to(ca_dir)): stat.S_IMODE(p.stat().st_mode) for p in sorted(ca_dir.rglob("*"))}
+    assert modes["sent"] == modes["cached"] == modes["standard"], modes
+    assert modes["cached"]["chain"] == 0o755, modes
 
 
 def test_the_cache_can_be_turned_off(cache_play):
@@ -213,17 +279,32 @@ def test_an_async_task_takes_the_standard_path(tmp_path, ansible_env, installed)
     assert not (tmp_path / "remote-tmp" / CACHE_DIR_NAME).exists()
 
 
-def test_become_uses_the_cache_only_with_pipelining(cache_play):
-    """Through sudo, stdin needs what pipelining needs (no requiretty): Ansible makes that opt-in."""
-    proc, result = cache_play("--become")
+def test_become_uses_the_cache_only_with_pipelining(cache_play, tmp_path):
+    """Through sudo, stdin needs what pipelining needs (no requiretty): Ansible makes that opt-in.
+    A stand-in sudo (the tests run as root, without sudo) makes Ansible wrap the commands as it
+    does for a real one, BECOME-SUCCESS line included."""
+    sudo_log = tmp_path / "sudo.log"
+    stand_in = tmp_path / "stand-in-sudo"
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f"echo \"$*\" >> {sudo_log}\n"
+        'while [ $# -gt 0 ]; do case "$1" in -u|-p) shift 2 ;; -*) shift ;; *) break ;; esac; done\n'
+        'exec "$@"\n',
+        encoding="utf-8",
+    )
+    stand_in.chmod(0o755)
+    become = ("--become", "-e", f"ansible_become_exe={stand_in}")
+
+    proc, result = cache_play(*become, ANSIBLE_BECOME_ALLOW_SAME_USER="true")
     assert "module cache not used: become without pipelining" in proc.stdout, describe_run(proc)
     assert result["status"] == "no_request", result
     assert not cache_play.cache_dir.exists()
 
     for _ in range(2):
-        proc, result = cache_play("--become", "-e", "ansible_pipelining=true")
+        proc, result = cache_play(*become, "-e", "ansible_pipelining=true", ANSIBLE_BECOME_ALLOW_SAME_USER="true")
         assert result["status"] == "no_request", result
     assert "ran mtls_cert_fetch from the module cache" in proc.stdout, describe_run(proc)
+    assert "fleetpki.mtls-modules" in sudo_log.read_text(encoding="utf-8"), "the cache commands did not go through become"
 
 
 def test_a_binary_that_arrives_altered_is_neither_run_nor_cached(cache_play, tmp_path, ansible_env):
@@ -243,3 +324,19 @@ def test_a_binary_that_arrives_altered_is_neither_run_nor_cached(cache_play, tmp
     assert "no request is pending" not in proc.stdout, "the module ran although its SHA-256 did not match"
     assert not any(cache_play.cache_dir.iterdir()), "a binary whose SHA-256 did not match was cached"
     assert sorted(p.name for p in cache_play.cache_dir.parent.iterdir()) == [CACHE_DIR_NAME]
+
+
+def test_a_host_without_the_tools_takes_the_standard_path(cache_play, tmp_path):
+    """No sha256sum on the host: nothing can be checked, so nothing is cached or run from a cache;
+    Ansible's own way still works."""
+    tools = tmp_path / "host-tools"
+    tools.mkdir()
+    for name in ("stat", "head", "cut", "id", "mktemp", "find", "cat", "mkdir", "chmod", "rm", "mv", "sleep"):
+        found = shutil.which(name)
+        assert found, name
+        (tools / name).symlink_to(found)
+    proc, result = cache_play(PATH=f"{tools}:{Path(tool('ansible-playbook')).parent}")
+    assert "module cache not used: the host cannot keep it" in proc.stdout, describe_run(proc)
+    assert transferred_binary(proc), describe_run(proc)
+    assert result["status"] == "no_request", result
+    assert not cache_play.cache_dir.exists()

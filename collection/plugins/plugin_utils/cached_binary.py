@@ -5,28 +5,24 @@
 Ansible runs a binary module by transferring it on every task (5 MB here, compressed again by
 SSH every time), then its arguments file, then `chmod`, then running it, then removing the
 temporary directory: six remote operations. The binaries never change within a release, so this
-action keeps one copy per host, named by its SHA-256, and runs it in one remote command:
-
-    if the cached copy is usable: run it with the arguments on stdin; else print CACHE_MISS
-
-On a miss, a second command gets the arguments line and then the binary on stdin: it writes the
-binary into the cache directory under a temporary name, checks its SHA-256, renames it into place,
-removes copies of other releases of the module older than a day, and runs it. Nothing else travels: no temporary
-directory, no sftp, no chmod.
+action keeps one copy per host, named by its SHA-256, and runs it in one remote command (HIT).
+On a miss, a second command (INSTALL) gets the binary and then the arguments on stdin: it writes
+the binary into the cache directory under a temporary name, checks it, renames it into place and
+runs it. Nothing else travels: no temporary directory, no sftp, no chmod.
 
 The cache is `<remote_tmp>/fleetpki.mtls-modules/` of the user that runs the module (after
-`become`), inside the directory Ansible itself trusts for its temporary files, with `remote_tmp`
-expanded by the remote shell as Ansible's own mkdtemp does. A copy is run only if it and its
-directory belong to that user with mode 0700 and its SHA-256 is the controller's binary's: a
-stray, truncated or swapped file is never run. If the directory is not usable (another owner or
-mode) it is left alone and the binary goes to a private temporary directory under remote_tmp
-for this one run.
+`become`). A copy runs only if its directory belongs to that user with mode 0700, and the file
+itself, opened once, belongs to that user with mode 0700 and has the SHA-256 of the controller's
+binary. What runs is that open file (`/dev/fd/3`), not its path again: a file swapped in after the
+check is never run. The arguments go from stdin straight to the module and never through the
+shell or a command line. The module runs with the login umask, as on Ansible's standard path.
 
 Ansible's standard path (`_execute_module`) is used, and nothing is cached, when
 `fleetpki_mtls_module_cache` is false; the task is async; ANSIBLE_KEEP_REMOTE_FILES is set; the
-shell is not POSIX sh; the connection cannot send stdin (no pipelining support); or `become` is
-used without pipelining enabled (sudo's `requiretty` breaks stdin exactly as it breaks
-pipelining, which is why Ansible makes pipelining opt-in).
+shell is not POSIX sh; the connection cannot send stdin (no pipelining support); `become` is used
+without pipelining enabled (sudo's `requiretty` breaks stdin exactly as it breaks pipelining,
+which is why Ansible makes pipelining opt-in); the host lacks the GNU tools the checks use; or
+nothing can be written under remote_tmp as the user that runs the module.
 """
 
 from __future__ import annotations
@@ -51,25 +47,64 @@ except ImportError:  # older cores: the standard path only
 display = Display()
 
 CACHE_DIR_NAME = "fleetpki.mtls-modules"
-# Printed by the remote check instead of running anything: the cached copy is not usable.
-CACHE_MISS = "FLEETPKI_MTLS_MODULE_CACHE_MISS"
 CACHE_VAR = "fleetpki_mtls_module_cache"
+# Lines the remote commands print instead of running the module.
+CACHE_MISS = "FLEETPKI_MTLS_MODULE_CACHE_MISS"  # no usable cached copy: send the binary
+CACHE_UNAVAILABLE = "FLEETPKI_MTLS_MODULE_CACHE_UNAVAILABLE"  # take Ansible's standard path
 
-# Sourced by both remote commands. `usable P` holds when P belongs to the running user and has
-# mode 0700 (GNU stat: the binaries are Linux/glibc only); `sha F` prints F's SHA-256.
-_SHELL_HELPERS = (
-    "umask 077; "
-    'usable() { [ "$(stat -c %u:%a -- "$1" 2>/dev/null)" = "$(id -u):700" ]; }; '
-    'sha() { sha256sum < "$1" 2>/dev/null | cut -d " " -f 1; }; '
-)
+# Both commands start with this. `usable P`: P belongs to the running user with mode 0700 (GNU
+# stat; the binaries are Linux/glibc only, and hosts without these tools take the standard path).
+# `sha F`: F's SHA-256. The login umask is kept in $o for the module.
+_PROLOGUE = """\
+for tool in stat sha256sum head cut id mktemp find; do
+  command -v "$tool" >/dev/null 2>&1 || { echo %(unavailable)s; exit 0; }
+done
+o=$(umask); umask 077
+usable() { [ "$(stat -L -c %%u:%%a -- "$1" 2>/dev/null)" = "$(id -u):700" ]; }
+sha() { sha256sum < "$1" 2>/dev/null | cut -d " " -f 1; }
+b="$(echo %(remote_tmp)s)"; d="$b/%(cache_dir)s"; f="$d"/%(name)s-%(digest)s
+"""
 
+# stdin: the arguments. Runs the cached copy through the descriptor it was checked on.
+_HIT = """\
+m=1; rc=0
+if usable "$d" && [ -f "$f" ]; then
+  { if usable /dev/fd/3 && [ "$(sha /dev/fd/3)" = %(digest)s ]; then
+      m=0; umask "$o"; %(env)s /dev/fd/3 -; rc=$?
+    fi; } 3< "$f"
+fi
+[ "$m" = 0 ] || echo %(miss)s
+(exit "$rc")
+"""
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as binary:
-        for block in iter(lambda: binary.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# stdin: the binary (%(size)s bytes), then the arguments. A cache directory of another owner or
+# mode is left alone: the binary then goes to a private directory for this run only.
+_INSTALL = """\
+w=""; p=""; rc=1
+mkdir -p -- "$d" 2>/dev/null
+if usable "$d"; then
+  p="$d"/.%(name)s.$$
+  # Partial copies of interrupted runs; other releases once a day old (a controller still on
+  # one of them may be about to run its copy).
+  find "$d" -maxdepth 1 -type f -name %(partial_glob)s -mmin +60 -exec rm -f -- {} + 2>/dev/null
+  find "$d" -maxdepth 1 -type f -name %(release_glob)s ! -name %(name)s-%(digest)s -mmin +1440 -exec rm -f -- {} + 2>/dev/null
+else
+  w="$(mktemp -d "$b/fleetpki.mtls-XXXXXXXX" 2>/dev/null)" && p="$w"/%(name)s
+fi
+if [ -n "$p" ] && head -c %(size)s > "$p" && chmod 0700 "$p"; then
+  { if usable /dev/fd/3 && [ "$(sha /dev/fd/3)" = %(digest)s ]; then
+      [ -n "$w" ] || mv -f -- "$p" "$f"
+      umask "$o"; %(env)s /dev/fd/3 -; rc=$?
+    else
+      cat > /dev/null; printf "%%s\\n" %(altered)s
+    fi; } 3< "$p"
+else
+  cat > /dev/null; echo %(unavailable)s; rc=0
+fi
+[ -z "$p" ] || rm -f -- "$p"
+[ -z "$w" ] || rm -rf -- "$w"
+(exit "$rc")
+"""
 
 
 class CachedBinaryAction(ActionBase):
@@ -83,18 +118,25 @@ class CachedBinaryAction(ActionBase):
         del tmp
         task_vars = task_vars or {}
         why_standard = self._why_standard_path(task_vars)
-        if why_standard:
-            display.vvv(f"fleetpki.mtls: module cache not used: {why_standard}")
-            wrap_async = self._task.async_val and not self._connection.has_native_async
-            result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
-            if not wrap_async:
-                self._remove_tmp_path(self._connection._shell.tmpdir)
-            return result
-        return merge_hash(result, self._run_cached(task_vars))
+        outcome = None if why_standard else self._run_cached(task_vars)
+        if outcome is None:
+            outcome = self._run_standard(task_vars, why_standard or "the host cannot keep it (GNU tools missing, or remote_tmp not writable)")
+        return merge_hash(result, outcome)
+
+    def _run_standard(self, task_vars, why: str) -> dict:
+        display.vvv(f"fleetpki.mtls: module cache not used: {why}")
+        wrap_async = self._task.async_val and not self._connection.has_native_async
+        result = self._execute_module(task_vars=task_vars, wrap_async=wrap_async)
+        if not wrap_async:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
 
     def _why_standard_path(self, task_vars) -> str | None:
         """Why this task must take Ansible's standard path, or None when the cache can be used."""
-        wanted = self._templar.template(task_vars.get(CACHE_VAR, True))
+        host_vars = task_vars
+        if self._task.delegate_to:  # the host the module runs on decides, as for its interpreter
+            host_vars = task_vars.get("ansible_delegated_vars", {}).get(self._task.delegate_to, task_vars)
+        wanted = self._templar.template(host_vars.get(CACHE_VAR, True))
         if not boolean(wanted, strict=False):
             return f"{CACHE_VAR} is false"
         if get_module_encoder is None:
@@ -111,7 +153,8 @@ class CachedBinaryAction(ActionBase):
             return "become without pipelining (enable pipelining to use the module cache with become)"
         return None
 
-    def _run_cached(self, task_vars) -> dict:
+    def _run_cached(self, task_vars) -> dict | None:
+        """The module's result, or None when the host cannot keep the cache (standard path)."""
         module_name = self._task.action
         module_args = dict(self._task.args)
         self._update_module_args(module_name, module_args, task_vars)
@@ -120,59 +163,46 @@ class CachedBinaryAction(ActionBase):
             raise AnsibleActionFail(f"fleetpki.mtls: {module_name} is not a binary module ({module_path}): reinstall the collection")
         self._used_interpreter = None
         encoder = get_module_encoder(module_bits.serialization_profile, Direction.CONTROLLER_TO_MODULE)
-        # One line: json.dumps escapes every newline inside strings.
-        args_line = json.dumps(module_args, cls=encoder).encode() + b"\n"
+        args_json = json.dumps(module_args, cls=encoder).encode()
 
         name = os.path.basename(module_path)
-        digest = _file_sha256(module_path)
+        with open(module_path, "rb") as binary:
+            module_data = binary.read()
+        digest = hashlib.sha256(module_data).hexdigest()
         quote = self._connection._shell.quote
-        remote_tmp = self.get_shell_option("remote_tmp", default="~/.ansible/tmp")
-        # The remote_tmp setting is expanded by the remote shell, as Ansible's own mkdtemp does.
-        prologue = (
-            _SHELL_HELPERS
-            + f'b="$(echo {remote_tmp})"; d="$b/{CACHE_DIR_NAME}"; f="$d"/{quote(f"{name}-{digest}")}; '
-        )
-        env_string = self._compute_environment_string()
+        values = {
+            "unavailable": CACHE_UNAVAILABLE,
+            "miss": CACHE_MISS,
+            # Expanded by the remote shell, as Ansible's own mkdtemp expands it (but as the user
+            # that runs the module: the cache is that user's).
+            "remote_tmp": self.get_shell_option("remote_tmp", default="~/.ansible/tmp"),
+            "cache_dir": CACHE_DIR_NAME,
+            "name": quote(name),
+            "digest": digest,
+            "size": len(module_data),
+            "env": self._compute_environment_string(),
+            "partial_glob": quote(f".{name}.*"),
+            "release_glob": quote(f"{name}-*"),
+            "altered": quote(json.dumps({"failed": True, "msg": (
+                f"fleetpki.mtls: {name} arrived on the host with another SHA-256 than the controller's binary "
+                f"({digest}): check the host's free space under remote_tmp, then run the task again"
+            )})),
+        }
 
-        hit = prologue + (
-            f'if usable "$d" && usable "$f" && [ "$(sha "$f")" = {digest} ]; '
-            f'then {env_string} "$f" -; else echo {CACHE_MISS}; fi'
-        )
-        res = self._low_level_execute_command(hit, in_data=args_line)
-        if res["stdout"].strip() == CACHE_MISS:
-            with open(module_path, "rb") as binary:
-                module_data = binary.read()
+        res = self._low_level_execute_command((_PROLOGUE + _HIT) % values, in_data=args_json)
+        if _printed(res, CACHE_MISS):
             display.vvv(f"fleetpki.mtls: {name} is not cached on this host: sending it ({len(module_data)} bytes)")
-            res = self._low_level_execute_command(prologue + self._install_and_run(name, digest, env_string), in_data=args_line + module_data)
-        else:
+            res = self._low_level_execute_command((_PROLOGUE + _INSTALL) % values, in_data=module_data + args_json)
+        elif not _printed(res, CACHE_UNAVAILABLE):
             display.vvv(f"fleetpki.mtls: ran {name} from the module cache")
+        if _printed(res, CACHE_UNAVAILABLE):
+            return None
 
         data = self._parse_returned_data(res, module_bits.serialization_profile)
         remove_internal_keys(data)
         return data
 
-    def _install_and_run(self, name: str, digest: str, env_string: str) -> str:
-        """The miss command; stdin is the arguments line, then the binary."""
-        quote = self._connection._shell.quote
-        failed = json.dumps({"failed": True, "msg": (
-            f"fleetpki.mtls: {name} arrived on the host with another SHA-256 than the controller's binary, "
-            "or could not be written under remote_tmp: check the free space and permissions of remote_tmp, "
-            "then run the task again"
-        )})
-        return (
-            # `read` takes exactly the first line (shells read pipes byte by byte); cat the rest.
-            'IFS= read -r args; w=""; p=""; mkdir -p -- "$d" 2>/dev/null; '
-            # A cache directory of someone else or with another mode is left alone: this run
-            # uses a private directory under remote_tmp instead.
-            f'if usable "$d"; then p="$d"/.{quote(name)}.$$; '
-            f'else w="$(mktemp -d "$b/fleetpki.mtls-XXXXXXXX")" && p="$w"/{quote(name)}; fi; '
-            'if [ -n "$p" ] && cat > "$p" && chmod 0700 "$p" && [ "$(sha "$p")" = ' + digest + ' ]; then '
-            '  if [ -z "$w" ] && mv -f -- "$p" "$f"; then p="$f"; '
-            # Copies of other releases go once a day old: a second controller on another
-            # release may be about to run its copy right now.
-            f'    find "$d" -maxdepth 1 -type f -name {quote(name + "-*")} ! -name {quote(f"{name}-{digest}")} -mmin +1440 -exec rm -f -- {{}} + 2>/dev/null; '
-            '  fi; '
-            f'  printf "%s\\n" "$args" | {env_string} "$p" -; rc=$?; '
-            f'else cat > /dev/null; printf "%s\\n" {quote(failed)}; rc=1; fi; '
-            '[ -z "$w" ] || rm -rf -- "$w"; [ -z "$p" ] || [ "$p" = "$f" ] || rm -f -- "$p"; (exit $rc)'
-        )
+
+def _printed(res: dict, marker: str) -> bool:
+    """The remote command printed `marker` on a line of its own (a login banner may come first)."""
+    return marker in (line.strip() for line in res.get("stdout", "").splitlines())

@@ -22,13 +22,22 @@ What it does (everything under one temporary directory, removed at the end unles
      module: fleetpki.mtls.mtls_cert_fetch in check mode on a node with no pending request (it
              answers at once, without SQS: status no_request)
      ping:   ansible.builtin.ping in check mode (Python on the target: /usr/bin/python3)
-   Each play runs --repeat times (default 3), the two alternating, in two connection modes:
-     warm:   control masters are kept between runs (ControlPersist 300s; one ping play opens them
-             first), so a run costs the task itself: transfer, execution, cleanup
-     cold:   every run starts with no connection (fresh ControlPath directories; masters closed
-             after the run), so a run also pays 20 SSH handshakes
+   Each play runs --repeat times (default 3), the two alternating, in these modes:
+     warm:    control masters are kept between runs (ControlPersist 300s; one ping play opens them
+              first), so a run costs the task itself. Our module runs from the copy its action
+              plugin cached on the host (one SSH command: check the copy's SHA-256, run it with
+              the arguments on stdin); ping transfers its AnsiballZ file, chmods, runs Python,
+              removes its temporary directory
+     cold:    every run starts with no connection (fresh ControlPath directories; masters closed
+              after the run), so a run also pays 20 SSH handshakes; module cache as in warm
+     first:   warm, but every host's module cache is emptied before each module run: the first
+              run of a release on a host (the binary is transferred, checked and cached)
+     nocache: warm with fleetpki_mtls_module_cache=false: Ansible's standard path for binary
+              modules (binary and args file transferred on every task), what every run cost
+              before the cache
      warm-nc: warm without SSH compression (Ansible's default ssh_args have -C: on loopback,
-             compressing the binary is pure CPU cost; over a slow link it saves transfer time)
+              compressing a transfer is pure CPU cost; over a slow link it saves transfer time)
+   Each host has its own remote_tmp (and so its own module cache), as distinct hosts would.
    The figure is the median wall time of ansible-playbook per play and mode, and the ratio
    module / ping. The acceptance wants the module play to cost no more than the ping play.
 """
@@ -191,7 +200,8 @@ def write_inventory(path: Path, hosts: int, port: int, key: Path, control_root: 
         # One ControlPath directory per host: Ansible's default control path hashes host, port and
         # user, which are the same for all of these, and would multiplex them on one connection.
         f"ansible_control_path_dir={control_root}/{{{{ inventory_hostname }}}}",
-        f"ansible_remote_tmp={base}/remote-tmp",
+        # Per host, as on distinct hosts: each has its own module cache under it.
+        f"ansible_remote_tmp={base}/remote-tmp/{{{{ inventory_hostname }}}}",
         "ansible_python_interpreter=/usr/bin/python3",
         "",
     ]
@@ -273,13 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forks", "-f", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--module", choices=sorted(MODULE_OPTIONS), default="mtls_cert_fetch")
-    parser.add_argument("--modes", default="warm,cold", help="comma-separated: warm, cold, warm-nc (default warm,cold)")
+    parser.add_argument("--modes", default="warm,cold,first,nocache", help="comma-separated: warm, cold, first, nocache, warm-nc (default warm,cold,first,nocache)")
     parser.add_argument("--tarball", type=Path, help="collection tarball (default: the newest dist/fleetpki-mtls-*.tar.gz)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
-    if any(m not in ("warm", "cold", "warm-nc") for m in modes) or args.repeat < 1 or args.hosts < 1:
+    if any(m not in ("warm", "cold", "first", "nocache", "warm-nc") for m in modes) or args.repeat < 1 or args.hosts < 1:
         parser.error("bad --modes, --repeat or --hosts")
 
     tarball = args.tarball
@@ -341,14 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             timings: dict[str, list[float]] = {"module": [], "ping": []}
             samples = {}
-            if mode in ("warm", "warm-nc"):
+            if mode in ("warm", "warm-nc", "first", "nocache"):
                 control_root = base / f"cp-{mode}"
                 control_roots.append(control_root)
                 inventory = base / f"inventory-{mode}.ini"
                 write_inventory(inventory, args.hosts, sshd.port, sshd.client_key, control_root, base)
                 for i in range(args.hosts):
                     (control_root / f"fleet-node-{i:02d}").mkdir(parents=True, exist_ok=True)
-                compress = "-C " if mode == "warm" else ""
+                compress = "" if mode == "warm-nc" else "-C "
                 mode_env = dict(env, ANSIBLE_SSH_ARGS=f"{compress}-o ControlMaster=auto -o ControlPersist=300s")
                 run_play(plays["ping"], inventory, mode_env, args.forks, args.hosts, extra)  # opens the masters
             for rep in range(args.repeat):
@@ -362,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
                         for i in range(args.hosts):
                             (control_root / f"fleet-node-{i:02d}").mkdir(parents=True, exist_ok=True)
                         mode_env = dict(env)  # Ansible's default ssh_args (ControlPersist 60s)
-                    wall, sample = run_play(plays[kind], inventory, mode_env, args.forks, args.hosts, extra)
+                    play_extra = dict(extra)
+                    if kind == "module" and mode == "first":
+                        for cache in (base / "remote-tmp").glob("*/fleetpki.mtls-modules"):
+                            shutil.rmtree(cache)
+                    if kind == "module" and mode == "nocache":
+                        play_extra["fleetpki_mtls_module_cache"] = "false"
+                    wall, sample = run_play(plays[kind], inventory, mode_env, args.forks, args.hosts, play_extra)
                     samples[kind] = sample
                     timings[kind].append(round(wall, 3))
                     log(f"{mode} {kind} run {rep + 1}: {wall:.2f} s")

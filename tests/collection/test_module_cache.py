@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -340,3 +341,73 @@ def test_a_host_without_the_tools_takes_the_standard_path(cache_play, tmp_path):
     assert transferred_binary(proc), describe_run(proc)
     assert result["status"] == "no_request", result
     assert not cache_play.cache_dir.exists()
+
+
+def test_over_ssh_each_host_gets_the_binary_once(tmp_path, ansible_env, installed):
+    """Real SSH (a private sshd on loopback, the SSH play's, from bench/ssh_play.py): the first
+    play sends the binary to each host on the stdin of one command, the second sends nothing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import ssh_play  # noqa: E402  (the benchmark's private sshd and control-master clean-up)
+
+    sshd = ssh_play.PrivateSshd(tmp_path)
+    control_root = tmp_path / "control"
+    hosts = ("node-a", "node-b")
+    try:
+        try:
+            sshd.start()
+        except SystemExit as exc:  # the bench's way of saying sshd is missing or failed
+            pytest.fail(f"private sshd: {exc} (.ci/run installs openssh-server)", pytrace=False)
+        (tmp_path / "ca.pem").write_text("", encoding="utf-8")
+        inventory = tmp_path / "inventory.ini"
+        inventory.write_text(
+            "\n".join(
+                [f"{h} ansible_remote_tmp={tmp_path}/hosts/{h}/remote-tmp" for h in hosts]
+                + [
+                    "[all:vars]",
+                    "ansible_host=127.0.0.1",
+                    f"ansible_port={sshd.port}",
+                    "ansible_user=root",
+                    f"ansible_ssh_private_key_file={sshd.client_key}",
+                    "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o LogLevel=ERROR'",
+                    f"ansible_control_path_dir={control_root}/{{{{ inventory_hostname }}}}",
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+        for h in hosts:
+            (control_root / h).mkdir(parents=True)
+        playbook = tmp_path / "play.yml"
+        playbook.write_text(
+            f"""
+- name: Fetch in check mode over SSH
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Fetch
+      fleetpki.mtls.mtls_cert_fetch:
+        instance_id: {INSTANCE_ID}
+        path: "{tmp_path}/hosts/{{{{ inventory_hostname }}}}/pki"
+        ca_path: {tmp_path / "ca.pem"}
+      check_mode: true
+      register: fetched
+    - name: The module answered
+      ansible.builtin.assert:
+        that: fetched.status == "no_request"
+""",
+            encoding="utf-8",
+        )
+        for run_no in (1, 2):
+            proc = run([tool("ansible-playbook"), "-i", str(inventory), "-vvv", str(playbook)], env=ansible_env, cwd=tmp_path)
+            assert_run_ok(proc)
+            sent = proc.stdout.count("fleetpki.mtls: mtls_cert_fetch is not cached on this host: sending it")
+            cached = proc.stdout.count("fleetpki.mtls: ran mtls_cert_fetch from the module cache")
+            assert (sent, cached) == ((2, 0) if run_no == 1 else (0, 2)), describe_run(proc)
+            assert " PUT " not in proc.stdout, describe_run(proc)
+        digest = sha256(installed / "plugins" / "modules" / "mtls_cert_fetch")
+        for h in hosts:
+            copy = tmp_path / "hosts" / h / "remote-tmp" / CACHE_DIR_NAME / f"mtls_cert_fetch-{digest}"
+            assert sha256(copy) == digest and stat.S_IMODE(copy.stat().st_mode) == 0o700
+    finally:
+        ssh_play.close_masters(control_root)
+        sshd.stop()

@@ -26,6 +26,19 @@ INSTANCE_ID = "i-0cac4e0000000000a"
 CACHE_DIR_NAME = "fleetpki.mtls-modules"
 
 
+def fetch_task(path: str | Path, ca_path: Path, keywords: str) -> str:
+    """The play's "Fetch" task: mtls_cert_fetch on a node with no pending request (it answers at
+    once, without SQS), plus `keywords`, task-level YAML lines indented by 6; no final newline."""
+    return (
+        "    - name: Fetch\n"
+        "      fleetpki.mtls.mtls_cert_fetch:\n"
+        f"        instance_id: {INSTANCE_ID}\n"
+        f"        path: {path}\n"
+        f"        ca_path: {ca_path}\n"
+        + keywords
+    ).rstrip("\n")
+
+
 @pytest.fixture
 def cache_play(tmp_path, ansible_env, installed):
     """play(*extra_args) runs mtls_cert_fetch in check mode on a node with no pending request (it
@@ -33,6 +46,14 @@ def cache_play(tmp_path, ansible_env, installed):
     (tmp_path / "ca.pem").write_text("", encoding="utf-8")
     result_file = tmp_path / "result.json"
     playbook = tmp_path / "play.yml"
+    fetch = fetch_task(
+        tmp_path / "pki",
+        tmp_path / "ca.pem",
+        "      check_mode: true\n"
+        "      environment:\n"
+        "        FLEETPKI_TEST_MARKER: from-the-environment-keyword\n"
+        "      register: fetched\n",
+    )
     playbook.write_text(
         f"""
 - name: Fetch in check mode
@@ -41,15 +62,7 @@ def cache_play(tmp_path, ansible_env, installed):
   vars:
     ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
   tasks:
-    - name: Fetch
-      fleetpki.mtls.mtls_cert_fetch:
-        instance_id: {INSTANCE_ID}
-        path: {tmp_path / "pki"}
-        ca_path: {tmp_path / "ca.pem"}
-      check_mode: true
-      environment:
-        FLEETPKI_TEST_MARKER: from-the-environment-keyword
-      register: fetched
+{fetch}
     - name: Keep the result
       ansible.builtin.copy:
         content: "{{{{ fetched | to_json }}}}"
@@ -251,6 +264,7 @@ def test_the_cache_can_be_turned_off(cache_play):
 def test_an_async_task_takes_the_standard_path(tmp_path, ansible_env, installed):
     (tmp_path / "ca.pem").write_text("", encoding="utf-8")
     playbook = tmp_path / "play.yml"
+    fetch = fetch_task(tmp_path / "pki", tmp_path / "ca.pem", "      async: 60\n      poll: 1\n      register: fetched\n")
     playbook.write_text(
         f"""
 - name: Fetch asynchronously
@@ -259,14 +273,7 @@ def test_an_async_task_takes_the_standard_path(tmp_path, ansible_env, installed)
   vars:
     ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
   tasks:
-    - name: Fetch
-      fleetpki.mtls.mtls_cert_fetch:
-        instance_id: {INSTANCE_ID}
-        path: {tmp_path / "pki"}
-        ca_path: {tmp_path / "ca.pem"}
-      async: 60
-      poll: 1
-      register: fetched
+{fetch}
     - name: The module ran
       ansible.builtin.assert:
         that: fetched.status == "no_request"
@@ -378,19 +385,15 @@ def test_over_ssh_each_host_gets_the_binary_once(tmp_path, ansible_env, installe
         for h in hosts:
             (control_root / h).mkdir(parents=True)
         playbook = tmp_path / "play.yml"
+        pki = f'"{tmp_path}/hosts/{{{{ inventory_hostname }}}}/pki"'
+        fetch = fetch_task(pki, tmp_path / "ca.pem", "      check_mode: true\n      register: fetched\n")
         playbook.write_text(
             f"""
 - name: Fetch in check mode over SSH
   hosts: all
   gather_facts: false
   tasks:
-    - name: Fetch
-      fleetpki.mtls.mtls_cert_fetch:
-        instance_id: {INSTANCE_ID}
-        path: "{tmp_path}/hosts/{{{{ inventory_hostname }}}}/pki"
-        ca_path: {tmp_path / "ca.pem"}
-      check_mode: true
-      register: fetched
+{fetch}
     - name: The module answered
       ansible.builtin.assert:
         that: fetched.status == "no_request"

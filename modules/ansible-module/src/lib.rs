@@ -24,19 +24,35 @@ pub use spec::{coerce_bool, ArgumentSpec, ElementType, OptionSpec, OptionType};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgumentError {
     #[error("Unsupported parameters for ({module}) module: {names}. Supported parameters include: {supported}.")]
-    Unsupported { module: String, names: String, supported: String },
+    Unsupported {
+        module: String,
+        names: String,
+        supported: String,
+    },
     #[error("missing required arguments: {name}")]
     MissingRequired { name: String },
     #[error("argument '{name}' is of type {found} and we were unable to convert to {expected}")]
-    WrongType { name: String, expected: String, found: String },
+    WrongType {
+        name: String,
+        expected: String,
+        found: String,
+    },
     #[error("value of {name} must be one of: {choices}, got: {value}")]
-    InvalidChoice { name: String, value: String, choices: String },
+    InvalidChoice {
+        name: String,
+        value: String,
+        choices: String,
+    },
     #[error("parameters are mutually exclusive: {names}")]
     MutuallyExclusive { names: String },
     #[error("one of the following is required: {names}")]
     RequiredOneOf { names: String },
     #[error("{name} is {value} but all of the following are missing: {missing}")]
-    RequiredIf { name: String, value: String, missing: String },
+    RequiredIf {
+        name: String,
+        value: String,
+        missing: String,
+    },
     #[error("options '{first}' and its alias '{second}' are both set, to different values: set only one")]
     AliasConflict { first: String, second: String },
     #[error("option {name}: {problem}")]
@@ -49,7 +65,10 @@ pub enum ProtocolError {
     #[error("usage: {0} ARGS_FILE (Ansible passes the path of the task's JSON arguments; `-` reads them from stdin)")]
     Usage(String),
     #[error("cannot read the arguments file {path}: {source}")]
-    ReadArgs { path: String, source: std::io::Error },
+    ReadArgs {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the arguments file {path} is not a JSON object: {detail}. Ansible writes JSON for binary modules; when running by hand, write the options as a JSON object")]
     NotJson { path: String, detail: String },
     #[error(transparent)]
@@ -67,7 +86,11 @@ pub struct Invocation {
 
 impl Invocation {
     /// Reads and validates an args file; `-` is stdin, read to its end.
-    pub fn from_args_file(path: &str, default_name: &str, spec: &ArgumentSpec) -> Result<Self, ProtocolError> {
+    pub fn from_args_file(
+        path: &str,
+        default_name: &str,
+        spec: &ArgumentSpec,
+    ) -> Result<Self, ProtocolError> {
         let read = || -> std::io::Result<String> {
             if path == "-" {
                 std::io::read_to_string(std::io::stdin().lock())
@@ -75,16 +98,27 @@ impl Invocation {
                 std::fs::read_to_string(path)
             }
         };
-        let text = read().map_err(|source| ProtocolError::ReadArgs { path: path.to_string(), source })?;
+        let text = read().map_err(|source| ProtocolError::ReadArgs {
+            path: path.to_string(),
+            source,
+        })?;
         let raw: Map<String, Value> =
-            serde_json::from_str(&text).map_err(|e| ProtocolError::NotJson { path: path.to_string(), detail: e.to_string() })?;
+            serde_json::from_str(&text).map_err(|e| ProtocolError::NotJson {
+                path: path.to_string(),
+                detail: e.to_string(),
+            })?;
         Self::from_raw(raw, default_name, spec)
     }
 
     /// Validates raw task arguments (options plus `_ansible_*` keys).
-    pub fn from_raw(raw: Map<String, Value>, default_name: &str, spec: &ArgumentSpec) -> Result<Self, ProtocolError> {
-        let (internal, options): (Map<String, Value>, Map<String, Value>) =
-            raw.into_iter().partition(|(k, _)| k.starts_with("_ansible_"));
+    pub fn from_raw(
+        raw: Map<String, Value>,
+        default_name: &str,
+        spec: &ArgumentSpec,
+    ) -> Result<Self, ProtocolError> {
+        let (internal, options): (Map<String, Value>, Map<String, Value>) = raw
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("_ansible_"));
         register_secrets(spec.secret_values(&options));
         let flag = |key: &str| internal.get(key).and_then(coerce_bool).unwrap_or(false);
         let module_name = internal
@@ -93,16 +127,28 @@ impl Invocation {
             .unwrap_or(default_name)
             .to_string();
         let params = spec.validate(&module_name, &options)?;
-        Ok(Invocation { check_mode: flag("_ansible_check_mode"), diff: flag("_ansible_diff"), module_name, params })
+        Ok(Invocation {
+            check_mode: flag("_ansible_check_mode"),
+            diff: flag("_ansible_diff"),
+            module_name,
+            params,
+        })
     }
 
     /// The options as the module's own typed struct.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, ArgumentError> {
         // Unset options are dropped rather than passed as null: serde then treats them as
         // absent (`None`), which also works through `#[serde(flatten)]`.
-        let set: Map<String, Value> = self.params.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
-        serde_json::from_value(Value::Object(set))
-            .map_err(|e| ArgumentError::Invalid { name: "(options)".into(), problem: e.to_string() })
+        let set: Map<String, Value> = self
+            .params
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_json::from_value(Value::Object(set)).map_err(|e| ArgumentError::Invalid {
+            name: "(options)".into(),
+            problem: e.to_string(),
+        })
     }
 }
 
@@ -120,7 +166,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn new(changed: bool, msg: impl Into<String>) -> Self {
-        Outcome { changed, msg: msg.into(), ..Default::default() }
+        Outcome {
+            changed,
+            msg: msg.into(),
+            ..Default::default()
+        }
     }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.values.insert(key.to_string(), value.into());
@@ -138,7 +188,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(msg: impl Into<String>) -> Self {
-        Failure { msg: msg.into(), values: Map::new() }
+        Failure {
+            msg: msg.into(),
+            values: Map::new(),
+        }
     }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.values.insert(key.to_string(), value.into());
@@ -194,7 +247,10 @@ fn emit(mut result: Value) {
     if PRINTED.swap(true, Ordering::SeqCst) {
         return;
     }
-    let secrets = SECRETS.get().and_then(|m| m.lock().ok().map(|s| s.clone())).unwrap_or_default();
+    let secrets = SECRETS
+        .get()
+        .and_then(|m| m.lock().ok().map(|s| s.clone()))
+        .unwrap_or_default();
     mask_secrets(&mut result, &secrets);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{result}");
@@ -234,7 +290,10 @@ pub fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".to_string());
-        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         emit(failure_json(Failure::new(format!(
             "internal error in the module{place}: {detail}. This is a bug in fleetpki.mtls: please report it with the task that triggered it"
         ))));
@@ -261,9 +320,14 @@ where
             },
             Err(error) => failure_json(Failure::from(error)),
         },
-        _ => failure_json(Failure::from(ProtocolError::Usage(default_name.to_string()))),
+        _ => failure_json(Failure::from(ProtocolError::Usage(
+            default_name.to_string(),
+        ))),
     };
-    let failed = result.get("failed").and_then(Value::as_bool).unwrap_or(true);
+    let failed = result
+        .get("failed")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     emit(result);
     // Ansible ignores the exit code once stdout is JSON; a non-zero code helps shell users.
     std::process::exit(if failed { 1 } else { 0 });
@@ -294,24 +358,40 @@ mod tests {
     fn secrets_are_masked_everywhere() {
         let mut v = json!({"msg": "bad token abc123 here", "nested": ["abc123"], "n": 1});
         mask_secrets(&mut v, &["abc123".to_string()]);
-        assert_eq!(v, json!({"msg": "bad token ******** here", "nested": ["********"], "n": 1}));
+        assert_eq!(
+            v,
+            json!({"msg": "bad token ******** here", "nested": ["********"], "n": 1})
+        );
     }
 
     #[test]
     fn diff_is_returned_only_in_diff_mode() {
         let raw = json!({"name": "a"});
         let mut inv = Invocation::from_raw(raw.as_object().unwrap().clone(), "x", &spec()).unwrap();
-        let outcome = || Outcome { diff: Some(("a".into(), "b".into())), ..Outcome::new(true, "m") };
+        let outcome = || Outcome {
+            diff: Some(("a".into(), "b".into())),
+            ..Outcome::new(true, "m")
+        };
         assert!(outcome_json(outcome(), &inv).get("diff").is_none());
         inv.diff = true;
-        assert_eq!(outcome_json(outcome(), &inv)["diff"], json!({"before": "a", "after": "b"}));
+        assert_eq!(
+            outcome_json(outcome(), &inv)["diff"],
+            json!({"before": "a", "after": "b"})
+        );
     }
 
     #[test]
     fn failure_keeps_the_error_chain() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let f = Failure::from(ProtocolError::ReadArgs { path: "/x".into(), source: io });
-        assert!(f.msg.contains("/x") && f.msg.contains("no such file"), "{}", f.msg);
+        let f = Failure::from(ProtocolError::ReadArgs {
+            path: "/x".into(),
+            source: io,
+        });
+        assert!(
+            f.msg.contains("/x") && f.msg.contains("no such file"),
+            "{}",
+            f.msg
+        );
         let json = failure_json(f);
         assert_eq!(json["failed"], json!(true));
         assert_eq!(json["changed"], json!(false));

@@ -65,7 +65,15 @@ pub struct OptionSpec {
 
 impl OptionSpec {
     pub fn new(name: &'static str, kind: OptionType) -> Self {
-        OptionSpec { name, kind, required: false, default: None, choices: Vec::new(), aliases: Vec::new(), no_log: false }
+        OptionSpec {
+            name,
+            kind,
+            required: false,
+            default: None,
+            choices: Vec::new(),
+            aliases: Vec::new(),
+            no_log: false,
+        }
     }
     pub fn required(mut self) -> Self {
         self.required = true;
@@ -119,7 +127,12 @@ impl ArgumentSpec {
         self.required_one_of.push(names.to_vec());
         self
     }
-    pub fn required_if(mut self, name: &'static str, value: &'static str, requirements: &[&'static str]) -> Self {
+    pub fn required_if(
+        mut self,
+        name: &'static str,
+        value: &'static str,
+        requirements: &[&'static str],
+    ) -> Self {
         self.required_if.push((name, value, requirements.to_vec()));
         self
     }
@@ -165,7 +178,9 @@ impl ArgumentSpec {
             for key in std::iter::once(option.name).chain(option.aliases.iter().copied()) {
                 match raw.get(key) {
                     Some(Value::String(s)) if !s.is_empty() => secrets.push(s.clone()),
-                    Some(v @ (Value::Number(_) | Value::Object(_) | Value::Array(_))) => secrets.push(v.to_string()),
+                    Some(v @ (Value::Number(_) | Value::Object(_) | Value::Array(_))) => {
+                        secrets.push(v.to_string())
+                    }
                     _ => {}
                 }
             }
@@ -176,16 +191,28 @@ impl ArgumentSpec {
     /// Validates and normalises the task's options (internal `_ansible_*` keys must be removed
     /// beforehand). The result holds every option under its canonical name, with defaults, and
     /// `null` for unset options without a default.
-    pub fn validate(&self, module: &str, raw: &Map<String, Value>) -> Result<Map<String, Value>, ArgumentError> {
+    pub fn validate(
+        &self,
+        module: &str,
+        raw: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, ArgumentError> {
         let mut unknown: Vec<&str> = raw
             .keys()
             .map(String::as_str)
-            .filter(|key| !self.options.iter().any(|o| o.name == *key || o.aliases.contains(key)))
+            .filter(|key| {
+                !self
+                    .options
+                    .iter()
+                    .any(|o| o.name == *key || o.aliases.contains(key))
+            })
             .collect();
         if !unknown.is_empty() {
             unknown.sort_unstable();
-            let mut supported: Vec<&str> =
-                self.options.iter().flat_map(|o| std::iter::once(o.name).chain(o.aliases.iter().copied())).collect();
+            let mut supported: Vec<&str> = self
+                .options
+                .iter()
+                .flat_map(|o| std::iter::once(o.name).chain(o.aliases.iter().copied()))
+                .collect();
             supported.sort_unstable();
             return Err(ArgumentError::Unsupported {
                 module: module.to_string(),
@@ -202,7 +229,10 @@ impl ArgumentSpec {
                 if let Some(value) = raw.get(key) {
                     if let Some((first, first_value)) = found {
                         if first_value != value {
-                            return Err(ArgumentError::AliasConflict { first: first.to_string(), second: key.to_string() });
+                            return Err(ArgumentError::AliasConflict {
+                                first: first.to_string(),
+                                second: key.to_string(),
+                            });
                         }
                     } else {
                         found = Some((key, value));
@@ -219,7 +249,9 @@ impl ArgumentSpec {
                     v
                 }
                 None if option.required => {
-                    return Err(ArgumentError::MissingRequired { name: option.name.to_string() });
+                    return Err(ArgumentError::MissingRequired {
+                        name: option.name.to_string(),
+                    });
                 }
                 None => option.default.clone().unwrap_or(Value::Null),
             };
@@ -233,7 +265,12 @@ impl ArgumentSpec {
                         return Err(ArgumentError::InvalidChoice {
                             name: option.name.to_string(),
                             value: display(v),
-                            choices: option.choices.iter().map(display).collect::<Vec<_>>().join(", "),
+                            choices: option
+                                .choices
+                                .iter()
+                                .map(display)
+                                .collect::<Vec<_>>()
+                                .join(", "),
                         });
                     }
                 }
@@ -242,21 +279,37 @@ impl ArgumentSpec {
         }
 
         for group in &self.mutually_exclusive {
-            let set: Vec<&str> = group.iter().copied().filter(|n| given.contains(n)).collect();
+            let set: Vec<&str> = group
+                .iter()
+                .copied()
+                .filter(|n| given.contains(n))
+                .collect();
             if set.len() > 1 {
-                return Err(ArgumentError::MutuallyExclusive { names: set.join("|") });
+                return Err(ArgumentError::MutuallyExclusive {
+                    names: set.join("|"),
+                });
             }
         }
         for group in &self.required_one_of {
             if !group.iter().any(|n| given.contains(n)) {
-                return Err(ArgumentError::RequiredOneOf { names: group.join(", ") });
+                return Err(ArgumentError::RequiredOneOf {
+                    names: group.join(", "),
+                });
             }
         }
         for (name, value, requirements) in &self.required_if {
             if out.get(*name).and_then(Value::as_str) == Some(*value) {
-                let missing: Vec<&str> = requirements.iter().copied().filter(|r| !given.contains(r)).collect();
+                let missing: Vec<&str> = requirements
+                    .iter()
+                    .copied()
+                    .filter(|r| !given.contains(r))
+                    .collect();
                 if !missing.is_empty() {
-                    return Err(ArgumentError::RequiredIf { name: name.to_string(), value: value.to_string(), missing: missing.join(", ") });
+                    return Err(ArgumentError::RequiredIf {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                        missing: missing.join(", "),
+                    });
                 }
             }
         }
@@ -276,18 +329,26 @@ fn coerce(option: &OptionSpec, value: &Value) -> Result<Value, ArgumentError> {
         name: option.name.to_string(),
         expected: expected.to_string(),
         // A secret's value is never echoed, not even in a type error.
-        found: if option.no_log { "(hidden)".to_string() } else { type_name(value).to_string() },
+        found: if option.no_log {
+            "(hidden)".to_string()
+        } else {
+            type_name(value).to_string()
+        },
     };
     Ok(match option.kind {
         OptionType::Raw => value.clone(),
         OptionType::Str => Value::String(coerce_str(value).ok_or_else(|| wrong("str"))?),
-        OptionType::Path => Value::String(expand_user(&coerce_str(value).ok_or_else(|| wrong("path"))?)),
+        OptionType::Path => Value::String(expand_user(
+            &coerce_str(value).ok_or_else(|| wrong("path"))?,
+        )),
         OptionType::Bool => Value::Bool(coerce_bool(value).ok_or_else(|| wrong("bool"))?),
         OptionType::Int => Value::from(coerce_int(value).ok_or_else(|| wrong("int"))?),
         OptionType::Dict => match value {
             Value::Object(_) => value.clone(),
             Value::String(s) if s.trim_start().starts_with('{') => {
-                serde_json::from_str::<Map<String, Value>>(s).map(Value::Object).map_err(|_| wrong("dict"))?
+                serde_json::from_str::<Map<String, Value>>(s)
+                    .map(Value::Object)
+                    .map_err(|_| wrong("dict"))?
             }
             _ => return Err(wrong("dict")),
         },
@@ -296,7 +357,10 @@ fn coerce(option: &OptionSpec, value: &Value) -> Result<Value, ArgumentError> {
                 Value::Array(items) => items.clone(),
                 // AnsibleModule splits a comma-separated string into a list.
                 Value::String(s) if s.is_empty() => Vec::new(),
-                Value::String(s) => s.split(',').map(|p| Value::String(p.trim().to_string())).collect(),
+                Value::String(s) => s
+                    .split(',')
+                    .map(|p| Value::String(p.trim().to_string()))
+                    .collect(),
                 Value::Number(_) | Value::Bool(_) => vec![value.clone()],
                 _ => return Err(wrong("list")),
             };
@@ -354,7 +418,9 @@ pub fn coerce_bool(value: &Value) -> Option<bool> {
 
 fn coerce_int(value: &Value) -> Option<i64> {
     match value {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|x| x.fract() == 0.0).map(|x| x as i64)),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|x| x.fract() == 0.0).map(|x| x as i64)),
         Value::String(s) => s.trim().parse::<i64>().ok(),
         _ => None,
     }
@@ -380,9 +446,17 @@ mod tests {
             .option(OptionSpec::new("name", OptionType::Str).required())
             .option(OptionSpec::new("wait", OptionType::Bool).default(true))
             .option(OptionSpec::new("timeout", OptionType::Int).default(300))
-            .option(OptionSpec::new("type", OptionType::Str).choices(["ECC", "RSA"]).default("ECC"))
+            .option(
+                OptionSpec::new("type", OptionType::Str)
+                    .choices(["ECC", "RSA"])
+                    .default("ECC"),
+            )
             .option(OptionSpec::new("sans", OptionType::List(ElementType::Str)).default(json!([])))
-            .option(OptionSpec::new("secret_key", OptionType::Str).aliases(&["aws_secret_access_key"]).no_log())
+            .option(
+                OptionSpec::new("secret_key", OptionType::Str)
+                    .aliases(&["aws_secret_access_key"])
+                    .no_log(),
+            )
             .option(OptionSpec::new("policy", OptionType::Dict))
             .option(OptionSpec::new("policy_path", OptionType::Path))
             .mutually_exclusive(&["policy", "policy_path"])
@@ -403,20 +477,32 @@ mod tests {
 
     #[test]
     fn coerces_like_ansible_module() {
-        let out = validate(json!({"name": 12, "wait": "no", "timeout": "45", "sans": "DNS:a, IP:1.2.3.4"})).unwrap();
+        let out = validate(
+            json!({"name": 12, "wait": "no", "timeout": "45", "sans": "DNS:a, IP:1.2.3.4"}),
+        )
+        .unwrap();
         assert_eq!(out["name"], json!("12"));
         assert_eq!(out["wait"], json!(false));
         assert_eq!(out["timeout"], json!(45));
         assert_eq!(out["sans"], json!(["DNS:a", "IP:1.2.3.4"]));
         for yes in ["yes", "True", "on", "1", "y"] {
-            assert_eq!(validate(json!({"name": "a", "wait": yes})).unwrap()["wait"], json!(true), "{yes}");
+            assert_eq!(
+                validate(json!({"name": "a", "wait": yes})).unwrap()["wait"],
+                json!(true),
+                "{yes}"
+            );
         }
-        assert_eq!(validate(json!({"name": "a", "wait": 1})).unwrap()["wait"], json!(true));
+        assert_eq!(
+            validate(json!({"name": "a", "wait": 1})).unwrap()["wait"],
+            json!(true)
+        );
     }
 
     #[test]
     fn unknown_option_is_named() {
-        let err = validate(json!({"name": "a", "colour": "red"})).unwrap_err().to_string();
+        let err = validate(json!({"name": "a", "colour": "red"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(err.contains("Supported parameters include"), "{err}");
     }
@@ -429,9 +515,13 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let err = validate(json!({"name": "a", "wait": "maybe"})).unwrap_err().to_string();
+        let err = validate(json!({"name": "a", "wait": "maybe"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'wait'") && err.contains("bool"), "{err}");
-        let err = validate(json!({"name": "a", "timeout": "soon"})).unwrap_err().to_string();
+        let err = validate(json!({"name": "a", "timeout": "soon"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'timeout'") && err.contains("int"), "{err}");
         let err = validate(json!({"name": ["a"]})).unwrap_err().to_string();
         assert!(err.contains("'name'"), "{err}");
@@ -439,13 +529,20 @@ mod tests {
 
     #[test]
     fn invalid_choice_is_named() {
-        let err = validate(json!({"name": "a", "type": "DSA"})).unwrap_err().to_string();
-        assert!(err.contains("type") && err.contains("DSA") && err.contains("ECC, RSA"), "{err}");
+        let err = validate(json!({"name": "a", "type": "DSA"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("type") && err.contains("DSA") && err.contains("ECC, RSA"),
+            "{err}"
+        );
     }
 
     #[test]
     fn mutually_exclusive_is_named() {
-        let err = validate(json!({"name": "a", "policy": {}, "policy_path": "/p"})).unwrap_err().to_string();
+        let err = validate(json!({"name": "a", "policy": {}, "policy_path": "/p"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("policy|policy_path"), "{err}");
     }
 
@@ -453,10 +550,18 @@ mod tests {
     fn required_if_names_what_is_missing_for_that_value() {
         let spec = spec().required_if("type", "RSA", &["policy_path"]);
         let check = |raw: Value| spec.validate("fleetpki.mtls.test", raw.as_object().unwrap());
-        let err = check(json!({"name": "a", "type": "RSA"})).unwrap_err().to_string();
-        assert_eq!(err, "type is RSA but all of the following are missing: policy_path");
+        let err = check(json!({"name": "a", "type": "RSA"}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "type is RSA but all of the following are missing: policy_path"
+        );
         assert!(check(json!({"name": "a", "type": "RSA", "policy_path": "/p"})).is_ok());
-        assert!(check(json!({"name": "a"})).is_ok(), "the default ECC needs nothing more");
+        assert!(
+            check(json!({"name": "a"})).is_ok(),
+            "the default ECC needs nothing more"
+        );
     }
 
     #[test]
@@ -464,12 +569,17 @@ mod tests {
         let raw = json!({"name": "a", "aws_secret_access_key": "s3cr3t"});
         let out = validate(raw.clone()).unwrap();
         assert_eq!(out["secret_key"], json!("s3cr3t"));
-        assert_eq!(spec().secret_values(raw.as_object().unwrap()), vec!["s3cr3t".to_string()]);
+        assert_eq!(
+            spec().secret_values(raw.as_object().unwrap()),
+            vec!["s3cr3t".to_string()]
+        );
     }
 
     #[test]
     fn secret_value_is_not_echoed_in_a_type_error() {
-        let err = validate(json!({"name": "a", "secret_key": ["hunter2"]})).unwrap_err().to_string();
+        let err = validate(json!({"name": "a", "secret_key": ["hunter2"]}))
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("secret_key"), "{err}");
     }

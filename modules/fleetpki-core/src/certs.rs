@@ -45,18 +45,26 @@ pub fn to_pem(der: &[u8]) -> String {
 
 /// Every certificate of a PEM bundle, in order.
 pub fn load_certificates(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect()
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
 }
 
 /// Parses the first certificate of a PEM text.
 pub fn parse_certificate(pem: &str, what: &str) -> Result<CertificateInfo, PkiError> {
-    let der = CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| PkiError::CertificateParse { what: what.to_string(), detail: format!("no PEM certificate ({e:?})") })?;
+    let der =
+        CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::CertificateParse {
+            what: what.to_string(),
+            detail: format!("no PEM certificate ({e:?})"),
+        })?;
     parse_certificate_der(&der, what)
 }
 
 pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, PkiError> {
-    let bad = |detail: String| PkiError::CertificateParse { what: what.to_string(), detail };
+    let bad = |detail: String| PkiError::CertificateParse {
+        what: what.to_string(),
+        detail,
+    };
     let cert = Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
     let tbs = cert.tbs_certificate();
     let mut names = Vec::new();
@@ -72,10 +80,15 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, 
                     names.extend(san.0.iter().filter_map(general_name));
                 }
                 oid::SUBJECT_KEY_ID => {
-                    let ski = x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(bytes).map_err(|e| bad(e.to_string()))?;
+                    let ski = x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(bytes)
+                        .map_err(|e| bad(e.to_string()))?;
                     subject_key_id = Some(ski.0.as_bytes().to_vec());
                 }
-                oid::BASIC_CONSTRAINTS => is_ca = BasicConstraints::from_der(bytes).map_err(|e| bad(e.to_string()))?.ca,
+                oid::BASIC_CONSTRAINTS => {
+                    is_ca = BasicConstraints::from_der(bytes)
+                        .map_err(|e| bad(e.to_string()))?
+                        .ca
+                }
                 oid::EXT_KEY_USAGE => {
                     let eku = ExtendedKeyUsage::from_der(bytes).map_err(|e| bad(e.to_string()))?;
                     server_auth = eku.0.contains(&oid::SERVER_AUTH);
@@ -93,10 +106,18 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertificateInfo, 
     };
     Ok(CertificateInfo {
         der: der.to_vec(),
-        common_name: tbs.subject().common_name().ok().flatten().map(|cn| cn.value().into_owned()),
+        common_name: tbs
+            .subject()
+            .common_name()
+            .ok()
+            .flatten()
+            .map(|cn| cn.value().into_owned()),
         subject_attributes: tbs.subject().iter().count(),
         names,
-        spki_der: tbs.subject_public_key_info().to_der().map_err(|e| bad(e.to_string()))?,
+        spki_der: tbs
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| bad(e.to_string()))?,
         serial_hex: hex(tbs.serial_number().as_bytes()),
         not_before: time(&tbs.validity().not_before)?,
         not_after: time(&tbs.validity().not_after)?,
@@ -129,8 +150,13 @@ pub enum CertRejection {
     #[error("the certificate names {found} differ from the requested {expected}")]
     NamesMismatch { expected: String, found: String },
     #[error("the certificate's subject CN {found:?} is not this node's instance id {expected}")]
-    SubjectMismatch { expected: String, found: Option<String> },
-    #[error("the certificate lacks the extended key usages of profile {0} (serverAuth/clientAuth)")]
+    SubjectMismatch {
+        expected: String,
+        found: Option<String>,
+    },
+    #[error(
+        "the certificate lacks the extended key usages of profile {0} (serverAuth/clientAuth)"
+    )]
     MissingUsage(&'static str),
     #[error("the certificate is a CA certificate; a node only installs leaves")]
     IsCa,
@@ -151,7 +177,11 @@ impl CertRejection {
 }
 
 pub fn join_names(names: &[SubjectAltName]) -> String {
-    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The node's acceptance check: the leaf is for our key, names and profile, and validates (a
@@ -164,7 +194,8 @@ pub fn check_issued_certificate(
     expect: &Expectation<'_>,
     now: SystemTime,
 ) -> Result<CertificateInfo, CertRejection> {
-    let info = parse_certificate(certificate_pem, "received certificate").map_err(|e| CertRejection::Malformed(e.to_string()))?;
+    let info = parse_certificate(certificate_pem, "received certificate")
+        .map_err(|e| CertRejection::Malformed(e.to_string()))?;
     if info.spki_der != expect.spki_der {
         return Err(CertRejection::KeyMismatch);
     }
@@ -176,11 +207,14 @@ pub fn check_issued_certificate(
         .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok())
         .collect::<Vec<_>>();
     if anchors.is_empty() {
-        return Err(CertRejection::Untrusted("the pinned CA file holds no usable certificate".into()));
+        return Err(CertRejection::Untrusted(
+            "the pinned CA file holds no usable certificate".into(),
+        ));
     }
     let intermediates = load_certificates(chain_pem);
     let leaf_der = CertificateDer::from(info.der.clone());
-    let leaf = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| CertRejection::Malformed(format!("{e:?}")))?;
+    let leaf = webpki::EndEntityCert::try_from(&leaf_der)
+        .map_err(|e| CertRejection::Malformed(format!("{e:?}")))?;
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let time = UnixTime::since_unix_epoch(since_epoch);
     let algorithms = webpki::ALL_VERIFICATION_ALGS;
@@ -192,18 +226,34 @@ pub fn check_issued_certificate(
         usages.push(webpki::KeyUsage::client_auth());
     }
     for usage in usages {
-        leaf.verify_for_usage(algorithms, &anchors, &intermediates, time, usage, None, None)
-            .map_err(|e| CertRejection::Untrusted(format!("{e:?}")))?;
+        leaf.verify_for_usage(
+            algorithms,
+            &anchors,
+            &intermediates,
+            time,
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| CertRejection::Untrusted(format!("{e:?}")))?;
     }
     // webpki accepts a leaf without an EKU extension; we require the profile's usages.
-    if (expect.profile.server_auth() && !info.server_auth) || (expect.profile.client_auth() && !info.client_auth) {
+    if (expect.profile.server_auth() && !info.server_auth)
+        || (expect.profile.client_auth() && !info.client_auth)
+    {
         return Err(CertRejection::MissingUsage(expect.profile.as_str()));
     }
     if info.names != expect.names {
-        return Err(CertRejection::NamesMismatch { expected: join_names(expect.names), found: join_names(&info.names) });
+        return Err(CertRejection::NamesMismatch {
+            expected: join_names(expect.names),
+            found: join_names(&info.names),
+        });
     }
     if info.common_name.as_deref() != Some(expect.instance_id) {
-        return Err(CertRejection::SubjectMismatch { expected: expect.instance_id.to_string(), found: info.common_name });
+        return Err(CertRejection::SubjectMismatch {
+            expected: expect.instance_id.to_string(),
+            found: info.common_name,
+        });
     }
     Ok(info)
 }

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
+use rcgen::{
+    CertificateRevocationListParams, Issuer, KeyIdMethod, RevocationReason, RevokedCertParams,
+    SerialNumber,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_cert::crl::CertificateList;
@@ -51,20 +54,37 @@ fn serial_bytes(hex: &str) -> Result<Vec<u8>, PkiError> {
     if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return Err(bad());
     }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad())).collect()
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
 }
 
 /// The canonical hex of a serial: its unsigned value in the fewest octets (at least one), so
 /// `80ab`, `00:80:AB` (how `openssl x509 -text` prints it) and `0x80AB` are one serial.
 fn canonical(bytes: &[u8]) -> String {
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
     crate::hex(&bytes[first..])
 }
 
 /// Normalises a serial given by a user (`0A:1B`, `0x0a1b`, upper case, leading zeros).
 pub fn normalize_serial(text: &str) -> Result<String, PkiError> {
-    let hex: String = text.trim().trim_start_matches("0x").trim_start_matches("0X").chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
-    let hex = if hex.len() % 2 == 1 { format!("0{hex}") } else { hex };
+    let hex: String = text
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let hex = if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex
+    };
     let bytes = serial_bytes(&hex).map_err(|_| PkiError::InvalidSerial(text.to_string()))?;
     Ok(canonical(&bytes))
 }
@@ -83,7 +103,8 @@ pub(crate) fn sign(
         .map(|r| {
             Ok(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&serial_bytes(&r.serial)?),
-                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at).map_err(|e| PkiError::Build(e.to_string()))?,
+                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at)
+                    .map_err(|e| PkiError::Build(e.to_string()))?,
                 reason_code: Some(r.reason.rcgen()),
                 invalidity_date: None,
             })
@@ -102,7 +123,9 @@ pub(crate) fn sign(
             None => KeyIdMethod::Sha256,
         },
     };
-    let crl = params.signed_by(issuer).map_err(crate::sign::remote_or_build)?;
+    let crl = params
+        .signed_by(issuer)
+        .map_err(crate::sign::remote_or_build)?;
     crl.pem().map_err(|e| PkiError::Build(e.to_string()))
 }
 
@@ -115,7 +138,10 @@ pub struct CrlInfo {
 
 /// Parses a PEM CRL; serials come back in canonical form (see `normalize_serial`).
 pub fn parse_crl(pem: &str) -> Result<CrlInfo, PkiError> {
-    let bad = |e: x509_cert::der::Error| PkiError::CertificateParse { what: "CRL".into(), detail: e.to_string() };
+    let bad = |e: x509_cert::der::Error| PkiError::CertificateParse {
+        what: "CRL".into(),
+        detail: e.to_string(),
+    };
     let list: CertificateList = CertificateList::from_pem(pem.trim().as_bytes()).map_err(bad)?;
     let tbs = list.tbs_cert_list;
     let next_update = tbs
@@ -123,16 +149,28 @@ pub fn parse_crl(pem: &str) -> Result<CrlInfo, PkiError> {
         .map(|t| OffsetDateTime::from_unix_timestamp(t.to_unix_duration().as_secs() as i64))
         .transpose()
         .map_err(|e| PkiError::Build(e.to_string()))?;
-    let mut serials: Vec<String> =
-        tbs.revoked_certificates.unwrap_or_default().iter().map(|r| canonical(r.serial_number.as_bytes())).collect();
+    let mut serials: Vec<String> = tbs
+        .revoked_certificates
+        .unwrap_or_default()
+        .iter()
+        .map(|r| canonical(r.serial_number.as_bytes()))
+        .collect();
     serials.sort();
-    Ok(CrlInfo { next_update, serials })
+    Ok(CrlInfo {
+        next_update,
+        serials,
+    })
 }
 
 /// Why a CRL must be issued now, if it must: it is missing, its list differs from `listed`
 /// (sorted hex serials), or its nextUpdate is less than `renew_before` away. Run on a schedule
 /// shorter than `renew_before`, this keeps nextUpdate ahead of the clock at all times.
-pub fn reissue_reason(current: Option<&CrlInfo>, listed: &[String], now: OffsetDateTime, renew_before: Duration) -> Option<&'static str> {
+pub fn reissue_reason(
+    current: Option<&CrlInfo>,
+    listed: &[String],
+    now: OffsetDateTime,
+    renew_before: Duration,
+) -> Option<&'static str> {
     match current {
         None => Some("no CRL yet"),
         Some(crl) if crl.serials != listed => Some("the revocation list changed"),
@@ -151,16 +189,31 @@ mod tests {
     fn crl_is_reissued_when_missing_changed_or_due() {
         let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
         let day = Duration::from_secs(86_400);
-        let crl = CrlInfo { next_update: Some(now + 7 * day), serials: vec!["0a".into()] };
+        let crl = CrlInfo {
+            next_update: Some(now + 7 * day),
+            serials: vec!["0a".into()],
+        };
         let listed = vec!["0a".to_string()];
-        assert_eq!(reissue_reason(None, &listed, now, 2 * day), Some("no CRL yet"));
+        assert_eq!(
+            reissue_reason(None, &listed, now, 2 * day),
+            Some("no CRL yet")
+        );
         assert_eq!(reissue_reason(Some(&crl), &listed, now, 2 * day), None);
-        assert_eq!(reissue_reason(Some(&crl), &["0a".into(), "0b".into()], now, 2 * day), Some("the revocation list changed"));
+        assert_eq!(
+            reissue_reason(Some(&crl), &["0a".into(), "0b".into()], now, 2 * day),
+            Some("the revocation list changed")
+        );
         // Five days on, nextUpdate is two days away: due, and still ahead of the clock.
         let later = now + 5 * day;
-        assert_eq!(reissue_reason(Some(&crl), &listed, later, 2 * day), Some("the CRL's nextUpdate is near"));
+        assert_eq!(
+            reissue_reason(Some(&crl), &listed, later, 2 * day),
+            Some("the CRL's nextUpdate is near")
+        );
         assert!(crl.next_update.unwrap() > later);
-        assert_eq!(reissue_reason(Some(&crl), &listed, later - Duration::from_secs(1), 2 * day), None);
+        assert_eq!(
+            reissue_reason(Some(&crl), &listed, later - Duration::from_secs(1), 2 * day),
+            None
+        );
     }
 
     #[test]

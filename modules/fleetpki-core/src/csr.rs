@@ -20,7 +20,8 @@ use crate::{sha256_hex, PkiError};
 
 pub(crate) mod oid {
     use super::ObjectIdentifier;
-    pub const EXTENSION_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
+    pub const EXTENSION_REQUEST: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
     pub const SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
     pub const SUBJECT_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
     pub const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
@@ -29,7 +30,8 @@ pub(crate) mod oid {
     pub const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
     pub const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
     pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-    pub const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    pub const RSA_ENCRYPTION: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
     pub const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
     pub const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
     pub const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
@@ -108,21 +110,29 @@ pub struct ParsedCsr {
 }
 
 /// Builds the node's CSR: CN = instance id, the given DNS/IP names as SANs.
-pub fn build_csr(key: &KeyPair, instance_id: &str, names: &[SubjectAltName]) -> Result<String, PkiError> {
+pub fn build_csr(
+    key: &KeyPair,
+    instance_id: &str,
+    names: &[SubjectAltName],
+) -> Result<String, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, instance_id);
     params.distinguished_name = dn;
     params.subject_alt_names = names.iter().map(to_rcgen_san).collect::<Result<_, _>>()?;
-    let csr = params.serialize_request(key).map_err(|e| PkiError::Build(e.to_string()))?;
+    let csr = params
+        .serialize_request(key)
+        .map_err(|e| PkiError::Build(e.to_string()))?;
     csr.pem().map_err(|e| PkiError::Build(e.to_string()))
 }
 
 pub(crate) fn to_rcgen_san(name: &SubjectAltName) -> Result<SanType, PkiError> {
     Ok(match name {
-        SubjectAltName::Dns(dns) => {
-            SanType::DnsName(dns.as_str().try_into().map_err(|e: rcgen::Error| PkiError::Build(e.to_string()))?)
-        }
+        SubjectAltName::Dns(dns) => SanType::DnsName(
+            dns.as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| PkiError::Build(e.to_string()))?,
+        ),
         SubjectAltName::Ip(ip) => SanType::IpAddress(*ip),
     })
 }
@@ -131,16 +141,27 @@ pub(crate) fn to_rcgen_san(name: &SubjectAltName) -> Result<SanType, PkiError> {
 pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
     let block = ::pem::parse(pem.trim()).map_err(|e| CsrError::Malformed(e.to_string()))?;
     if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
-        return Err(CsrError::Malformed(format!("a PEM '{}' block is not a CERTIFICATE REQUEST", block.tag())));
+        return Err(CsrError::Malformed(format!(
+            "a PEM '{}' block is not a CERTIFICATE REQUEST",
+            block.tag()
+        )));
     }
     let der = block.contents();
     let req = CertReq::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
     // The der crate tolerates some non-canonical lengths; only canonical DER is accepted, so the
     // bytes whose signature is verified below are exactly the bytes received.
-    if req.to_der().map_err(|e| CsrError::Malformed(e.to_string()))? != der {
+    if req
+        .to_der()
+        .map_err(|e| CsrError::Malformed(e.to_string()))?
+        != der
+    {
         return Err(CsrError::Malformed("not canonical DER".into()));
     }
-    let spki_der = req.info.public_key.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let spki_der = req
+        .info
+        .public_key
+        .to_der()
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
     let key = key_kind(&req.info.public_key)?;
     if let KeyKind::Rsa { bits } = key {
         // Below 2048 bits the signature cannot even be checked (and is never acceptable).
@@ -150,12 +171,19 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
     }
 
     // The der crate accepts DER only, so re-encoding the request info gives the signed bytes.
-    let tbs = req.info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let tbs = req
+        .info
+        .to_der()
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
     let algorithm = verification_algorithm(key, req.algorithm.oid)?;
     let key_bits = req.info.public_key.subject_public_key.raw_bytes();
     // `raw_bytes` ignores the BIT STRING's unused-bits count: insist on a whole-octet signature.
-    let signature = req.signature.as_bytes().ok_or_else(|| CsrError::Malformed("the signature is not a whole number of octets".into()))?;
-    UnparsedPublicKey::new(algorithm, key_bits).verify(&tbs, signature).map_err(|_| CsrError::BadSignature)?;
+    let signature = req.signature.as_bytes().ok_or_else(|| {
+        CsrError::Malformed("the signature is not a whole number of octets".into())
+    })?;
+    UnparsedPublicKey::new(algorithm, key_bits)
+        .verify(&tbs, signature)
+        .map_err(|_| CsrError::BadSignature)?;
 
     let common_name = req
         .info
@@ -176,12 +204,21 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
         unknown_critical: Vec::new(),
         sha256: sha256_hex(der),
     };
-    for attribute in req.info.attributes.iter().filter(|a| a.oid == oid::EXTENSION_REQUEST) {
+    for attribute in req
+        .info
+        .attributes
+        .iter()
+        .filter(|a| a.oid == oid::EXTENSION_REQUEST)
+    {
         for value in attribute.values.iter() {
-            let extensions: ExtensionReq = value.decode_as().map_err(|e: x509_cert::der::Error| CsrError::Malformed(e.to_string()))?;
+            let extensions: ExtensionReq = value
+                .decode_as()
+                .map_err(|e: x509_cert::der::Error| CsrError::Malformed(e.to_string()))?;
             for ext in extensions.0 {
                 let bytes = ext.extn_value.as_bytes();
-                let malformed = |e: x509_cert::der::Error| CsrError::Malformed(format!("extension {}: {e}", ext.extn_id));
+                let malformed = |e: x509_cert::der::Error| {
+                    CsrError::Malformed(format!("extension {}: {e}", ext.extn_id))
+                };
                 match ext.extn_id {
                     oid::SUBJECT_ALT_NAME => {
                         let san = SanExtension::from_der(bytes).map_err(malformed)?;
@@ -193,7 +230,8 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
                         }
                     }
                     oid::BASIC_CONSTRAINTS => {
-                        parsed.requests_ca |= BasicConstraints::from_der(bytes).map_err(malformed)?.ca;
+                        parsed.requests_ca |=
+                            BasicConstraints::from_der(bytes).map_err(malformed)?.ca;
                     }
                     oid::KEY_USAGE => {
                         let usage = KeyUsage::from_der(bytes).map_err(malformed)?;
@@ -227,8 +265,12 @@ pub(crate) fn general_name(name: &GeneralName) -> Option<SubjectAltName> {
         GeneralName::IpAddress(octets) => {
             let bytes = octets.as_bytes();
             match bytes.len() {
-                4 => Some(SubjectAltName::Ip(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?))),
-                16 => Some(SubjectAltName::Ip(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?))),
+                4 => Some(SubjectAltName::Ip(IpAddr::from(
+                    <[u8; 4]>::try_from(bytes).ok()?,
+                ))),
+                16 => Some(SubjectAltName::Ip(IpAddr::from(
+                    <[u8; 16]>::try_from(bytes).ok()?,
+                ))),
                 _ => None,
             }
         }
@@ -237,7 +279,9 @@ pub(crate) fn general_name(name: &GeneralName) -> Option<SubjectAltName> {
 }
 
 /// The key type of a SubjectPublicKeyInfo.
-pub(crate) fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<KeyKind, CsrError> {
+pub(crate) fn key_kind(
+    spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,
+) -> Result<KeyKind, CsrError> {
     match spki.algorithm.oid {
         oid::EC_PUBLIC_KEY => {
             let curve = spki
@@ -260,7 +304,9 @@ pub(crate) fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Res
             let fields = Vec::<UintRef<'_>>::from_der(spki.subject_public_key.raw_bytes())
                 .map_err(|e| CsrError::Malformed(format!("RSA public key: {e}")))?;
             if fields.len() != 2 {
-                return Err(CsrError::Malformed("RSA public key is not (modulus, exponent)".into()));
+                return Err(CsrError::Malformed(
+                    "RSA public key is not (modulus, exponent)".into(),
+                ));
             }
             let modulus = fields[0].as_bytes();
             let bits = match modulus.first() {
@@ -274,7 +320,10 @@ pub(crate) fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Res
     }
 }
 
-pub(crate) fn verification_algorithm(key: KeyKind, sig: ObjectIdentifier) -> Result<&'static dyn VerificationAlgorithm, CsrError> {
+pub(crate) fn verification_algorithm(
+    key: KeyKind,
+    sig: ObjectIdentifier,
+) -> Result<&'static dyn VerificationAlgorithm, CsrError> {
     Ok(match (key, sig) {
         (KeyKind::EcP256, oid::ECDSA_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
         (KeyKind::EcP256, oid::ECDSA_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
@@ -287,7 +336,6 @@ pub(crate) fn verification_algorithm(key: KeyKind, sig: ObjectIdentifier) -> Res
         (_, other) => return Err(CsrError::UnsupportedSignature(other.to_string())),
     })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -317,21 +365,33 @@ mod tests {
     #[test]
     fn rsa_size_is_read() {
         let (_, pem) = csr_for(KeySpec::Rsa(3072), &[]);
-        assert_eq!(parse_and_verify_csr(&pem).unwrap().key, KeyKind::Rsa { bits: 3072 });
+        assert_eq!(
+            parse_and_verify_csr(&pem).unwrap().key,
+            KeyKind::Rsa { bits: 3072 }
+        );
     }
 
     #[test]
     fn a_flipped_signature_bit_is_refused() {
         let (_, pem) = csr_for(KeySpec::EcP256, &["DNS:a.example"]);
         let tampered = crate::test_support::flip_last_signature_byte(&pem);
-        assert_eq!(parse_and_verify_csr(&tampered).unwrap_err(), CsrError::BadSignature);
+        assert_eq!(
+            parse_and_verify_csr(&tampered).unwrap_err(),
+            CsrError::BadSignature
+        );
     }
 
     #[test]
     fn garbage_is_malformed() {
-        let err = parse_and_verify_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n").unwrap_err();
+        let err = parse_and_verify_csr(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        )
+        .unwrap_err();
         assert_eq!(err.reason_code(), "csr_malformed");
-        assert_eq!(parse_and_verify_csr("hello").unwrap_err().reason_code(), "csr_malformed");
+        assert_eq!(
+            parse_and_verify_csr("hello").unwrap_err().reason_code(),
+            "csr_malformed"
+        );
     }
 
     #[test]

@@ -16,12 +16,17 @@ pub enum PkiError {
     #[error("option serials: {0:?} is not a hexadecimal serial number (write it as 0a1b..., 0A:1B:... or 0x0a1b...)")]
     InvalidSerial(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no certificate (expected PEM '-----BEGIN CERTIFICATE-----' blocks)")]
     NoCertificate { path: PathBuf },
     #[error("the CA key {key} does not belong to the CA certificate {cert}: point both options at the same CA")]
     CaKeyMismatch { key: PathBuf, cert: PathBuf },
-    #[error("{path} is not a CA certificate (no basicConstraints CA:TRUE): it cannot sign certificates")]
+    #[error(
+        "{path} is not a CA certificate (no basicConstraints CA:TRUE): it cannot sign certificates"
+    )]
     NotACa { path: PathBuf },
     #[error("the CA's remote key could not sign: {0}")]
     RemoteSign(crate::remote::RemoteSignError),
@@ -31,6 +36,9 @@ pub enum PkiError {
 
 impl PkiError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        PkiError::Io { path: path.into(), source }
+        PkiError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

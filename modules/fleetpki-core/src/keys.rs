@@ -19,13 +19,20 @@ pub enum KeySpec {
 impl KeySpec {
     /// From community.crypto-style options; `size` only matters for RSA.
     pub fn from_options(kind: &str, curve: &str, size: u32) -> Result<Self, PkiError> {
-        let bad = |detail: String| PkiError::KeyGeneration { what: kind.to_string(), detail };
+        let bad = |detail: String| PkiError::KeyGeneration {
+            what: kind.to_string(),
+            detail,
+        };
         match (kind, curve) {
             ("ECC", "secp256r1") => Ok(KeySpec::EcP256),
             ("ECC", "secp384r1") => Ok(KeySpec::EcP384),
-            ("ECC", other) => Err(bad(format!("unsupported curve {other}: use secp256r1 or secp384r1"))),
+            ("ECC", other) => Err(bad(format!(
+                "unsupported curve {other}: use secp256r1 or secp384r1"
+            ))),
             ("RSA", _) if matches!(size, 2048 | 3072 | 4096) => Ok(KeySpec::Rsa(size)),
-            ("RSA", _) => Err(bad(format!("unsupported RSA size {size}: use 2048, 3072 or 4096"))),
+            ("RSA", _) => Err(bad(format!(
+                "unsupported RSA size {size}: use 2048, 3072 or 4096"
+            ))),
             (other, _) => Err(bad(format!("unsupported key type {other}: use ECC or RSA"))),
         }
     }
@@ -43,7 +50,10 @@ impl KeySpec {
                 KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size)
             }
         };
-        result.map_err(|e| PkiError::KeyGeneration { what: self.to_string(), detail: e.to_string() })
+        result.map_err(|e| PkiError::KeyGeneration {
+            what: self.to_string(),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -61,9 +71,14 @@ impl fmt::Display for KeySpec {
 /// openssl CA) or SEC1 (`EC PRIVATE KEY`, openssl's `ecparam -genkey`). `what` names the key in
 /// errors (a path); the key material never appears in an error.
 pub fn load_private_key(pem: &str, what: &str) -> Result<KeyPair, PkiError> {
-    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| PkiError::KeyParse { what: what.to_string(), detail: format!("no PEM private key found ({e:?})") })?;
-    KeyPair::try_from(&der).map_err(|e| PkiError::KeyParse { what: what.to_string(), detail: e.to_string() })
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::KeyParse {
+        what: what.to_string(),
+        detail: format!("no PEM private key found ({e:?})"),
+    })?;
+    KeyPair::try_from(&der).map_err(|e| PkiError::KeyParse {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// The DER SubjectPublicKeyInfo of a key: what a certificate for this key must carry.
@@ -88,17 +103,28 @@ mod tests {
 
     #[test]
     fn options_map_to_specs_and_bad_ones_are_named() {
-        assert_eq!(KeySpec::from_options("ECC", "secp384r1", 0).unwrap(), KeySpec::EcP384);
-        assert_eq!(KeySpec::from_options("RSA", "secp256r1", 3072).unwrap(), KeySpec::Rsa(3072));
-        let err = KeySpec::from_options("RSA", "", 1024).unwrap_err().to_string();
+        assert_eq!(
+            KeySpec::from_options("ECC", "secp384r1", 0).unwrap(),
+            KeySpec::EcP384
+        );
+        assert_eq!(
+            KeySpec::from_options("RSA", "secp256r1", 3072).unwrap(),
+            KeySpec::Rsa(3072)
+        );
+        let err = KeySpec::from_options("RSA", "", 1024)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("1024"), "{err}");
     }
 
     #[test]
     fn garbage_is_a_clear_error_without_the_input() {
-        let err = load_private_key("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n", "/k.pem")
-            .unwrap_err()
-            .to_string();
+        let err = load_private_key(
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+            "/k.pem",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/k.pem"), "{err}");
         assert!(!err.contains("c2VjcmV0"), "{err}");
     }

@@ -36,7 +36,11 @@ pub const CRASH_POINTS: u32 = 6;
 
 /// Aborts at crash point `k` when the test switch asks for it.
 pub fn crash_point(k: u32) {
-    if std::env::var(CRASH_AT_ENV).ok().and_then(|v| v.parse::<u32>().ok()) == Some(k) {
+    if std::env::var(CRASH_AT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        == Some(k)
+    {
         eprintln!("fleetpki: test crash at point {k}");
         std::process::abort();
     }
@@ -56,7 +60,11 @@ impl FilePerms {
     }
     /// Certificates are public: readable by all, owned like the key.
     pub fn public_like(key: &FilePerms) -> Self {
-        FilePerms { mode: 0o644, owner: key.owner.clone(), group: key.group.clone() }
+        FilePerms {
+            mode: 0o644,
+            owner: key.owner.clone(),
+            group: key.group.clone(),
+        }
     }
 }
 
@@ -116,7 +124,10 @@ fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
 /// Applies owner and group (by name) to a path.
 pub fn apply_ownership(path: &Path, perms: &FilePerms) -> Result<(), PkiError> {
     use nix::unistd::{Group, User};
-    let fail = |what: String| PkiError::Io { path: path.into(), source: std::io::Error::other(what) };
+    let fail = |what: String| PkiError::Io {
+        path: path.into(),
+        source: std::io::Error::other(what),
+    };
     let uid = match &perms.owner {
         Some(name) => Some(
             User::from_name(name)
@@ -146,11 +157,22 @@ pub fn apply_ownership(path: &Path, perms: &FilePerms) -> Result<(), PkiError> {
 /// Writes a file atomically: a temp file in the same directory, created with the final mode (a
 /// key is never readable by others, not even for an instant), synced, then renamed into place.
 pub fn write_atomic(path: &Path, contents: &[u8], perms: &FilePerms) -> Result<(), PkiError> {
-    let dir = path.parent().ok_or_else(|| PkiError::Layout { path: path.into(), detail: "no parent directory".into() })?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path.parent().ok_or_else(|| PkiError::Layout {
+        path: path.into(),
+        detail: "no parent directory".into(),
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(perms.mode & 0o600).open(&tmp).map_err(io(&tmp))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(perms.mode & 0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     let result = (|| {
         file.write_all(contents).map_err(io(&tmp))?;
         apply_ownership(&tmp, perms)?;
@@ -222,10 +244,14 @@ impl Layout {
         let path = self.pending_request_path();
         match read_optional(&path)? {
             None => Ok(None),
-            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| PkiError::Layout {
-                path,
-                detail: format!("unreadable pending request ({e}); delete it to submit a new request"),
-            }),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| PkiError::Layout {
+                    path,
+                    detail: format!(
+                        "unreadable pending request ({e}); delete it to submit a new request"
+                    ),
+                }),
         }
     }
 
@@ -243,8 +269,13 @@ impl Layout {
 
     pub fn write_pending(&self, request: &PendingRequest) -> Result<(), PkiError> {
         self.ensure_pending_dir()?;
-        let text = serde_json::to_vec_pretty(request).map_err(|e| PkiError::Build(e.to_string()))?;
-        write_atomic(&self.pending_request_path(), &text, &FilePerms::private(None, None, 0o600))
+        let text =
+            serde_json::to_vec_pretty(request).map_err(|e| PkiError::Build(e.to_string()))?;
+        write_atomic(
+            &self.pending_request_path(),
+            &text,
+            &FilePerms::private(None, None, 0o600),
+        )
     }
 
     /// Keeps a verified answer beside the pending key before its message is deleted, so an
@@ -285,7 +316,13 @@ impl Layout {
         let path = self.root.join(".lock");
         let started = std::time::Instant::now();
         loop {
-            let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io(&path))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io(&path))?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(NodeLock { _lock: lock }),
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) if started.elapsed() < wait => {
@@ -336,7 +373,10 @@ impl Layout {
         key_perms: &FilePerms,
     ) -> Result<PathBuf, PkiError> {
         if serial_hex.is_empty() || !serial_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(PkiError::Layout { path: self.root.clone(), detail: format!("bad serial {serial_hex:?}") });
+            return Err(PkiError::Layout {
+                path: self.root.clone(),
+                detail: format!("bad serial {serial_hex:?}"),
+            });
         }
         ensure_dir(&self.root, 0o755)?;
         let versions = self.root.join("versions");
@@ -360,9 +400,17 @@ impl Layout {
         write_atomic(&staging.join(KEY_FILE), key_pem.as_bytes(), key_perms)?;
         write_atomic(&staging.join(CERT_FILE), cert.as_bytes(), &public)?;
         write_atomic(&staging.join(CHAIN_FILE), chain.as_bytes(), &public)?;
-        write_atomic(&staging.join(FULLCHAIN_FILE), format!("{cert}{chain}").as_bytes(), &public)?;
+        write_atomic(
+            &staging.join(FULLCHAIN_FILE),
+            format!("{cert}{chain}").as_bytes(),
+            &public,
+        )?;
         // For services that want key and certificate in one file (HAProxy and the like).
-        write_atomic(&staging.join(COMBINED_FILE), format!("{}\n{cert}{chain}", key_pem.trim_end()).as_bytes(), key_perms)?;
+        write_atomic(
+            &staging.join(COMBINED_FILE),
+            format!("{}\n{cert}{chain}", key_pem.trim_end()).as_bytes(),
+            key_perms,
+        )?;
         apply_ownership(&staging, key_perms)?;
         crash_point(3);
         if final_dir.exists() {
@@ -374,7 +422,9 @@ impl Layout {
         crash_point(4);
 
         let previous = fs::read_link(self.root.join("current")).ok();
-        let link_tmp = self.root.join(format!(".current.tmp-{}", std::process::id()));
+        let link_tmp = self
+            .root
+            .join(format!(".current.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&link_tmp);
         symlink(&target, &link_tmp).map_err(io(&link_tmp))?;
         fs::rename(&link_tmp, self.root.join("current")).map_err(io(&self.root))?;
@@ -403,12 +453,21 @@ impl Layout {
             if name == current || name.starts_with('.') {
                 continue;
             }
-            let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
             others.push((modified, name, entry.path()));
         }
-        let keep = match previous.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()) {
+        let keep = match previous
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+        {
             Some(name) => Some(name),
-            None => others.iter().max_by_key(|(modified, _, _)| *modified).map(|(_, name, _)| name.clone()),
+            None => others
+                .iter()
+                .max_by_key(|(modified, _, _)| *modified)
+                .map(|(_, name, _)| name.clone()),
         };
         for (_, name, path) in others {
             if Some(&name) != keep.as_ref() {
@@ -422,12 +481,18 @@ impl Layout {
     /// copy) and temporary symlinks. Only called under the node's lock.
     fn remove_leftovers(&self) -> Result<(), PkiError> {
         for dir in [self.root.join("versions"), self.root.clone()] {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') && name.contains(".tmp-") {
                     let path = entry.path();
-                    let removed = if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                    let removed = if path.is_dir() && !path.is_symlink() {
+                        fs::remove_dir_all(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
                     removed.map_err(io(&path))?;
                 }
             }
@@ -446,7 +511,8 @@ mod tests {
     use super::*;
 
     fn temp_root(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fleetpki-layout-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("fleetpki-layout-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -466,20 +532,42 @@ mod tests {
         let layout = Layout::new(&root);
         let perms = FilePerms::private(None, None, 0o600);
         for (i, serial) in ["0a", "0b", "0c"].iter().enumerate() {
-            layout.write_pending_key(&format!("key{i}"), &perms).unwrap();
-            layout.install(serial, &format!("key{i}"), &format!("cert{i}"), "chain", &perms).unwrap();
+            layout
+                .write_pending_key(&format!("key{i}"), &perms)
+                .unwrap();
+            layout
+                .install(
+                    serial,
+                    &format!("key{i}"),
+                    &format!("cert{i}"),
+                    "chain",
+                    &perms,
+                )
+                .unwrap();
             let pair = layout.read_current().unwrap().unwrap();
             assert_eq!(pair.key_pem, format!("key{i}"));
             assert_eq!(pair.cert_pem, format!("cert{i}\n"));
         }
-        assert_eq!(fs::read_link(root.join("current")).unwrap(), Path::new("versions/0c"));
-        let mut kept: Vec<String> =
-            fs::read_dir(root.join("versions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            fs::read_link(root.join("current")).unwrap(),
+            Path::new("versions/0c")
+        );
+        let mut kept: Vec<String> = fs::read_dir(root.join("versions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         kept.sort();
         assert_eq!(kept, ["0b", "0c"]);
-        let mode = fs::metadata(layout.current_path(KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(layout.current_path(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(fs::read_to_string(layout.current_path(FULLCHAIN_FILE)).unwrap(), "cert2\nchain\n");
+        assert_eq!(
+            fs::read_to_string(layout.current_path(FULLCHAIN_FILE)).unwrap(),
+            "cert2\nchain\n"
+        );
         assert!(layout.read_pending_key().unwrap().is_none());
         fs::remove_dir_all(&root).unwrap();
     }
@@ -500,7 +588,11 @@ mod tests {
         };
         layout.write_pending(&request).unwrap();
         assert_eq!(layout.read_pending().unwrap(), Some(request));
-        let mode = fs::metadata(root.join("pending")).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(root.join("pending"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700);
         layout.clear_pending_request().unwrap();
         assert!(layout.read_pending().unwrap().is_none());

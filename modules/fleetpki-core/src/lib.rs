@@ -34,7 +34,9 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
     let mut out = [0u8; N];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut out)
-        .map_err(|_| PkiError::Build("the operating system's random number generator failed".into()))?;
+        .map_err(|_| {
+            PkiError::Build("the operating system's random number generator failed".into())
+        })?;
     Ok(out)
 }
 

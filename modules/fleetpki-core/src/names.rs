@@ -15,8 +15,13 @@ pub enum SubjectAltName {
 impl FromStr for SubjectAltName {
     type Err = PkiError;
     fn from_str(s: &str) -> Result<Self, PkiError> {
-        let bad = |why: &str| PkiError::InvalidName { name: s.to_string(), why: why.to_string() };
-        let (kind, value) = s.split_once(':').ok_or_else(|| bad("write it as DNS:name or IP:address"))?;
+        let bad = |why: &str| PkiError::InvalidName {
+            name: s.to_string(),
+            why: why.to_string(),
+        };
+        let (kind, value) = s
+            .split_once(':')
+            .ok_or_else(|| bad("write it as DNS:name or IP:address"))?;
         match kind.trim().to_ascii_uppercase().as_str() {
             "DNS" => {
                 let name = value.trim().to_ascii_lowercase();
@@ -25,7 +30,11 @@ impl FromStr for SubjectAltName {
                 }
                 Ok(SubjectAltName::Dns(name))
             }
-            "IP" => value.trim().parse().map(SubjectAltName::Ip).map_err(|_| bad("not an IPv4 or IPv6 address")),
+            "IP" => value
+                .trim()
+                .parse()
+                .map(SubjectAltName::Ip)
+                .map_err(|_| bad("not an IPv4 or IPv6 address")),
             _ => Err(bad("only DNS: and IP: names are supported")),
         }
     }
@@ -50,14 +59,19 @@ pub fn is_dns_name(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
 /// Parses, de-duplicates and sorts a list of names, so that two requests for the same set of
 /// names compare equal whatever their order.
 pub fn parse_names<S: AsRef<str>>(names: &[S]) -> Result<Vec<SubjectAltName>, PkiError> {
-    let mut parsed = names.iter().map(|n| n.as_ref().parse()).collect::<Result<Vec<SubjectAltName>, _>>()?;
+    let mut parsed = names
+        .iter()
+        .map(|n| n.as_ref().parse())
+        .collect::<Result<Vec<SubjectAltName>, _>>()?;
     parsed.sort();
     parsed.dedup();
     Ok(parsed)
@@ -69,21 +83,47 @@ mod tests {
 
     #[test]
     fn parses_dns_and_ip() {
-        assert_eq!("DNS:Node1.Example".parse::<SubjectAltName>().unwrap(), SubjectAltName::Dns("node1.example".into()));
-        assert_eq!("IP:127.0.0.1".parse::<SubjectAltName>().unwrap().to_string(), "IP:127.0.0.1");
-        assert_eq!("ip:::1".parse::<SubjectAltName>().unwrap().to_string(), "IP:::1");
+        assert_eq!(
+            "DNS:Node1.Example".parse::<SubjectAltName>().unwrap(),
+            SubjectAltName::Dns("node1.example".into())
+        );
+        assert_eq!(
+            "IP:127.0.0.1"
+                .parse::<SubjectAltName>()
+                .unwrap()
+                .to_string(),
+            "IP:127.0.0.1"
+        );
+        assert_eq!(
+            "ip:::1".parse::<SubjectAltName>().unwrap().to_string(),
+            "IP:::1"
+        );
     }
 
     #[test]
     fn refuses_what_is_not_a_name() {
-        for bad in ["node1", "DNS:", "DNS:-bad.example", "DNS:a..b", "IP:300.1.1.1", "URI:http://x", "DNS:a b"] {
+        for bad in [
+            "node1",
+            "DNS:",
+            "DNS:-bad.example",
+            "DNS:a..b",
+            "IP:300.1.1.1",
+            "URI:http://x",
+            "DNS:a b",
+        ] {
             assert!(bad.parse::<SubjectAltName>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn lists_are_sorted_and_deduplicated() {
-        let names = parse_names(&["IP:10.0.0.1", "DNS:b.example", "DNS:a.example", "DNS:b.example"]).unwrap();
+        let names = parse_names(&[
+            "IP:10.0.0.1",
+            "DNS:b.example",
+            "DNS:a.example",
+            "DNS:b.example",
+        ])
+        .unwrap();
         let shown: Vec<String> = names.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["DNS:a.example", "DNS:b.example", "IP:10.0.0.1"]);
     }

@@ -139,7 +139,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
-        Rejection { code, message: message.into() }
+        Rejection {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -225,7 +228,10 @@ impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("identity_proof", &self.identity_proof)
-            .field("enrollment_secrets", &format_args!("<{} hidden>", self.enrollment_secrets.len()))
+            .field(
+                "enrollment_secrets",
+                &format_args!("<{} hidden>", self.enrollment_secrets.len()),
+            )
             .field("instances", &self.instances.len())
             .finish_non_exhaustive()
     }
@@ -260,13 +266,25 @@ pub struct Grant {
 
 /// Instance ids become queue names (`prefix` + id): keep them to SQS's queue-name characters.
 pub fn is_valid_instance_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The canonical text the enrollment HMAC covers; a newline cannot occur inside the fields
 /// that precede the CSR, so the encoding is unambiguous.
-pub fn enrollment_mac_input(request_id: &str, timestamp: i64, instance_id: &str, profile: Profile, csr_pem: &str) -> String {
-    format!("fleetpki-enrollment-v1\n{request_id}\n{timestamp}\n{instance_id}\n{}\n{csr_pem}", profile.as_str())
+pub fn enrollment_mac_input(
+    request_id: &str,
+    timestamp: i64,
+    instance_id: &str,
+    profile: Profile,
+    csr_pem: &str,
+) -> String {
+    format!(
+        "fleetpki-enrollment-v1\n{request_id}\n{timestamp}\n{instance_id}\n{}\n{csr_pem}",
+        profile.as_str()
+    )
 }
 
 /// HMAC-SHA256 of the enrollment input, hex.
@@ -279,18 +297,23 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl Policy {
     pub fn from_json(text: &str) -> Result<Self, PolicyError> {
-        let policy: Policy = serde_json::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let policy: Policy =
+            serde_json::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         policy.validate()?;
         Ok(policy)
     }
 
     pub fn from_value(value: serde_json::Value) -> Result<Self, PolicyError> {
-        let policy: Policy = serde_json::from_value(value).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let policy: Policy =
+            serde_json::from_value(value).map_err(|e| PolicyError::Parse(e.to_string()))?;
         policy.validate()?;
         Ok(policy)
     }
@@ -298,34 +321,47 @@ impl Policy {
     fn validate(&self) -> Result<(), PolicyError> {
         let invalid = |m: String| Err(PolicyError::Invalid(m));
         if self.rsa_min_bits < 2048 {
-            return invalid(format!("rsa_min_bits is {}: RSA below 2048 bits is never allowed", self.rsa_min_bits));
+            return invalid(format!(
+                "rsa_min_bits is {}: RSA below 2048 bits is never allowed",
+                self.rsa_min_bits
+            ));
         }
         if self.default_lifetime_days == 0 || self.default_lifetime_days > self.max_lifetime_days {
             return invalid("default_lifetime_days must be between 1 and max_lifetime_days".into());
         }
         for curve in &self.ec_curves {
             if curve != "secp256r1" && curve != "secp384r1" {
-                return invalid(format!("ec_curves: unsupported curve {curve} (use secp256r1, secp384r1)"));
+                return invalid(format!(
+                    "ec_curves: unsupported curve {curve} (use secp256r1, secp384r1)"
+                ));
             }
         }
         if self.identity_proof == ProofKind::SqsSenderId && self.sender_role_ids.is_empty() {
             return invalid("identity_proof sqs_sender_id needs sender_role_ids: the role ids (AROA...) of the nodes' instance profile".into());
         }
-        if self.identity_proof == ProofKind::EnrollmentSecret && self.enrollment_secrets.is_empty() {
+        if self.identity_proof == ProofKind::EnrollmentSecret && self.enrollment_secrets.is_empty()
+        {
             return invalid("identity_proof enrollment_secret needs enrollment_secrets: a map of instance id to secret".into());
         }
         for (i, rule) in self.instances.iter().enumerate() {
             match (&rule.instance_id, &rule.instance_id_pattern) {
                 (Some(_), None) => {}
                 (None, Some(pattern)) => {
-                    glob::Pattern::new(pattern)
-                        .map_err(|e| PolicyError::Invalid(format!("instances[{i}].instance_id_pattern: {e}")))?;
+                    glob::Pattern::new(pattern).map_err(|e| {
+                        PolicyError::Invalid(format!("instances[{i}].instance_id_pattern: {e}"))
+                    })?;
                 }
-                _ => return invalid(format!("instances[{i}]: set exactly one of instance_id and instance_id_pattern")),
+                _ => {
+                    return invalid(format!(
+                        "instances[{i}]: set exactly one of instance_id and instance_id_pattern"
+                    ))
+                }
             }
             for suffix in &rule.dns_suffixes {
                 if !suffix.starts_with('.') {
-                    return invalid(format!("instances[{i}].dns_suffixes: '{suffix}' must start with '.'"));
+                    return invalid(format!(
+                        "instances[{i}].dns_suffixes: '{suffix}' must start with '.'"
+                    ));
                 }
             }
         }
@@ -341,11 +377,15 @@ impl Policy {
     }
 
     fn rule_for(&self, instance_id: &str) -> Option<&InstanceRule> {
-        self.instances.iter().find(|rule| match (&rule.instance_id, &rule.instance_id_pattern) {
-            (Some(id), _) => id == instance_id,
-            (None, Some(pattern)) => glob::Pattern::new(pattern).map(|p| p.matches(instance_id)).unwrap_or(false),
-            _ => false,
-        })
+        self.instances.iter().find(
+            |rule| match (&rule.instance_id, &rule.instance_id_pattern) {
+                (Some(id), _) => id == instance_id,
+                (None, Some(pattern)) => glob::Pattern::new(pattern)
+                    .map(|p| p.matches(instance_id))
+                    .unwrap_or(false),
+                _ => false,
+            },
+        )
     }
 
     /// Decides on a request whose CSR parsed and self-verified. `now` is unix seconds.
@@ -356,7 +396,10 @@ impl Policy {
         let instance_id = message.instance_id.as_str();
 
         if !is_valid_instance_id(instance_id) {
-            return Err(Rejection::new(InstanceIdInvalid, "instance_id must be 1-64 letters, digits, '-' or '_'"));
+            return Err(Rejection::new(
+                InstanceIdInvalid,
+                "instance_id must be 1-64 letters, digits, '-' or '_'",
+            ));
         }
         match request.attribute_instance_id {
             Some(attr) if attr == instance_id => {}
@@ -368,54 +411,92 @@ impl Policy {
         if csr.common_name.as_deref() != Some(instance_id) {
             return Err(Rejection::new(
                 InstanceIdMismatch,
-                format!("the CSR's subject CN {:?} is not the instance_id {instance_id:?}", csr.common_name),
+                format!(
+                    "the CSR's subject CN {:?} is not the instance_id {instance_id:?}",
+                    csr.common_name
+                ),
             ));
         }
 
         self.check_identity(request, now)?;
 
-        let rule = self
-            .rule_for(instance_id)
-            .ok_or_else(|| Rejection::new(InstanceNotAllowed, format!("instance {instance_id} is not in the signing policy")))?;
+        let rule = self.rule_for(instance_id).ok_or_else(|| {
+            Rejection::new(
+                InstanceNotAllowed,
+                format!("instance {instance_id} is not in the signing policy"),
+            )
+        })?;
 
         if let Some(name) = csr.unsupported_names.first() {
-            return Err(Rejection::new(SanUnsupported, format!("only DNS and IP names are signed, not {name}")));
+            return Err(Rejection::new(
+                SanUnsupported,
+                format!("only DNS and IP names are signed, not {name}"),
+            ));
         }
         for name in &csr.names {
             if !name_allowed(rule, name) {
-                return Err(Rejection::new(SanNotAllowed, format!("{name} is not allowed for {instance_id}")));
+                return Err(Rejection::new(
+                    SanNotAllowed,
+                    format!("{name} is not allowed for {instance_id}"),
+                ));
             }
         }
 
         match csr.key {
             KeyKind::Rsa { bits } if bits < self.rsa_min_bits => {
-                return Err(Rejection::new(KeyTooSmall, format!("RSA-{bits} is below the minimum of {} bits", self.rsa_min_bits)))
+                return Err(Rejection::new(
+                    KeyTooSmall,
+                    format!(
+                        "RSA-{bits} is below the minimum of {} bits",
+                        self.rsa_min_bits
+                    ),
+                ))
             }
             KeyKind::Rsa { .. } => {}
             KeyKind::EcP256 if self.ec_curves.iter().any(|c| c == "secp256r1") => {}
             KeyKind::EcP384 if self.ec_curves.iter().any(|c| c == "secp384r1") => {}
-            other => return Err(Rejection::new(KeyTypeNotAllowed, format!("{other} keys are not allowed"))),
+            other => {
+                return Err(Rejection::new(
+                    KeyTypeNotAllowed,
+                    format!("{other} keys are not allowed"),
+                ))
+            }
         }
 
         if csr.requests_ca || csr.requests_cert_sign {
-            return Err(Rejection::new(CaRequested, "the CSR asks for CA powers (CA:TRUE, keyCertSign or cRLSign)"));
+            return Err(Rejection::new(
+                CaRequested,
+                "the CSR asks for CA powers (CA:TRUE, keyCertSign or cRLSign)",
+            ));
         }
         if let Some(oid) = csr.unknown_critical.first() {
-            return Err(Rejection::new(CriticalExtension, format!("the CSR requests an unknown critical extension {oid}")));
+            return Err(Rejection::new(
+                CriticalExtension,
+                format!("the CSR requests an unknown critical extension {oid}"),
+            ));
         }
 
         let profile = message.profile.unwrap_or_default();
         if !self.profiles.contains(&profile) {
-            return Err(Rejection::new(ProfileNotAllowed, format!("profile {} is not allowed", profile.as_str())));
+            return Err(Rejection::new(
+                ProfileNotAllowed,
+                format!("profile {} is not allowed", profile.as_str()),
+            ));
         }
         let days = message.lifetime_days.unwrap_or(self.default_lifetime_days);
         if days == 0 || days > self.max_lifetime_days {
             return Err(Rejection::new(
                 LifetimeNotAllowed,
-                format!("a lifetime of {days} days is not allowed (1 to {} days)", self.max_lifetime_days),
+                format!(
+                    "a lifetime of {days} days is not allowed (1 to {} days)",
+                    self.max_lifetime_days
+                ),
             ));
         }
-        Ok(Grant { profile, lifetime: Duration::from_secs(u64::from(days) * 86_400) })
+        Ok(Grant {
+            profile,
+            lifetime: Duration::from_secs(u64::from(days) * 86_400),
+        })
     }
 
     fn check_identity(&self, request: &SigningRequest<'_>, now: i64) -> Result<(), Rejection> {
@@ -424,26 +505,46 @@ impl Policy {
         if let Some(ts) = message.timestamp {
             let age = now - ts;
             if age > self.max_request_age_seconds as i64 {
-                return Err(Rejection::new(RequestExpired, format!("the request is {age} s old; at most {} s are accepted", self.max_request_age_seconds)));
+                return Err(Rejection::new(
+                    RequestExpired,
+                    format!(
+                        "the request is {age} s old; at most {} s are accepted",
+                        self.max_request_age_seconds
+                    ),
+                ));
             }
             if age < -MAX_FUTURE_SKEW_SECONDS {
-                return Err(Rejection::new(RequestExpired, format!("the request's timestamp is {} s in the future", -age)));
+                return Err(Rejection::new(
+                    RequestExpired,
+                    format!("the request's timestamp is {} s in the future", -age),
+                ));
             }
         }
         match self.identity_proof {
             ProofKind::None => Ok(()),
             ProofKind::SqsSenderId => {
-                let sender = request.sender_id.ok_or_else(|| Rejection::new(IdentityProofMissing, "the message has no SenderId"))?;
+                let sender = request.sender_id.ok_or_else(|| {
+                    Rejection::new(IdentityProofMissing, "the message has no SenderId")
+                })?;
                 let (role, session) = sender.split_once(':').ok_or_else(|| {
-                    Rejection::new(SenderMismatch, format!("SenderId {sender} is not a role session (ROLEID:session)"))
+                    Rejection::new(
+                        SenderMismatch,
+                        format!("SenderId {sender} is not a role session (ROLEID:session)"),
+                    )
                 })?;
                 if !self.sender_role_ids.iter().any(|r| r == role) {
-                    return Err(Rejection::new(SenderMismatch, format!("SenderId role {role} is not an allowed node role")));
+                    return Err(Rejection::new(
+                        SenderMismatch,
+                        format!("SenderId role {role} is not an allowed node role"),
+                    ));
                 }
                 if session != message.instance_id {
                     return Err(Rejection::new(
                         SenderMismatch,
-                        format!("SenderId session {session} is not the claimed instance {}", message.instance_id),
+                        format!(
+                            "SenderId session {session} is not the claimed instance {}",
+                            message.instance_id
+                        ),
                     ));
                 }
                 Ok(())
@@ -454,18 +555,43 @@ impl Policy {
                     .as_ref()
                     .filter(|p| p.kind == "enrollment_secret")
                     .and_then(|p| p.hmac.as_deref())
-                    .ok_or_else(|| Rejection::new(IdentityProofMissing, "the request carries no enrollment_secret HMAC"))?;
-                let (Some(request_id), Some(timestamp)) = (message.request_id.as_deref(), message.timestamp) else {
-                    return Err(Rejection::new(IdentityProofMissing, "an enrollment HMAC needs the request's request_id and timestamp"));
+                    .ok_or_else(|| {
+                        Rejection::new(
+                            IdentityProofMissing,
+                            "the request carries no enrollment_secret HMAC",
+                        )
+                    })?;
+                let (Some(request_id), Some(timestamp)) =
+                    (message.request_id.as_deref(), message.timestamp)
+                else {
+                    return Err(Rejection::new(
+                        IdentityProofMissing,
+                        "an enrollment HMAC needs the request's request_id and timestamp",
+                    ));
                 };
-                let secret = self.enrollment_secrets.get(&message.instance_id).ok_or_else(|| {
-                    Rejection::new(IdentityProofInvalid, format!("no enrollment secret is known for {}", message.instance_id))
-                })?;
-                let input = enrollment_mac_input(request_id, timestamp, &message.instance_id, message.profile.unwrap_or_default(), &message.csr_pem);
-                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-                let tag = decode_hex(proof).ok_or_else(|| Rejection::new(IdentityProofInvalid, "the HMAC is not hex"))?;
-                aws_lc_rs::hmac::verify(&key, input.as_bytes(), &tag)
-                    .map_err(|_| Rejection::new(IdentityProofInvalid, "the enrollment HMAC does not verify"))
+                let secret = self
+                    .enrollment_secrets
+                    .get(&message.instance_id)
+                    .ok_or_else(|| {
+                        Rejection::new(
+                            IdentityProofInvalid,
+                            format!("no enrollment secret is known for {}", message.instance_id),
+                        )
+                    })?;
+                let input = enrollment_mac_input(
+                    request_id,
+                    timestamp,
+                    &message.instance_id,
+                    message.profile.unwrap_or_default(),
+                    &message.csr_pem,
+                );
+                let key =
+                    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+                let tag = decode_hex(proof)
+                    .ok_or_else(|| Rejection::new(IdentityProofInvalid, "the HMAC is not hex"))?;
+                aws_lc_rs::hmac::verify(&key, input.as_bytes(), &tag).map_err(|_| {
+                    Rejection::new(IdentityProofInvalid, "the enrollment HMAC does not verify")
+                })
             }
         }
     }
@@ -479,6 +605,8 @@ fn name_allowed(rule: &InstanceRule, name: &SubjectAltName) -> bool {
                 || (!dns.starts_with("*.")
                     && rule.dns_suffixes.iter().any(|suffix| dns.len() > suffix.len() && dns.ends_with(&suffix.to_ascii_lowercase())))
         }
-        SubjectAltName::Ip(ip) => rule.ip_addresses.contains(ip) || rule.ip_networks.iter().any(|net| net.contains(ip)),
+        SubjectAltName::Ip(ip) => {
+            rule.ip_addresses.contains(ip) || rule.ip_networks.iter().any(|net| net.contains(ip))
+        }
     }
 }

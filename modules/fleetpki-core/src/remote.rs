@@ -66,7 +66,10 @@ const REQUEST_ERRORS: &[&str] = &[
 
 impl RemoteSignError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        RemoteSignError { code: code.into(), message: message.into() }
+        RemoteSignError {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     /// Whether the signer cannot sign now (disabled or missing key, access denied, throttling
@@ -103,19 +106,27 @@ pub struct RemoteSigningKey {
 
 impl std::fmt::Debug for RemoteSigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteSigningKey").field("key", &self.key.key_ref()).field("algorithm", &self.algorithm).finish()
+        f.debug_struct("RemoteSigningKey")
+            .field("key", &self.key.key_ref())
+            .field("algorithm", &self.algorithm)
+            .finish()
     }
 }
 
 /// The algorithm a remote key of this SubjectPublicKeyInfo signs with.
 pub fn algorithm_for_spki(spki_der: &[u8]) -> Result<RemoteAlgorithm, PkiError> {
-    let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)
-        .map_err(|e| PkiError::CertificateParse { what: "public key".into(), detail: e.to_string() })?;
+    let spki =
+        SubjectPublicKeyInfoOwned::from_der(spki_der).map_err(|e| PkiError::CertificateParse {
+            what: "public key".into(),
+            detail: e.to_string(),
+        })?;
     match key_kind(&spki) {
         Ok(KeyKind::EcP256) => Ok(RemoteAlgorithm::EcdsaP256Sha256),
         Ok(KeyKind::EcP384) => Ok(RemoteAlgorithm::EcdsaP384Sha384),
         Ok(KeyKind::Rsa { .. }) => Ok(RemoteAlgorithm::RsaPkcs1Sha256),
-        Ok(other) => Err(PkiError::Build(format!("a remote {other} key is not supported: use ECC_NIST_P256, ECC_NIST_P384 or RSA"))),
+        Ok(other) => Err(PkiError::Build(format!(
+            "a remote {other} key is not supported: use ECC_NIST_P256, ECC_NIST_P384 or RSA"
+        ))),
         Err(e) => Err(PkiError::Build(e.to_string())),
     }
 }
@@ -132,10 +143,18 @@ impl RemoteSigningKey {
                 key.algorithm()
             )));
         }
-        let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)
-            .map_err(|e| PkiError::CertificateParse { what: "public key".into(), detail: e.to_string() })?;
+        let spki = SubjectPublicKeyInfoOwned::from_der(spki_der).map_err(|e| {
+            PkiError::CertificateParse {
+                what: "public key".into(),
+                detail: e.to_string(),
+            }
+        })?;
         let public_key = spki.subject_public_key.raw_bytes().to_vec();
-        Ok(RemoteSigningKey { key, public_key, algorithm })
+        Ok(RemoteSigningKey {
+            key,
+            public_key,
+            algorithm,
+        })
     }
 
     pub fn key_ref(&self) -> &str {

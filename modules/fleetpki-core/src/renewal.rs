@@ -23,7 +23,9 @@ impl RenewBefore {
     /// Parses `30d`, `12h`, `90m`, `3600s` or `33%`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let bad = || format!("renew_before {text:?} is not a duration (30d, 12h, 90m, 3600s) or a percentage of the lifetime (33%)");
+        let bad = || {
+            format!("renew_before {text:?} is not a duration (30d, 12h, 90m, 3600s) or a percentage of the lifetime (33%)")
+        };
         if let Some(percent) = text.strip_suffix('%') {
             let value: f64 = percent.trim().parse().map_err(|_| bad())?;
             if !(value > 0.0 && value < 100.0) {
@@ -31,7 +33,9 @@ impl RenewBefore {
             }
             return Ok(RenewBefore::FractionOfLifetime(value / 100.0));
         }
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         let number: u64 = number.parse().map_err(|_| bad())?;
         let seconds = match unit {
@@ -45,7 +49,11 @@ impl RenewBefore {
     }
 
     /// The moment from which the certificate is renewed.
-    pub fn renewal_time(self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    pub fn renewal_time(
+        self,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> OffsetDateTime {
         match self {
             RenewBefore::Duration(d) => not_after - d,
             RenewBefore::FractionOfLifetime(f) => {
@@ -129,14 +137,22 @@ pub struct Decision {
 }
 
 /// Decides whether to submit a new request.
-pub fn decide(wanted: &Wanted<'_>, installed: Option<&InstalledPair>, pending: Option<&PendingRequest>, now: OffsetDateTime) -> Decision {
-    let current = installed.and_then(|pair| parse_certificate(&pair.cert_pem, "installed certificate").ok());
+pub fn decide(
+    wanted: &Wanted<'_>,
+    installed: Option<&InstalledPair>,
+    pending: Option<&PendingRequest>,
+    now: OffsetDateTime,
+) -> Decision {
+    let current =
+        installed.and_then(|pair| parse_certificate(&pair.cert_pem, "installed certificate").ok());
     let wanted_names: Vec<String> = wanted.names.iter().map(ToString::to_string).collect();
     let reason = if wanted.force {
         SubmitReason::Forced
-    } else if let Some(p) =
-        pending.filter(|p| p.names == wanted_names && p.profile == wanted.profile && p.instance_id == wanted.instance_id)
-    {
+    } else if let Some(p) = pending.filter(|p| {
+        p.names == wanted_names
+            && p.profile == wanted.profile
+            && p.instance_id == wanted.instance_id
+    }) {
         let age = now.unix_timestamp() - p.submitted_at;
         if age > wanted.resubmit_after.as_secs() as i64 {
             SubmitReason::RequestStale
@@ -151,16 +167,24 @@ pub fn decide(wanted: &Wanted<'_>, installed: Option<&InstalledPair>, pending: O
                 let key_matches = load_private_key(&pair.key_pem, "installed key")
                     .map(|k| public_key_spki(&k) == cert.spki_der)
                     .unwrap_or(false);
-                let profile_matches = cert.server_auth == wanted.profile.server_auth() && cert.client_auth == wanted.profile.client_auth();
+                let profile_matches = cert.server_auth == wanted.profile.server_auth()
+                    && cert.client_auth == wanted.profile.client_auth();
                 if !key_matches {
                     SubmitReason::KeyMismatch
-                } else if cert.names != wanted.names || cert.common_name.as_deref() != Some(wanted.instance_id) {
+                } else if cert.names != wanted.names
+                    || cert.common_name.as_deref() != Some(wanted.instance_id)
+                {
                     SubmitReason::NamesChanged
                 } else if !profile_matches {
                     SubmitReason::ProfileChanged
                 } else if now >= cert.not_after {
                     SubmitReason::Expired
-                } else if now >= wanted.renew_before.renewal_time(cert.not_before, cert.not_after) - jitter(wanted.instance_id, cert) {
+                } else if now
+                    >= wanted
+                        .renew_before
+                        .renewal_time(cert.not_before, cert.not_after)
+                        - jitter(wanted.instance_id, cert)
+                {
                     SubmitReason::RenewalWindow
                 } else {
                     SubmitReason::Valid
@@ -182,10 +206,22 @@ mod tests {
 
     #[test]
     fn renew_before_parses_durations_and_percentages() {
-        assert_eq!(RenewBefore::parse("30d").unwrap(), RenewBefore::Duration(Duration::from_secs(30 * 86400)));
-        assert_eq!(RenewBefore::parse("12h").unwrap(), RenewBefore::Duration(Duration::from_secs(12 * 3600)));
-        assert_eq!(RenewBefore::parse("3600").unwrap(), RenewBefore::Duration(Duration::from_secs(3600)));
-        assert_eq!(RenewBefore::parse("25%").unwrap(), RenewBefore::FractionOfLifetime(0.25));
+        assert_eq!(
+            RenewBefore::parse("30d").unwrap(),
+            RenewBefore::Duration(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(
+            RenewBefore::parse("12h").unwrap(),
+            RenewBefore::Duration(Duration::from_secs(12 * 3600))
+        );
+        assert_eq!(
+            RenewBefore::parse("3600").unwrap(),
+            RenewBefore::Duration(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            RenewBefore::parse("25%").unwrap(),
+            RenewBefore::FractionOfLifetime(0.25)
+        );
         for bad in ["", "x", "10w", "0%", "100%", "-5d"] {
             assert!(RenewBefore::parse(bad).is_err(), "{bad}");
         }
@@ -195,8 +231,14 @@ mod tests {
     fn renewal_time_of_a_fraction_is_measured_from_not_after() {
         let start = OffsetDateTime::from_unix_timestamp(0).unwrap();
         let end = start + time::Duration::days(30);
-        assert_eq!(RenewBefore::FractionOfLifetime(0.5).renewal_time(start, end), start + time::Duration::days(15));
-        assert_eq!(RenewBefore::Duration(Duration::from_secs(86400)).renewal_time(start, end), start + time::Duration::days(29));
+        assert_eq!(
+            RenewBefore::FractionOfLifetime(0.5).renewal_time(start, end),
+            start + time::Duration::days(15)
+        );
+        assert_eq!(
+            RenewBefore::Duration(Duration::from_secs(86400)).renewal_time(start, end),
+            start + time::Duration::days(29)
+        );
     }
 }
 
@@ -215,9 +257,17 @@ mod decision_tests {
 
     /// A pair issued at `issued` for 30 days.
     fn pair(issued: OffsetDateTime, names: &[&str]) -> InstalledPair {
-        let dir = std::env::temp_dir().join(format!("fleetpki-renewal-{}-{}", std::process::id(), issued.unix_timestamp()));
+        let dir = std::env::temp_dir().join(format!(
+            "fleetpki-renewal-{}-{}",
+            std::process::id(),
+            issued.unix_timestamp()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
-        let subject = |cn: &str| CaSubject { common_name: cn.into(), organization: None, lifetime_days: 3650 };
+        let subject = |cn: &str| CaSubject {
+            common_name: cn.into(),
+            organization: None,
+            lifetime_days: 3650,
+        };
         let root_key = KeySpec::EcP256.generate().unwrap();
         let now = issued - time::Duration::days(1);
         let root = create_root(&root_key, &subject("r"), now).unwrap();
@@ -226,12 +276,25 @@ mod decision_tests {
         std::fs::write(dir.join("i.pem"), &int).unwrap();
         std::fs::write(dir.join("i.key"), int_key.serialize_pem()).unwrap();
         std::fs::write(dir.join("c.pem"), &int).unwrap();
-        let signer = CaSigner::load(&dir.join("i.pem"), &dir.join("i.key"), &dir.join("c.pem")).unwrap();
+        let signer =
+            CaSigner::load(&dir.join("i.pem"), &dir.join("i.key"), &dir.join("c.pem")).unwrap();
         let key = KeySpec::EcP256.generate().unwrap();
-        let csr = parse_and_verify_csr(&build_csr(&key, ID, &parse_names(names).unwrap()).unwrap()).unwrap();
-        let cert = signer.sign(&csr, ID, Profile::Mtls, Duration::from_secs(30 * 86400), issued).unwrap();
+        let csr = parse_and_verify_csr(&build_csr(&key, ID, &parse_names(names).unwrap()).unwrap())
+            .unwrap();
+        let cert = signer
+            .sign(
+                &csr,
+                ID,
+                Profile::Mtls,
+                Duration::from_secs(30 * 86400),
+                issued,
+            )
+            .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        InstalledPair { key_pem: key.serialize_pem(), cert_pem: cert.certificate_pem }
+        InstalledPair {
+            key_pem: key.serialize_pem(),
+            cert_pem: cert.certificate_pem,
+        }
     }
 
     fn wanted<'a>(names: &'a [SubjectAltName]) -> Wanted<'a> {
@@ -251,7 +314,15 @@ mod decision_tests {
         let installed = pair(issued, &["DNS:a.example"]);
         let names = parse_names(&["DNS:a.example"]).unwrap();
         let w = wanted(&names);
-        let at = |days: i64| decide(&w, Some(&installed), None, issued + time::Duration::days(days)).reason;
+        let at = |days: i64| {
+            decide(
+                &w,
+                Some(&installed),
+                None,
+                issued + time::Duration::days(days),
+            )
+            .reason
+        };
         assert_eq!(at(1), SubmitReason::Valid);
         // 33 % of 30 days before notAfter is day ~20; the jitter moves it earlier by < 3 days.
         assert_eq!(at(16), SubmitReason::Valid);
@@ -264,15 +335,27 @@ mod decision_tests {
         let issued = OffsetDateTime::now_utc();
         let installed = pair(issued, &["DNS:a.example"]);
         let other = parse_names(&["DNS:b.example"]).unwrap();
-        assert_eq!(decide(&wanted(&other), Some(&installed), None, issued).reason, SubmitReason::NamesChanged);
+        assert_eq!(
+            decide(&wanted(&other), Some(&installed), None, issued).reason,
+            SubmitReason::NamesChanged
+        );
         let names = parse_names(&["DNS:a.example"]).unwrap();
         let mut swapped = installed.clone();
         swapped.key_pem = KeySpec::EcP256.generate().unwrap().serialize_pem();
-        assert_eq!(decide(&wanted(&names), Some(&swapped), None, issued).reason, SubmitReason::KeyMismatch);
+        assert_eq!(
+            decide(&wanted(&names), Some(&swapped), None, issued).reason,
+            SubmitReason::KeyMismatch
+        );
         let mut forced = wanted(&names);
         forced.force = true;
-        assert_eq!(decide(&forced, Some(&installed), None, issued).reason, SubmitReason::Forced);
-        assert_eq!(decide(&wanted(&names), None, None, issued).reason, SubmitReason::NoCertificate);
+        assert_eq!(
+            decide(&forced, Some(&installed), None, issued).reason,
+            SubmitReason::Forced
+        );
+        assert_eq!(
+            decide(&wanted(&names), None, None, issued).reason,
+            SubmitReason::NoCertificate
+        );
     }
 
     #[test]
@@ -288,19 +371,35 @@ mod decision_tests {
             reply_queue_url: None,
             submitted_at: now.unix_timestamp(),
         };
-        assert_eq!(decide(&wanted(&names), None, Some(&pending), now).reason, SubmitReason::RequestPending);
+        assert_eq!(
+            decide(&wanted(&names), None, Some(&pending), now).reason,
+            SubmitReason::RequestPending
+        );
         let later = now + time::Duration::hours(2);
-        assert_eq!(decide(&wanted(&names), None, Some(&pending), later).reason, SubmitReason::RequestStale);
+        assert_eq!(
+            decide(&wanted(&names), None, Some(&pending), later).reason,
+            SubmitReason::RequestStale
+        );
         let other = parse_names(&["DNS:b.example"]).unwrap();
-        assert_eq!(decide(&wanted(&other), None, Some(&pending), now).reason, SubmitReason::NoCertificate);
+        assert_eq!(
+            decide(&wanted(&other), None, Some(&pending), now).reason,
+            SubmitReason::NoCertificate
+        );
     }
 
     #[test]
     fn jitter_is_fixed_per_host_and_spread_across_hosts() {
         assert_eq!(renewal_jitter("i-1"), renewal_jitter("i-1"));
-        let values: Vec<f64> = (0..200).map(|i| renewal_jitter(&format!("i-{i:017x}"))).collect();
+        let values: Vec<f64> = (0..200)
+            .map(|i| renewal_jitter(&format!("i-{i:017x}")))
+            .collect();
         assert!(values.iter().all(|v| (0.0..0.10).contains(v)));
-        let distinct: std::collections::BTreeSet<u64> = values.iter().map(|v| (v * 1000.0) as u64).collect();
-        assert!(distinct.len() > 50, "jitter should spread hosts: {}", distinct.len());
+        let distinct: std::collections::BTreeSet<u64> =
+            values.iter().map(|v| (v * 1000.0) as u64).collect();
+        assert!(
+            distinct.len() > 50,
+            "jitter should spread hosts: {}",
+            distinct.len()
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PublicKeyData, SerialNumber, SignatureAlgorithm, SigningKey,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SerialNumber, SignatureAlgorithm, SigningKey,
 };
 use time::OffsetDateTime;
 
@@ -78,7 +78,10 @@ impl CaSigner {
         let chain_pem = read(chain_path)?;
         let info = parse_certificate(&cert_pem, &cert_path.display().to_string())?;
         if info.spki_der != crate::keys::public_key_spki(&key) {
-            return Err(PkiError::CaKeyMismatch { key: key_path.into(), cert: cert_path.into() });
+            return Err(PkiError::CaKeyMismatch {
+                key: key_path.into(),
+                cert: cert_path.into(),
+            });
         }
         Self::from_parts(cert_path, cert_pem, info, CaKey::File(key), chain_pem)
     }
@@ -86,29 +89,53 @@ impl CaSigner {
     /// Loads the intermediate certificate and the chain, with its key held remotely. Refuses a
     /// remote key whose public key is not the certificate's (`public_spki_der`, as the backend
     /// reports it), or a non-CA. No private key is read from disk.
-    pub fn with_remote_key(cert_path: &Path, chain_path: &Path, key: Arc<dyn RemoteKey>, public_spki_der: &[u8]) -> Result<Self, PkiError> {
+    pub fn with_remote_key(
+        cert_path: &Path,
+        chain_path: &Path,
+        key: Arc<dyn RemoteKey>,
+        public_spki_der: &[u8],
+    ) -> Result<Self, PkiError> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| PkiError::io(p, e));
         let cert_pem = read(cert_path)?;
         let chain_pem = read(chain_path)?;
         let info = parse_certificate(&cert_pem, &cert_path.display().to_string())?;
         if info.spki_der != public_spki_der {
-            return Err(PkiError::CaKeyMismatch { key: key.key_ref().into(), cert: cert_path.into() });
+            return Err(PkiError::CaKeyMismatch {
+                key: key.key_ref().into(),
+                cert: cert_path.into(),
+            });
         }
         let remote = RemoteSigningKey::new(key, &info.spki_der)?;
         Self::from_parts(cert_path, cert_pem, info, CaKey::Remote(remote), chain_pem)
     }
 
-    fn from_parts(cert_path: &Path, cert_pem: String, info: CertificateInfo, key: CaKey, chain_pem: String) -> Result<Self, PkiError> {
+    fn from_parts(
+        cert_path: &Path,
+        cert_pem: String,
+        info: CertificateInfo,
+        key: CaKey,
+        chain_pem: String,
+    ) -> Result<Self, PkiError> {
         if !info.is_ca {
-            return Err(PkiError::NotACa { path: cert_path.into() });
+            return Err(PkiError::NotACa {
+                path: cert_path.into(),
+            });
         }
         let key_ref = match &key {
             CaKey::File(_) => None,
             CaKey::Remote(k) => Some(k.key_ref().to_string()),
         };
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
-            .map_err(|e| PkiError::CertificateParse { what: cert_path.display().to_string(), detail: e.to_string() })?;
-        Ok(CaSigner { issuer, info, chain_pem, key_ref })
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| PkiError::CertificateParse {
+                what: cert_path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(CaSigner {
+            issuer,
+            info,
+            chain_pem,
+            key_ref,
+        })
     }
 
     /// The remote key's reference (KMS key ARN), or None for a key file.
@@ -117,7 +144,13 @@ impl CaSigner {
     }
 
     /// Signs a CRL listing `revoked`, valid from `now` (backdated like leaves) for `lifetime`.
-    pub fn sign_crl(&self, revoked: &[crate::crl::Revocation], number: u64, now: OffsetDateTime, lifetime: Duration) -> Result<String, PkiError> {
+    pub fn sign_crl(
+        &self,
+        revoked: &[crate::crl::Revocation],
+        number: u64,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
         crate::crl::sign(&self.issuer, &self.info, revoked, number, now, lifetime)
     }
 
@@ -144,7 +177,11 @@ impl CaSigner {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, instance_id);
         params.distinguished_name = dn;
-        params.subject_alt_names = csr.names.iter().map(to_rcgen_san).collect::<Result<_, _>>()?;
+        params.subject_alt_names = csr
+            .names
+            .iter()
+            .map(to_rcgen_san)
+            .collect::<Result<_, _>>()?;
         // Certificates hold whole seconds: drop the rest, so what we report is what was signed.
         let now = now.replace_nanosecond(0).unwrap_or(now);
         params.not_before = now - CLOCK_SKEW_ALLOWANCE;
@@ -153,18 +190,28 @@ impl CaSigner {
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = match csr.key {
-            KeyKind::Rsa { .. } => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+            KeyKind::Rsa { .. } => vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ],
             _ => vec![KeyUsagePurpose::DigitalSignature],
         };
         if profile.server_auth() {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if profile.client_auth() {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.use_authority_key_identifier_extension = true;
-        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(|e| PkiError::Build(e.to_string()))?;
-        let cert = params.signed_by(&public_key, &self.issuer).map_err(remote_or_build)?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
+            .map_err(|e| PkiError::Build(e.to_string()))?;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(remote_or_build)?;
         Ok(IssuedCertificate {
             certificate_pem: cert.pem(),
             serial_hex: crate::hex(&serial),

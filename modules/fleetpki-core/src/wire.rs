@@ -146,7 +146,9 @@ impl ReplyMessage {
 
     pub fn to_json(&self) -> String {
         let mut value = match self {
-            ReplyMessage::Certificate(c) => serde_json::to_value(TaggedReply::Certificate(c.clone())),
+            ReplyMessage::Certificate(c) => {
+                serde_json::to_value(TaggedReply::Certificate(c.clone()))
+            }
             ReplyMessage::Rejection(r) => serde_json::to_value(TaggedReply::Rejection(r.clone())),
         }
         .unwrap_or_default();
@@ -187,7 +189,10 @@ mod tests {
             profile: Some(Profile::Client),
             lifetime_days: None,
             reply_mode: Some(ReplyMode::PerNode),
-            identity_proof: Some(IdentityProof { kind: "enrollment_secret".into(), hmac: Some("ab".into()) }),
+            identity_proof: Some(IdentityProof {
+                kind: "enrollment_secret".into(),
+                hmac: Some("ab".into()),
+            }),
         };
         let mut value = serde_json::to_value(&msg).unwrap();
         assert_eq!(value["profile"], "client");
@@ -200,14 +205,19 @@ mod tests {
 
     #[test]
     fn wrong_types_are_refused() {
-        assert!(serde_json::from_str::<CsrMessage>(r#"{"instance_id": 5, "csr_pem": "x"}"#).is_err());
+        assert!(
+            serde_json::from_str::<CsrMessage>(r#"{"instance_id": 5, "csr_pem": "x"}"#).is_err()
+        );
         assert!(serde_json::from_str::<CsrMessage>(r#"{"instance_id": "i"}"#).is_err());
     }
 
     #[test]
     fn replies_are_tagged_and_seed_certificates_untagged() {
         let seed = r#"{"instance_id":"i-1","certificate_pem":"c","ca_chain_pem":"ch"}"#;
-        assert!(matches!(ReplyMessage::from_json(seed).unwrap(), ReplyMessage::Certificate(_)));
+        assert!(matches!(
+            ReplyMessage::from_json(seed).unwrap(),
+            ReplyMessage::Certificate(_)
+        ));
         let rejection = ReplyMessage::Rejection(RejectionMessage {
             instance_id: "i-1".into(),
             request_id: "r1".into(),
@@ -215,7 +225,10 @@ mod tests {
             message: "m".into(),
         });
         let json = rejection.to_json();
-        assert!(json.contains(r#""kind":"rejection""#) && json.contains(r#""version":1"#), "{json}");
+        assert!(
+            json.contains(r#""kind":"rejection""#) && json.contains(r#""version":1"#),
+            "{json}"
+        );
         assert_eq!(ReplyMessage::from_json(&json).unwrap(), rejection);
     }
 }

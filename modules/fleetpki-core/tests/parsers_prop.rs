@@ -12,7 +12,10 @@ fn csr_pem() -> &'static str {
     static PEM: OnceLock<String> = OnceLock::new();
     PEM.get_or_init(|| {
         let key = KeySpec::EcP256.generate().unwrap();
-        let names = vec![SubjectAltName::Dns("node.example".into()), "IP:10.1.2.3".parse().unwrap()];
+        let names = vec![
+            SubjectAltName::Dns("node.example".into()),
+            "IP:10.1.2.3".parse().unwrap(),
+        ];
         build_csr(&key, "i-0123456789abcdef0", &names).unwrap()
     })
 }
@@ -66,4 +69,3 @@ proptest! {
         }
     }
 }
-

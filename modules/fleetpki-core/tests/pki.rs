@@ -3,11 +3,15 @@
 use std::time::SystemTime;
 
 use fleetpki_core::ca::{create_intermediate, create_root, CaSubject};
-use fleetpki_core::certs::{check_issued_certificate, load_certificates, parse_certificate, CertRejection, Expectation};
+use fleetpki_core::certs::{
+    check_issued_certificate, load_certificates, parse_certificate, CertRejection, Expectation,
+};
 use fleetpki_core::csr::{build_csr, parse_and_verify_csr};
 use fleetpki_core::keys::{public_key_spki, KeySpec};
 use fleetpki_core::names::parse_names;
-use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, Policy, ReasonCode, SigningRequest};
+use fleetpki_core::policy::{
+    enrollment_mac, enrollment_mac_input, Policy, ReasonCode, SigningRequest,
+};
 use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::{CsrMessage, IdentityProof, Profile, ReplyMode, WIRE_VERSION};
 use time::OffsetDateTime;
@@ -23,16 +27,36 @@ fn make_ca(name: &str, spec: KeySpec) -> TestCa {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let now = OffsetDateTime::now_utc();
-    let subject = |cn: &str| CaSubject { common_name: cn.into(), organization: Some("fleetpki test".into()), lifetime_days: 365 };
+    let subject = |cn: &str| CaSubject {
+        common_name: cn.into(),
+        organization: Some("fleetpki test".into()),
+        lifetime_days: 365,
+    };
     let root_key = spec.generate().unwrap();
     let root_pem = create_root(&root_key, &subject("fleetpki Root CA"), now).unwrap();
     let int_key = spec.generate().unwrap();
-    let int_pem = create_intermediate(&int_key, &subject("fleetpki Intermediate CA"), &root_pem, root_key, now).unwrap();
+    let int_pem = create_intermediate(
+        &int_key,
+        &subject("fleetpki Intermediate CA"),
+        &root_pem,
+        root_key,
+        now,
+    )
+    .unwrap();
     std::fs::write(dir.join("int.pem"), &int_pem).unwrap();
     std::fs::write(dir.join("int.key"), int_key.serialize_pem()).unwrap();
     std::fs::write(dir.join("chain.pem"), format!("{int_pem}{root_pem}")).unwrap();
-    let signer = CaSigner::load(&dir.join("int.pem"), &dir.join("int.key"), &dir.join("chain.pem")).unwrap();
-    TestCa { dir, root_pem, signer }
+    let signer = CaSigner::load(
+        &dir.join("int.pem"),
+        &dir.join("int.key"),
+        &dir.join("chain.pem"),
+    )
+    .unwrap();
+    TestCa {
+        dir,
+        root_pem,
+        signer,
+    }
 }
 
 const ID: &str = "i-0123456789abcdef0";
@@ -62,13 +86,24 @@ fn message(csr_pem: &str) -> CsrMessage {
 
 fn evaluate(policy: &Policy, msg: &CsrMessage, sender: Option<&str>) -> Result<(), ReasonCode> {
     let csr = parse_and_verify_csr(&msg.csr_pem).unwrap();
-    let req = SigningRequest { message: msg, attribute_instance_id: Some(&msg.instance_id), sender_id: sender, csr: &csr };
-    policy.evaluate(&req, OffsetDateTime::now_utc().unix_timestamp()).map(|_| ()).map_err(|r| r.code)
+    let req = SigningRequest {
+        message: msg,
+        attribute_instance_id: Some(&msg.instance_id),
+        sender_id: sender,
+        csr: &csr,
+    };
+    policy
+        .evaluate(&req, OffsetDateTime::now_utc().unix_timestamp())
+        .map(|_| ())
+        .map_err(|r| r.code)
 }
 
 #[test]
 fn issued_leaf_is_accepted_by_the_node_for_every_key_type() {
-    for (i, ca_spec) in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa(2048)].into_iter().enumerate() {
+    for (i, ca_spec) in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa(2048)]
+        .into_iter()
+        .enumerate()
+    {
         let ca = make_ca(&format!("ok{i}"), ca_spec);
         for node_spec in [KeySpec::EcP256, KeySpec::Rsa(2048)] {
             let key = node_spec.generate().unwrap();
@@ -76,18 +111,37 @@ fn issued_leaf_is_accepted_by_the_node_for_every_key_type() {
             let csr = parse_and_verify_csr(&build_csr(&key, ID, &names).unwrap()).unwrap();
             let issued = ca
                 .signer
-                .sign(&csr, ID, Profile::Mtls, std::time::Duration::from_secs(86400), OffsetDateTime::now_utc())
+                .sign(
+                    &csr,
+                    ID,
+                    Profile::Mtls,
+                    std::time::Duration::from_secs(86400),
+                    OffsetDateTime::now_utc(),
+                )
                 .unwrap();
             let spki = public_key_spki(&key);
-            let expect = Expectation { instance_id: ID, spki_der: &spki, names: &names, profile: Profile::Mtls };
+            let expect = Expectation {
+                instance_id: ID,
+                spki_der: &spki,
+                names: &names,
+                profile: Profile::Mtls,
+            };
             let anchors = load_certificates(&ca.root_pem);
-            let info =
-                check_issued_certificate(&issued.certificate_pem, ca.signer.chain_pem(), &anchors, &expect, SystemTime::now())
-                    .unwrap();
+            let info = check_issued_certificate(
+                &issued.certificate_pem,
+                ca.signer.chain_pem(),
+                &anchors,
+                &expect,
+                SystemTime::now(),
+            )
+            .unwrap();
             assert!(info.server_auth && info.client_auth && !info.is_ca);
             assert_eq!(info.serial_hex, issued.serial_hex);
             assert_eq!(issued.serial_hex.len(), 32, "128-bit serial");
-            assert!(info.not_before < OffsetDateTime::now_utc() - time::Duration::minutes(4), "backdated notBefore");
+            assert!(
+                info.not_before < OffsetDateTime::now_utc() - time::Duration::minutes(4),
+                "backdated notBefore"
+            );
         }
         std::fs::remove_dir_all(&ca.dir).unwrap();
     }
@@ -100,7 +154,16 @@ fn serials_are_distinct() {
     let csr = parse_and_verify_csr(&build_csr(&key, ID, &[]).unwrap()).unwrap();
     let mut serials = std::collections::HashSet::new();
     for _ in 0..200 {
-        let issued = ca.signer.sign(&csr, ID, Profile::Mtls, std::time::Duration::from_secs(60), OffsetDateTime::now_utc()).unwrap();
+        let issued = ca
+            .signer
+            .sign(
+                &csr,
+                ID,
+                Profile::Mtls,
+                std::time::Duration::from_secs(60),
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
         assert!(serials.insert(issued.serial_hex));
     }
 }
@@ -114,45 +177,91 @@ fn node_refuses_foreign_ca_other_key_wrong_names_and_profile() {
     let csr = parse_and_verify_csr(&build_csr(&key, ID, &names).unwrap()).unwrap();
     let spki = public_key_spki(&key);
     let anchors = load_certificates(&ca.root_pem);
-    let expect = Expectation { instance_id: ID, spki_der: &spki, names: &names, profile: Profile::Mtls };
+    let expect = Expectation {
+        instance_id: ID,
+        spki_der: &spki,
+        names: &names,
+        profile: Profile::Mtls,
+    };
     let day = std::time::Duration::from_secs(86400);
     let now = OffsetDateTime::now_utc();
     let check = |pem: &str, chain: &str, expect: &Expectation<'_>| {
         check_issued_certificate(pem, chain, &anchors, expect, SystemTime::now()).unwrap_err()
     };
 
-    let forged = foreign.signer.sign(&csr, ID, Profile::Mtls, day, now).unwrap();
-    assert!(matches!(check(&forged.certificate_pem, foreign.signer.chain_pem(), &expect), CertRejection::Untrusted(_)));
+    let forged = foreign
+        .signer
+        .sign(&csr, ID, Profile::Mtls, day, now)
+        .unwrap();
+    assert!(matches!(
+        check(&forged.certificate_pem, foreign.signer.chain_pem(), &expect),
+        CertRejection::Untrusted(_)
+    ));
     // Even with our own chain attached, the foreign leaf does not chain to our anchor.
-    assert!(matches!(check(&forged.certificate_pem, ca.signer.chain_pem(), &expect), CertRejection::Untrusted(_)));
+    assert!(matches!(
+        check(&forged.certificate_pem, ca.signer.chain_pem(), &expect),
+        CertRejection::Untrusted(_)
+    ));
 
     let other_key = KeySpec::EcP256.generate().unwrap();
     let other_csr = parse_and_verify_csr(&build_csr(&other_key, ID, &names).unwrap()).unwrap();
-    let other = ca.signer.sign(&other_csr, ID, Profile::Mtls, day, now).unwrap();
-    assert_eq!(check(&other.certificate_pem, ca.signer.chain_pem(), &expect), CertRejection::KeyMismatch);
+    let other = ca
+        .signer
+        .sign(&other_csr, ID, Profile::Mtls, day, now)
+        .unwrap();
+    assert_eq!(
+        check(&other.certificate_pem, ca.signer.chain_pem(), &expect),
+        CertRejection::KeyMismatch
+    );
 
     let more_names = parse_names(&["DNS:node1.example", "DNS:extra.example"]).unwrap();
     let wide_csr = parse_and_verify_csr(&build_csr(&key, ID, &more_names).unwrap()).unwrap();
-    let wide = ca.signer.sign(&wide_csr, ID, Profile::Mtls, day, now).unwrap();
-    assert!(matches!(check(&wide.certificate_pem, ca.signer.chain_pem(), &expect), CertRejection::NamesMismatch { .. }));
+    let wide = ca
+        .signer
+        .sign(&wide_csr, ID, Profile::Mtls, day, now)
+        .unwrap();
+    assert!(matches!(
+        check(&wide.certificate_pem, ca.signer.chain_pem(), &expect),
+        CertRejection::NamesMismatch { .. }
+    ));
 
     let server_only = ca.signer.sign(&csr, ID, Profile::Server, day, now).unwrap();
-    assert!(matches!(check(&server_only.certificate_pem, ca.signer.chain_pem(), &expect), CertRejection::Untrusted(_) | CertRejection::MissingUsage(_)));
+    assert!(matches!(
+        check(&server_only.certificate_pem, ca.signer.chain_pem(), &expect),
+        CertRejection::Untrusted(_) | CertRejection::MissingUsage(_)
+    ));
 
-    let expired = ca.signer.sign(&csr, ID, Profile::Mtls, day, now - time::Duration::days(3)).unwrap();
-    assert!(matches!(check(&expired.certificate_pem, ca.signer.chain_pem(), &expect), CertRejection::Untrusted(_)));
+    let expired = ca
+        .signer
+        .sign(&csr, ID, Profile::Mtls, day, now - time::Duration::days(3))
+        .unwrap();
+    assert!(matches!(
+        check(&expired.certificate_pem, ca.signer.chain_pem(), &expect),
+        CertRejection::Untrusted(_)
+    ));
 
-    assert!(matches!(check("garbage", ca.signer.chain_pem(), &expect), CertRejection::Malformed(_)));
+    assert!(matches!(
+        check("garbage", ca.signer.chain_pem(), &expect),
+        CertRejection::Malformed(_)
+    ));
     // The CA's own certificate is not a leaf for us even if it were somehow for our key.
     let int_pem = std::fs::read_to_string(ca.dir.join("int.pem")).unwrap();
-    assert!(check(&int_pem, "", &expect).reason_code().starts_with("certificate_"));
+    assert!(check(&int_pem, "", &expect)
+        .reason_code()
+        .starts_with("certificate_"));
 }
 
 #[test]
 fn signer_refuses_a_key_that_is_not_the_certificates() {
     let a = make_ca("mismatch-a", KeySpec::EcP256);
     let b = make_ca("mismatch-b", KeySpec::EcP256);
-    let err = CaSigner::load(&a.dir.join("int.pem"), &b.dir.join("int.key"), &a.dir.join("chain.pem")).err().unwrap();
+    let err = CaSigner::load(
+        &a.dir.join("int.pem"),
+        &b.dir.join("int.key"),
+        &a.dir.join("chain.pem"),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("does not belong"), "{err}");
 }
 
@@ -165,38 +274,86 @@ fn signed_leaf_ignores_requested_ca_flags() {
     let pem = params.serialize_request(&key).unwrap().pem().unwrap();
     let csr = parse_and_verify_csr(&pem).unwrap();
     assert!(csr.requests_ca);
-    let issued = ca.signer.sign(&csr, ID, Profile::Mtls, std::time::Duration::from_secs(60), OffsetDateTime::now_utc()).unwrap();
-    assert!(!parse_certificate(&issued.certificate_pem, "leaf").unwrap().is_ca);
+    let issued = ca
+        .signer
+        .sign(
+            &csr,
+            ID,
+            Profile::Mtls,
+            std::time::Duration::from_secs(60),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    assert!(
+        !parse_certificate(&issued.certificate_pem, "leaf")
+            .unwrap()
+            .is_ca
+    );
 }
 
 #[test]
 fn policy_accepts_listed_names_and_refuses_each_violation_with_its_code() {
     let policy = policy();
-    let csr_with = |names: &[&str]| build_csr(&KeySpec::EcP256.generate().unwrap(), ID, &parse_names(names).unwrap()).unwrap();
-    assert_eq!(evaluate(&policy, &message(&csr_with(&["DNS:node1.example", "IP:127.0.0.1"])), None), Ok(()));
+    let csr_with = |names: &[&str]| {
+        build_csr(
+            &KeySpec::EcP256.generate().unwrap(),
+            ID,
+            &parse_names(names).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        evaluate(
+            &policy,
+            &message(&csr_with(&["DNS:node1.example", "IP:127.0.0.1"])),
+            None
+        ),
+        Ok(())
+    );
 
-    assert_eq!(evaluate(&policy, &message(&csr_with(&["DNS:evil.example"])), None), Err(ReasonCode::SanNotAllowed));
-    assert_eq!(evaluate(&policy, &message(&csr_with(&["IP:192.168.1.1"])), None), Err(ReasonCode::SanNotAllowed));
+    assert_eq!(
+        evaluate(&policy, &message(&csr_with(&["DNS:evil.example"])), None),
+        Err(ReasonCode::SanNotAllowed)
+    );
+    assert_eq!(
+        evaluate(&policy, &message(&csr_with(&["IP:192.168.1.1"])), None),
+        Err(ReasonCode::SanNotAllowed)
+    );
 
     let other_id = "x-1";
     let mut msg = message(&build_csr(&KeySpec::EcP256.generate().unwrap(), other_id, &[]).unwrap());
     msg.instance_id = other_id.into();
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::InstanceNotAllowed));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::InstanceNotAllowed)
+    );
 
     let mut msg = message(&csr_with(&[]));
     msg.instance_id = "i-ffff".into(); // CN says otherwise
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::InstanceIdMismatch));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::InstanceIdMismatch)
+    );
 
     let mut msg = message(&csr_with(&[]));
     msg.lifetime_days = Some(365);
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::LifetimeNotAllowed));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::LifetimeNotAllowed)
+    );
 
     let mut msg = message(&csr_with(&[]));
     msg.timestamp = Some(OffsetDateTime::now_utc().unix_timestamp() - 200_000);
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::RequestExpired));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::RequestExpired)
+    );
 
     let restrictive = Policy::from_json(r#"{"identity_proof": "none", "profiles": ["server"], "ec_curves": ["secp384r1"], "instances": [{"instance_id_pattern": "i-*"}]}"#).unwrap();
-    assert_eq!(evaluate(&restrictive, &message(&csr_with(&[])), None), Err(ReasonCode::KeyTypeNotAllowed));
+    assert_eq!(
+        evaluate(&restrictive, &message(&csr_with(&[])), None),
+        Err(ReasonCode::KeyTypeNotAllowed)
+    );
 }
 
 #[test]
@@ -206,11 +363,26 @@ fn policy_checks_the_sender_id_like_aws_sets_it() {
     )
     .unwrap();
     let msg = message(&build_csr(&KeySpec::EcP256.generate().unwrap(), ID, &[]).unwrap());
-    assert_eq!(evaluate(&policy, &msg, Some(&format!("AROAEXAMPLEROLEID:{ID}"))), Ok(()));
-    assert_eq!(evaluate(&policy, &msg, Some("AROAEXAMPLEROLEID:i-0aaaaaaaaaaaaaaaa")), Err(ReasonCode::SenderMismatch));
-    assert_eq!(evaluate(&policy, &msg, Some(&format!("AROAOTHERROLE:{ID}"))), Err(ReasonCode::SenderMismatch));
-    assert_eq!(evaluate(&policy, &msg, Some("AIDAIT2UOQQY3AUEKVGXU")), Err(ReasonCode::SenderMismatch));
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::IdentityProofMissing));
+    assert_eq!(
+        evaluate(&policy, &msg, Some(&format!("AROAEXAMPLEROLEID:{ID}"))),
+        Ok(())
+    );
+    assert_eq!(
+        evaluate(&policy, &msg, Some("AROAEXAMPLEROLEID:i-0aaaaaaaaaaaaaaaa")),
+        Err(ReasonCode::SenderMismatch)
+    );
+    assert_eq!(
+        evaluate(&policy, &msg, Some(&format!("AROAOTHERROLE:{ID}"))),
+        Err(ReasonCode::SenderMismatch)
+    );
+    assert_eq!(
+        evaluate(&policy, &msg, Some("AIDAIT2UOQQY3AUEKVGXU")),
+        Err(ReasonCode::SenderMismatch)
+    );
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::IdentityProofMissing)
+    );
 }
 
 #[test]
@@ -221,28 +393,52 @@ fn policy_checks_the_enrollment_hmac() {
     .unwrap();
     assert!(!format!("{policy:?}").contains("s3cret"));
     let mut msg = message(&build_csr(&KeySpec::EcP256.generate().unwrap(), ID, &[]).unwrap());
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::IdentityProofMissing));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::IdentityProofMissing)
+    );
     let sign = |msg: &CsrMessage, secret: &str| {
-        let input = enrollment_mac_input(msg.request_id.as_deref().unwrap(), msg.timestamp.unwrap(), ID, Profile::Mtls, &msg.csr_pem);
-        Some(IdentityProof { kind: "enrollment_secret".into(), hmac: Some(enrollment_mac(secret, &input)) })
+        let input = enrollment_mac_input(
+            msg.request_id.as_deref().unwrap(),
+            msg.timestamp.unwrap(),
+            ID,
+            Profile::Mtls,
+            &msg.csr_pem,
+        );
+        Some(IdentityProof {
+            kind: "enrollment_secret".into(),
+            hmac: Some(enrollment_mac(secret, &input)),
+        })
     };
     msg.identity_proof = sign(&msg, "s3cret");
     assert_eq!(evaluate(&policy, &msg, None), Ok(()));
     msg.identity_proof = sign(&msg, "wrong");
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::IdentityProofInvalid));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::IdentityProofInvalid)
+    );
     // A valid HMAC replayed after the window.
     msg.timestamp = Some(OffsetDateTime::now_utc().unix_timestamp() - 100_000);
     msg.identity_proof = sign(&msg, "s3cret");
-    assert_eq!(evaluate(&policy, &msg, None), Err(ReasonCode::RequestExpired));
+    assert_eq!(
+        evaluate(&policy, &msg, None),
+        Err(ReasonCode::RequestExpired)
+    );
 }
 
 #[test]
 fn unusable_policies_are_refused_with_a_reason() {
     for (text, needle) in [
         (r#"{"instances": []}"#, "identity_proof"),
-        (r#"{"identity_proof": "none", "rsa_min_bits": 1024}"#, "2048"),
+        (
+            r#"{"identity_proof": "none", "rsa_min_bits": 1024}"#,
+            "2048",
+        ),
         (r#"{"identity_proof": "sqs_sender_id"}"#, "sender_role_ids"),
-        (r#"{"identity_proof": "none", "instances": [{"dns_names": []}]}"#, "exactly one"),
+        (
+            r#"{"identity_proof": "none", "instances": [{"dns_names": []}]}"#,
+            "exactly one",
+        ),
         (r#"{"identity_proof": "none", "bogus": 1}"#, "bogus"),
     ] {
         let err = Policy::from_json(text).unwrap_err().to_string();

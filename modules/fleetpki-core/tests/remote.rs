@@ -5,13 +5,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fleetpki_core::ca::{certify_intermediate_csr, create_root, intermediate_csr, is_signed_by, CaSubject};
-use fleetpki_core::certs::{check_issued_certificate, load_certificates, parse_certificate, Expectation};
+use fleetpki_core::ca::{
+    certify_intermediate_csr, create_root, intermediate_csr, is_signed_by, CaSubject,
+};
+use fleetpki_core::certs::{
+    check_issued_certificate, load_certificates, parse_certificate, Expectation,
+};
 use fleetpki_core::crl::{parse_crl, Reason, Revocation};
 use fleetpki_core::csr::{build_csr, parse_and_verify_csr};
 use fleetpki_core::keys::{public_key_spki, KeySpec};
 use fleetpki_core::names::parse_names;
-use fleetpki_core::remote::{algorithm_for_spki, RemoteAlgorithm, RemoteKey, RemoteSignError, RemoteSigningKey};
+use fleetpki_core::remote::{
+    algorithm_for_spki, RemoteAlgorithm, RemoteKey, RemoteSignError, RemoteSigningKey,
+};
 use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::Profile;
 use fleetpki_core::PkiError;
@@ -30,7 +36,12 @@ impl FakeKms {
     fn new(spec: KeySpec) -> Arc<Self> {
         let key = spec.generate().unwrap();
         let algorithm = algorithm_for_spki(&public_key_spki(&key)).unwrap();
-        Arc::new(FakeKms { key, algorithm, disabled: AtomicBool::new(false), calls: AtomicUsize::new(0) })
+        Arc::new(FakeKms {
+            key,
+            algorithm,
+            disabled: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -44,7 +55,10 @@ impl RemoteKey for FakeKms {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteSignError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.disabled.load(Ordering::SeqCst) {
-            return Err(RemoteSignError::new("DisabledException", "arn:aws:kms:eu-west-1:123456789012:key/test is disabled."));
+            return Err(RemoteSignError::new(
+                "DisabledException",
+                "arn:aws:kms:eu-west-1:123456789012:key/test is disabled.",
+            ));
         }
         Ok(self.key.sign(message).unwrap())
     }
@@ -66,7 +80,11 @@ fn remote_ca(name: &str, spec: KeySpec) -> RemoteCa {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let now = OffsetDateTime::now_utc();
-    let subject = |cn: &str| CaSubject { common_name: cn.into(), organization: Some("fleetpki test".into()), lifetime_days: 365 };
+    let subject = |cn: &str| CaSubject {
+        common_name: cn.into(),
+        organization: Some("fleetpki test".into()),
+        lifetime_days: 365,
+    };
     let root_key = KeySpec::EcP256.generate().unwrap();
     let root_pem = create_root(&root_key, &subject("Root"), now).unwrap();
     let kms = FakeKms::new(spec);
@@ -75,12 +93,23 @@ fn remote_ca(name: &str, spec: KeySpec) -> RemoteCa {
     let int_pem = certify_intermediate_csr(&csr, 365, &root_pem, root_key, now).unwrap();
     std::fs::write(dir.join("int.pem"), &int_pem).unwrap();
     std::fs::write(dir.join("chain.pem"), format!("{int_pem}{root_pem}")).unwrap();
-    RemoteCa { dir, root_pem, int_pem, kms }
+    RemoteCa {
+        dir,
+        root_pem,
+        int_pem,
+        kms,
+    }
 }
 
 fn signer(ca: &RemoteCa) -> CaSigner {
     let spki = public_key_spki(&ca.kms.key);
-    CaSigner::with_remote_key(&ca.dir.join("int.pem"), &ca.dir.join("chain.pem"), ca.kms.clone(), &spki).unwrap()
+    CaSigner::with_remote_key(
+        &ca.dir.join("int.pem"),
+        &ca.dir.join("chain.pem"),
+        ca.kms.clone(),
+        &spki,
+    )
+    .unwrap()
 }
 
 fn node_csr() -> (KeyPair, fleetpki_core::csr::ParsedCsr) {
@@ -92,16 +121,41 @@ fn node_csr() -> (KeyPair, fleetpki_core::csr::ParsedCsr) {
 
 #[test]
 fn a_leaf_signed_through_the_remote_key_is_accepted_by_the_node() {
-    for (i, spec) in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa(2048)].into_iter().enumerate() {
+    for (i, spec) in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa(2048)]
+        .into_iter()
+        .enumerate()
+    {
         let ca = remote_ca(&format!("ok{i}"), spec);
         let signer = signer(&ca);
-        assert_eq!(signer.key_ref(), Some("arn:aws:kms:eu-west-1:123456789012:key/test"));
+        assert_eq!(
+            signer.key_ref(),
+            Some("arn:aws:kms:eu-west-1:123456789012:key/test")
+        );
         let (_, csr) = node_csr();
-        let issued = signer.sign(&csr, ID, Profile::Mtls, Duration::from_secs(86400), OffsetDateTime::now_utc()).unwrap();
+        let issued = signer
+            .sign(
+                &csr,
+                ID,
+                Profile::Mtls,
+                Duration::from_secs(86400),
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
         let anchors = load_certificates(&ca.root_pem);
-        let expect = Expectation { instance_id: ID, spki_der: &csr.spki_der, names: &csr.names, profile: Profile::Mtls };
-        check_issued_certificate(&issued.certificate_pem, &ca.int_pem, &anchors, &expect, SystemTime::now())
-            .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        let expect = Expectation {
+            instance_id: ID,
+            spki_der: &csr.spki_der,
+            names: &csr.names,
+            profile: Profile::Mtls,
+        };
+        check_issued_certificate(
+            &issued.certificate_pem,
+            &ca.int_pem,
+            &anchors,
+            &expect,
+            SystemTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
     }
 }
 
@@ -121,7 +175,11 @@ fn the_intermediate_keeps_the_csr_subject_and_a_sha1_key_identifier() {
 
 fn x509_bits(spki_der: &[u8]) -> Vec<u8> {
     use x509_cert::der::Decode;
-    x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der).unwrap().subject_public_key.raw_bytes().to_vec()
+    x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
+        .unwrap()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec()
 }
 
 #[test]
@@ -129,7 +187,10 @@ fn the_intermediate_hangs_under_its_root_and_no_other() {
     let ca = remote_ca("issuedby", KeySpec::EcP256);
     let other = remote_ca("issuedby-other", KeySpec::EcP256);
     assert!(is_signed_by(&ca.int_pem, &ca.root_pem).unwrap());
-    assert!(!is_signed_by(&ca.int_pem, &other.root_pem).unwrap(), "same subject, another root key");
+    assert!(
+        !is_signed_by(&ca.int_pem, &other.root_pem).unwrap(),
+        "same subject, another root key"
+    );
     assert!(!is_signed_by(&ca.root_pem, &ca.int_pem).unwrap());
 }
 
@@ -139,12 +200,26 @@ fn a_disabled_key_is_a_remote_error_with_its_code_not_a_certificate() {
     let signer = signer(&ca);
     ca.kms.disabled.store(true, Ordering::SeqCst);
     let (_, csr) = node_csr();
-    match signer.sign(&csr, ID, Profile::Mtls, Duration::from_secs(86400), OffsetDateTime::now_utc()) {
+    match signer.sign(
+        &csr,
+        ID,
+        Profile::Mtls,
+        Duration::from_secs(86400),
+        OffsetDateTime::now_utc(),
+    ) {
         Err(PkiError::RemoteSign(e)) => assert_eq!(e.code, "DisabledException"),
         other => panic!("expected a remote-sign error, got {other:?}"),
     }
     ca.kms.disabled.store(false, Ordering::SeqCst);
-    assert!(signer.sign(&csr, ID, Profile::Mtls, Duration::from_secs(86400), OffsetDateTime::now_utc()).is_ok());
+    assert!(signer
+        .sign(
+            &csr,
+            ID,
+            Profile::Mtls,
+            Duration::from_secs(86400),
+            OffsetDateTime::now_utc()
+        )
+        .is_ok());
 }
 
 #[test]
@@ -152,14 +227,31 @@ fn a_key_id_pointing_at_another_key_is_refused_before_and_after_signing() {
     let ca = remote_ca("wrongkey", KeySpec::EcP256);
     let other = FakeKms::new(KeySpec::EcP256);
     // At load: the key's reported public key is not the certificate's.
-    let err = CaSigner::with_remote_key(&ca.dir.join("int.pem"), &ca.dir.join("chain.pem"), other.clone(), &public_key_spki(&other.key))
-        .err()
-        .unwrap();
+    let err = CaSigner::with_remote_key(
+        &ca.dir.join("int.pem"),
+        &ca.dir.join("chain.pem"),
+        other.clone(),
+        &public_key_spki(&other.key),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err}");
     // If the backend lies about its public key, the signature check still catches it.
-    let signer = CaSigner::with_remote_key(&ca.dir.join("int.pem"), &ca.dir.join("chain.pem"), other.clone(), &public_key_spki(&ca.kms.key)).unwrap();
+    let signer = CaSigner::with_remote_key(
+        &ca.dir.join("int.pem"),
+        &ca.dir.join("chain.pem"),
+        other.clone(),
+        &public_key_spki(&ca.kms.key),
+    )
+    .unwrap();
     let (_, csr) = node_csr();
-    match signer.sign(&csr, ID, Profile::Mtls, Duration::from_secs(86400), OffsetDateTime::now_utc()) {
+    match signer.sign(
+        &csr,
+        ID,
+        Profile::Mtls,
+        Duration::from_secs(86400),
+        OffsetDateTime::now_utc(),
+    ) {
         Err(PkiError::RemoteSign(e)) => assert_eq!(e.code, "SignatureMismatch"),
         other => panic!("expected a signature mismatch, got {other:?}"),
     }
@@ -170,11 +262,27 @@ fn a_crl_is_signed_through_the_remote_key() {
     let ca = remote_ca("crl", KeySpec::EcP256);
     let signer = signer(&ca);
     let before = ca.kms.calls.load(Ordering::SeqCst);
-    let revoked = vec![Revocation { serial: "40aabbcc".into(), revoked_at: OffsetDateTime::now_utc().unix_timestamp(), reason: Reason::KeyCompromise, instance_id: None }];
-    let crl = signer.sign_crl(&revoked, 1, OffsetDateTime::now_utc(), Duration::from_secs(86400)).unwrap();
+    let revoked = vec![Revocation {
+        serial: "40aabbcc".into(),
+        revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
+        reason: Reason::KeyCompromise,
+        instance_id: None,
+    }];
+    let crl = signer
+        .sign_crl(
+            &revoked,
+            1,
+            OffsetDateTime::now_utc(),
+            Duration::from_secs(86400),
+        )
+        .unwrap();
     assert_eq!(ca.kms.calls.load(Ordering::SeqCst), before + 1);
     let parsed = parse_crl(&crl).unwrap();
-    assert!(parsed.serials.iter().any(|s| s == "40aabbcc"), "{:?}", parsed.serials);
+    assert!(
+        parsed.serials.iter().any(|s| s == "40aabbcc"),
+        "{:?}",
+        parsed.serials
+    );
 }
 
 #[test]
@@ -190,10 +298,21 @@ fn outages_wait_in_the_queue_and_request_errors_are_answered() {
         "RequestInProgressException",
     ];
     for code in outages {
-        assert!(RemoteSignError::new(code, "x").is_outage(), "{code} is an outage");
+        assert!(
+            RemoteSignError::new(code, "x").is_outage(),
+            "{code} is an outage"
+        );
     }
-    for code in ["MessageTooLarge", "UnexpectedCertificate", "MalformedCSRException", "InvalidArgsException"] {
-        assert!(!RemoteSignError::new(code, "x").is_outage(), "{code} is about the request");
+    for code in [
+        "MessageTooLarge",
+        "UnexpectedCertificate",
+        "MalformedCSRException",
+        "InvalidArgsException",
+    ] {
+        assert!(
+            !RemoteSignError::new(code, "x").is_outage(),
+            "{code} is about the request"
+        );
     }
 }
 
@@ -203,9 +322,24 @@ fn a_crl_larger_than_a_kms_raw_message_is_signed_through_the_remote_key() {
     let signer = signer(&ca);
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let revoked: Vec<Revocation> = (0..150u32)
-        .map(|i| Revocation { serial: format!("40{i:030x}"), revoked_at: now, reason: Reason::Superseded, instance_id: None })
+        .map(|i| Revocation {
+            serial: format!("40{i:030x}"),
+            revoked_at: now,
+            reason: Reason::Superseded,
+            instance_id: None,
+        })
         .collect();
-    let crl = signer.sign_crl(&revoked, 2, OffsetDateTime::now_utc(), Duration::from_secs(86400)).unwrap();
-    assert!(crl.len() > 4096 * 4 / 3, "the CRL should be over 4 KiB of DER");
+    let crl = signer
+        .sign_crl(
+            &revoked,
+            2,
+            OffsetDateTime::now_utc(),
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+    assert!(
+        crl.len() > 4096 * 4 / 3,
+        "the CRL should be over 4 KiB of DER"
+    );
     assert_eq!(parse_crl(&crl).unwrap().serials.len(), 150);
 }

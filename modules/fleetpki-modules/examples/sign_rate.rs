@@ -47,22 +47,43 @@ fn rate(seconds: f64, threads: usize, op: impl Fn(usize) -> usize + Sync) -> f64
 }
 
 fn main() {
-    let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let seconds: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     // A P-256 CA like the default one, on disk as the worker loads it.
     let dir = std::env::temp_dir().join(format!("fleetpki-sign-rate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let now = time::OffsetDateTime::now_utc();
-    let subject = |cn: &str| CaSubject { common_name: cn.into(), organization: None, lifetime_days: 365 };
+    let subject = |cn: &str| CaSubject {
+        common_name: cn.into(),
+        organization: None,
+        lifetime_days: 365,
+    };
     let root_key = KeySpec::EcP256.generate().expect("key");
     let root = create_root(&root_key, &subject("bench root"), now).expect("root");
     let int_key = KeySpec::EcP256.generate().expect("key");
-    let int = create_intermediate(&int_key, &subject("bench intermediate"), &root, root_key, now).expect("intermediate");
+    let int = create_intermediate(
+        &int_key,
+        &subject("bench intermediate"),
+        &root,
+        root_key,
+        now,
+    )
+    .expect("intermediate");
     std::fs::write(dir.join("int.pem"), &int).expect("write");
     std::fs::write(dir.join("int.key"), int_key.serialize_pem()).expect("write");
     std::fs::write(dir.join("chain.pem"), format!("{int}{root}")).expect("write");
-    let signer = CaSigner::load(&dir.join("int.pem"), &dir.join("int.key"), &dir.join("chain.pem")).expect("signer");
+    let signer = CaSigner::load(
+        &dir.join("int.pem"),
+        &dir.join("int.key"),
+        &dir.join("chain.pem"),
+    )
+    .expect("signer");
     let _ = std::fs::remove_dir_all(&dir);
     let policy = Policy::from_json(
         r#"{"identity_proof": "none", "instances": [{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["10.0.0.0/8"]}]}"#,
@@ -74,7 +95,8 @@ fn main() {
         .map(|n| {
             let id = format!("i-{n:017x}");
             let key = KeySpec::EcP256.generate().expect("key");
-            let names = parse_names(&[format!("DNS:node{n}.fleet.internal"), "IP:10.0.0.7".into()]).expect("names");
+            let names = parse_names(&[format!("DNS:node{n}.fleet.internal"), "IP:10.0.0.7".into()])
+                .expect("names");
             let message = CsrMessage {
                 instance_id: id.clone(),
                 csr_pem: build_csr(&key, &id, &names).expect("csr"),
@@ -97,29 +119,43 @@ fn main() {
         })
         .collect();
     // Every request must really be signed, or the rate would measure refusals.
-    assert!(judge_batch(&policy, &signer, &requests).iter().all(|v| matches!(v, Verdict::Sign { .. })));
+    assert!(judge_batch(&policy, &signer, &requests)
+        .iter()
+        .all(|v| matches!(v, Verdict::Sign { .. })));
 
     // Raw: one ECDSA P-256 verify (of a real CSR-sized message) and one sign, per request.
     let raw_key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
     let rng = SystemRandom::new();
     let tbs = vec![0x5au8; 180];
     let sig = raw_key.sign(&rng, &tbs).expect("sign");
-    let public = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, raw_key.public_key().as_ref().to_vec());
+    let public = UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        raw_key.public_key().as_ref().to_vec(),
+    );
     let raw_op = |_: usize| {
         let ok = public.verify(&tbs, sig.as_ref()).is_ok();
-        let s = raw_key.sign(&rng, &tbs).map(|s| s.as_ref().len()).unwrap_or(0);
+        let s = raw_key
+            .sign(&rng, &tbs)
+            .map(|s| s.as_ref().len())
+            .unwrap_or(0);
         usize::from(ok && s > 0)
     };
     // Worker: batches of 10 (one SQS receive) through the same function the worker runs.
     let worker_op = |i: usize| {
         let start = (i * 10) % (requests.len() - 10);
-        judge_batch(&policy, &signer, &requests[start..start + 10]).iter().filter(|v| matches!(v, Verdict::Sign { .. })).count()
+        judge_batch(&policy, &signer, &requests[start..start + 10])
+            .iter()
+            .filter(|v| matches!(v, Verdict::Sign { .. }))
+            .count()
     };
     // judge_batch itself spreads a batch over the cores, so the all-core worker figure runs one
     // caller; the single-core figures run on one thread with one core's worth of work.
     let single_worker = |i: usize| {
         let r = &requests[i % requests.len()];
-        judge_batch(&policy, &signer, std::slice::from_ref(r)).iter().filter(|v| matches!(v, Verdict::Sign { .. })).count()
+        judge_batch(&policy, &signer, std::slice::from_ref(r))
+            .iter()
+            .filter(|v| matches!(v, Verdict::Sign { .. }))
+            .count()
     };
 
     let raw_1 = rate(seconds, 1, raw_op);

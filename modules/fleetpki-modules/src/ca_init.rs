@@ -9,7 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
-use fleetpki_core::ca::{certify_intermediate_csr, create_intermediate, create_root, intermediate_csr, is_signed_by, CaSubject};
+use fleetpki_core::ca::{
+    certify_intermediate_csr, create_intermediate, create_root, intermediate_csr, is_signed_by,
+    CaSubject,
+};
 use fleetpki_core::certs::parse_certificate;
 use fleetpki_core::keys::{load_private_key, public_key_spki, KeySpec};
 use fleetpki_core::layout::{write_atomic, FilePerms};
@@ -20,9 +23,11 @@ use fleetpki_sqs::AwsOptions;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::common::{aws_options, calls_json, file_options, key_perms};
 use crate::common::rfc3339;
-use crate::signer::{aws_runtime, refuse_foreign_options, signer_options, SignerArgs, AWS_KMS, AWS_PCA, FILE};
+use crate::common::{aws_options, calls_json, file_options, key_perms};
+use crate::signer::{
+    aws_runtime, refuse_foreign_options, signer_options, SignerArgs, AWS_KMS, AWS_PCA, FILE,
+};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_init";
 
@@ -31,19 +36,41 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("root_cert_path", OptionType::Path).required())
         .option(OptionSpec::new("root_privatekey_path", OptionType::Path))
         .option(OptionSpec::new("intermediate_cert_path", OptionType::Path).required())
-        .option(OptionSpec::new("intermediate_privatekey_path", OptionType::Path))
+        .option(OptionSpec::new(
+            "intermediate_privatekey_path",
+            OptionType::Path,
+        ))
         .option(OptionSpec::new("chain_path", OptionType::Path).required())
         .option(OptionSpec::new("root_common_name", OptionType::Str).default("fleetpki Root CA"))
-        .option(OptionSpec::new("intermediate_common_name", OptionType::Str).default("fleetpki Intermediate CA"))
+        .option(
+            OptionSpec::new("intermediate_common_name", OptionType::Str)
+                .default("fleetpki Intermediate CA"),
+        )
         .option(OptionSpec::new("organization_name", OptionType::Str))
-        .option(OptionSpec::new("type", OptionType::Str).choices(["ECC", "RSA"]).default("ECC"))
-        .option(OptionSpec::new("curve", OptionType::Str).choices(["secp256r1", "secp384r1"]).default("secp256r1"))
-        .option(OptionSpec::new("size", OptionType::Int).choices([2048, 3072, 4096]).default(3072))
+        .option(
+            OptionSpec::new("type", OptionType::Str)
+                .choices(["ECC", "RSA"])
+                .default("ECC"),
+        )
+        .option(
+            OptionSpec::new("curve", OptionType::Str)
+                .choices(["secp256r1", "secp384r1"])
+                .default("secp256r1"),
+        )
+        .option(
+            OptionSpec::new("size", OptionType::Int)
+                .choices([2048, 3072, 4096])
+                .default(3072),
+        )
         .option(OptionSpec::new("root_lifetime_days", OptionType::Int).default(3650))
         .option(OptionSpec::new("intermediate_lifetime_days", OptionType::Int).default(1825))
         .options(file_options())
         .options(signer_options(&[FILE, AWS_KMS, AWS_PCA]))
-        .option(OptionSpec::new("kms_key_spec", OptionType::Str).choices(["ECC_NIST_P256", "ECC_NIST_P384"]).default("ECC_NIST_P256"))
+        .option(
+            OptionSpec::new("kms_key_spec", OptionType::Str)
+                .choices(["ECC_NIST_P256", "ECC_NIST_P384"])
+                .default("ECC_NIST_P256"),
+        )
         .options(aws_options())
         .required_if("signer", FILE, &["intermediate_privatekey_path"])
         .required_if("signer", AWS_KMS, &["kms_key_id"])
@@ -85,8 +112,12 @@ fn read_optional(path: &str) -> Result<Option<String>, Failure> {
 }
 
 fn ensure_parent(path: &str) -> Result<(), Failure> {
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Failure::new(format!("cannot create {}: {e}", parent.display())))?;
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", parent.display())))?;
     }
     Ok(())
 }
@@ -103,16 +134,20 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let public = FilePerms::public_like(&key_perms);
     let check = invocation.check_mode;
     let now = time::OffsetDateTime::now_utc();
-    let subject = |cn: &str, days: u32| CaSubject { common_name: cn.to_string(), organization: args.organization_name.clone(), lifetime_days: days };
+    let subject = |cn: &str, days: u32| CaSubject {
+        common_name: cn.to_string(),
+        organization: args.organization_name.clone(),
+        lifetime_days: days,
+    };
     let mut created = Vec::new();
 
     // 1. The root: existing, or created from (and with) the root key.
     let existing_root = read_optional(&args.root_cert_path)?;
     let root_key_path = args.root_privatekey_path.clone();
     let load_root_key = |required_for: &str| -> Result<Option<rcgen::KeyPair>, Failure> {
-        let path = root_key_path
-            .as_deref()
-            .ok_or_else(|| Failure::new(format!("root_privatekey_path is needed to {required_for}")))?;
+        let path = root_key_path.as_deref().ok_or_else(|| {
+            Failure::new(format!("root_privatekey_path is needed to {required_for}"))
+        })?;
         Ok(match read_optional(path)? {
             Some(pem) => Some(load_private_key(&pem, path)?),
             None => None,
@@ -123,7 +158,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         Some(pem) => {
             let info = parse_certificate(&pem, &args.root_cert_path)?;
             if !info.is_ca {
-                return Err(Failure::new(format!("{} is not a CA certificate", args.root_cert_path)));
+                return Err(Failure::new(format!(
+                    "{} is not a CA certificate",
+                    args.root_cert_path
+                )));
             }
             pem
         }
@@ -134,12 +172,20 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                     created.push("root_privatekey");
                     let key = spec.generate()?;
                     if !check {
-                        write(root_key_path.as_deref().unwrap_or_default(), &key.serialize_pem(), &key_perms)?;
+                        write(
+                            root_key_path.as_deref().unwrap_or_default(),
+                            &key.serialize_pem(),
+                            &key_perms,
+                        )?;
                     }
                     key
                 }
             };
-            let pem = create_root(&key, &subject(&args.root_common_name, args.root_lifetime_days), now)?;
+            let pem = create_root(
+                &key,
+                &subject(&args.root_common_name, args.root_lifetime_days),
+                now,
+            )?;
             if !check {
                 write(&args.root_cert_path, &pem, &public)?;
             }
@@ -159,15 +205,45 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             })?,
         };
         if public_key_spki(&key) != root_info.spki_der {
-            return Err(Failure::new("root_privatekey_path does not belong to root_cert_path"));
+            return Err(Failure::new(
+                "root_privatekey_path does not belong to root_cert_path",
+            ));
         }
         Ok(key)
     };
     let mut remote = RemoteFacts::default();
     let intermediate_pem = match args.signer.signer.as_str() {
-        AWS_KMS => kms_intermediate(&args, &public, &root_pem, root_key_for_intermediate, check, now, &mut created, &mut remote)?,
-        AWS_PCA => Some(pca_intermediate(&args, &public, &root_pem, root_key_for_intermediate, check, now, &mut created, &mut remote)?),
-        _ => Some(file_intermediate(&args, &spec, &key_perms, &public, &root_pem, root_key_for_intermediate, check, now, &mut created)?),
+        AWS_KMS => kms_intermediate(
+            &args,
+            &public,
+            &root_pem,
+            root_key_for_intermediate,
+            check,
+            now,
+            &mut created,
+            &mut remote,
+        )?,
+        AWS_PCA => Some(pca_intermediate(
+            &args,
+            &public,
+            &root_pem,
+            root_key_for_intermediate,
+            check,
+            now,
+            &mut created,
+            &mut remote,
+        )?),
+        _ => Some(file_intermediate(
+            &args,
+            &spec,
+            &key_perms,
+            &public,
+            &root_pem,
+            root_key_for_intermediate,
+            check,
+            now,
+            &mut created,
+        )?),
     };
     let signer_facts = |outcome: Outcome| {
         let mut outcome = outcome.with("signer", args.signer.signer.as_str());
@@ -190,7 +266,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         let mut outcome = Outcome::new(true, format!("would write: {}", created.join(", ")))
             .with("root_created", created.contains(&"root"))
             .with("intermediate_created", true);
-        outcome.diff = Some((String::new(), created.iter().map(|c| format!("{c}\n")).collect()));
+        outcome.diff = Some((
+            String::new(),
+            created.iter().map(|c| format!("{c}\n")).collect(),
+        ));
         return Ok(signer_facts(outcome));
     };
     let intermediate = parse_certificate(&intermediate_pem, &args.intermediate_cert_path)?;
@@ -207,14 +286,25 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let changed = !created.is_empty();
     let mut outcome = Outcome::new(
         changed,
-        if changed { format!("{}: {}", if check { "would write" } else { "wrote" }, created.join(", ")) } else { "the CA is in place".into() },
+        if changed {
+            format!(
+                "{}: {}",
+                if check { "would write" } else { "wrote" },
+                created.join(", ")
+            )
+        } else {
+            "the CA is in place".into()
+        },
     )
     .with("root_created", created.contains(&"root"))
     .with("intermediate_created", created.contains(&"intermediate"))
     .with("intermediate_serial", intermediate.serial_hex.clone())
     .with("intermediate_not_after", rfc3339(intermediate.not_after));
     if changed {
-        outcome.diff = Some((String::new(), created.iter().map(|c| format!("{c}\n")).collect()));
+        outcome.diff = Some((
+            String::new(),
+            created.iter().map(|c| format!("{c}\n")).collect(),
+        ));
     }
     Ok(signer_facts(outcome))
 }
@@ -240,8 +330,22 @@ fn file_intermediate(
     now: time::OffsetDateTime,
     created: &mut Vec<&'static str>,
 ) -> Result<String, Failure> {
-    refuse_foreign_options(FILE, &[("kms_key_id", args.signer.kms_key_id.is_some()), ("certificate_authority_arn", args.signer.certificate_authority_arn.is_some())])?;
-    let key_path = args.intermediate_privatekey_path.as_deref().ok_or_else(|| Failure::new("signer is file but intermediate_privatekey_path is missing"))?;
+    refuse_foreign_options(
+        FILE,
+        &[
+            ("kms_key_id", args.signer.kms_key_id.is_some()),
+            (
+                "certificate_authority_arn",
+                args.signer.certificate_authority_arn.is_some(),
+            ),
+        ],
+    )?;
+    let key_path = args
+        .intermediate_privatekey_path
+        .as_deref()
+        .ok_or_else(|| {
+            Failure::new("signer is file but intermediate_privatekey_path is missing")
+        })?;
     let existing_cert = read_optional(&args.intermediate_cert_path)?;
     let existing_key = read_optional(key_path)?;
     match (existing_cert, &existing_key) {
@@ -255,7 +359,10 @@ fn file_intermediate(
                 )));
             }
             if !info.is_ca {
-                return Err(Failure::new(format!("{} is not a CA certificate", args.intermediate_cert_path)));
+                return Err(Failure::new(format!(
+                    "{} is not a CA certificate",
+                    args.intermediate_cert_path
+                )));
             }
             Ok(cert_pem)
         }
@@ -276,7 +383,8 @@ fn file_intermediate(
                     key
                 }
             };
-            let pem = create_intermediate(&key, &intermediate_subject(args), root_pem, root_key, now)?;
+            let pem =
+                create_intermediate(&key, &intermediate_subject(args), root_pem, root_key, now)?;
             if !check {
                 write(&args.intermediate_cert_path, &pem, public)?;
             }
@@ -308,7 +416,19 @@ fn kms_intermediate(
     created: &mut Vec<&'static str>,
     facts: &mut RemoteFacts,
 ) -> Result<Option<String>, Failure> {
-    refuse_foreign_options(AWS_KMS, &[("intermediate_privatekey_path", args.intermediate_privatekey_path.is_some()), ("certificate_authority_arn", args.signer.certificate_authority_arn.is_some())])?;
+    refuse_foreign_options(
+        AWS_KMS,
+        &[
+            (
+                "intermediate_privatekey_path",
+                args.intermediate_privatekey_path.is_some(),
+            ),
+            (
+                "certificate_authority_arn",
+                args.signer.certificate_authority_arn.is_some(),
+            ),
+        ],
+    )?;
     let key_id = args.signer.kms_key_id()?;
     let (runtime, config) = aws_runtime(&args.aws)?;
     let kms = Kms::new(&config);
@@ -350,10 +470,19 @@ fn kms_intermediate(
             return Ok(Some(cert_pem));
         }
         let root_key = root_key()?;
-        let key = Arc::new(KmsKey::new(kms.clone(), &public, runtime.clone()).map_err(|e| Failure::new(e.to_string()))?);
+        let key = Arc::new(
+            KmsKey::new(kms.clone(), &public, runtime.clone())
+                .map_err(|e| Failure::new(e.to_string()))?,
+        );
         let signing_key = RemoteSigningKey::new(key, &public.spki_der)?;
         let csr = intermediate_csr(&signing_key, &intermediate_subject(args))?;
-        let pem = certify_intermediate_csr(&csr, args.intermediate_lifetime_days, root_pem, root_key, now)?;
+        let pem = certify_intermediate_csr(
+            &csr,
+            args.intermediate_lifetime_days,
+            root_pem,
+            root_key,
+            now,
+        )?;
         if !check {
             write(&args.intermediate_cert_path, &pem, public_perms)?;
         }
@@ -377,19 +506,37 @@ fn pca_intermediate(
     created: &mut Vec<&'static str>,
     facts: &mut RemoteFacts,
 ) -> Result<String, Failure> {
-    refuse_foreign_options(AWS_PCA, &[("intermediate_privatekey_path", args.intermediate_privatekey_path.is_some()), ("kms_key_id", args.signer.kms_key_id.is_some())])?;
+    refuse_foreign_options(
+        AWS_PCA,
+        &[
+            (
+                "intermediate_privatekey_path",
+                args.intermediate_privatekey_path.is_some(),
+            ),
+            ("kms_key_id", args.signer.kms_key_id.is_some()),
+        ],
+    )?;
     let arn = args.signer.certificate_authority_arn()?;
     let (runtime, config) = aws_runtime(&args.aws)?;
     let pca = Pca::new(&config);
     let result = (|| {
         let state = runtime.block_on(pca.describe(arn))?;
         if state.ca_type != "SUBORDINATE" {
-            return Err(Failure::new(format!("the Private CA {arn} is a {} CA: the root stays offline, so use a SUBORDINATE CA", state.ca_type)));
+            return Err(Failure::new(format!(
+                "the Private CA {arn} is a {} CA: the root stays offline, so use a SUBORDINATE CA",
+                state.ca_type
+            )));
         }
         let pem = match state.status.as_str() {
             "PENDING_CERTIFICATE" => {
                 let csr = runtime.block_on(pca.ca_csr(arn))?;
-                let pem = certify_intermediate_csr(&csr, args.intermediate_lifetime_days, root_pem, root_key()?, now)?;
+                let pem = certify_intermediate_csr(
+                    &csr,
+                    args.intermediate_lifetime_days,
+                    root_pem,
+                    root_key()?,
+                    now,
+                )?;
                 if !check {
                     runtime.block_on(pca.import_ca_certificate(arn, &pem, root_pem))?;
                 }
@@ -397,11 +544,17 @@ fn pca_intermediate(
                 pem
             }
             "ACTIVE" => runtime.block_on(pca.ca_certificate(arn))?,
-            other => return Err(Failure::new(format!("the Private CA {arn} is {other}: it must be PENDING_CERTIFICATE or ACTIVE"))),
+            other => {
+                return Err(Failure::new(format!(
+                    "the Private CA {arn} is {other}: it must be PENDING_CERTIFICATE or ACTIVE"
+                )))
+            }
         };
         let info = parse_certificate(&pem, arn)?;
         if !info.is_ca {
-            return Err(Failure::new(format!("the certificate of {arn} is not a CA certificate")));
+            return Err(Failure::new(format!(
+                "the certificate of {arn} is not a CA certificate"
+            )));
         }
         if !is_signed_by(&pem, root_pem)? {
             return Err(Failure::new(format!(
@@ -409,7 +562,11 @@ fn pca_intermediate(
                 args.root_cert_path
             )));
         }
-        if read_optional(&args.intermediate_cert_path)?.as_deref().map(str::trim) != Some(pem.trim()) {
+        if read_optional(&args.intermediate_cert_path)?
+            .as_deref()
+            .map(str::trim)
+            != Some(pem.trim())
+        {
             if !check {
                 write(&args.intermediate_cert_path, &pem, public)?;
             }

@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use ansible_module::{
+    ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
+};
 use fleetpki_core::crl::{normalize_serial, parse_crl, reissue_reason, Reason, Revocation};
 use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::renewal::RenewBefore;
@@ -30,12 +32,23 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("ca_chain_path", OptionType::Path).required())
         .option(OptionSpec::new("crl_path", OptionType::Path).required())
         .option(OptionSpec::new("revocations_path", OptionType::Path).required())
-        .option(OptionSpec::new("issuance_log_paths", OptionType::List(ElementType::Str)).default(json!([])))
+        .option(
+            OptionSpec::new("issuance_log_paths", OptionType::List(ElementType::Str))
+                .default(json!([])),
+        )
         .option(OptionSpec::new("serials", OptionType::List(ElementType::Str)).default(json!([])))
-        .option(OptionSpec::new("instance_ids", OptionType::List(ElementType::Str)).default(json!([])))
+        .option(
+            OptionSpec::new("instance_ids", OptionType::List(ElementType::Str)).default(json!([])),
+        )
         .option(
             OptionSpec::new("reason", OptionType::Str)
-                .choices(["unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation"])
+                .choices([
+                    "unspecified",
+                    "key_compromise",
+                    "affiliation_changed",
+                    "superseded",
+                    "cessation_of_operation",
+                ])
                 .default("unspecified"),
         )
         .option(OptionSpec::new("crl_lifetime_days", OptionType::Int).default(7))
@@ -76,9 +89,12 @@ struct State {
 fn issued_records(paths: &[String]) -> Result<Vec<(String, String, i64)>, Failure> {
     let mut records = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|e| Failure::new(format!("cannot read the issuance log {path}: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::new(format!("cannot read the issuance log {path}: {e}")))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(value) = serde_json::from_str::<Value>(line) else { continue };
+            let Ok(value) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
             // Every line with a serial is a certificate that exists: issued, or signed but not
             // delivered (its reply could not be sent), which must be revocable all the same.
             if value["serial"].is_null() {
@@ -86,10 +102,15 @@ fn issued_records(paths: &[String]) -> Result<Vec<(String, String, i64)>, Failur
             }
             let not_after = value["not_after"]
                 .as_str()
-                .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .map(|t| t.unix_timestamp())
                 .unwrap_or(i64::MAX);
-            if let (Some(serial), Some(instance)) = (value["serial"].as_str(), value["instance_id"].as_str()) {
+            if let (Some(serial), Some(instance)) =
+                (value["serial"].as_str(), value["instance_id"].as_str())
+            {
                 records.push((serial.to_string(), instance.to_string(), not_after));
             }
         }
@@ -104,7 +125,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     }
     let renew_before = match RenewBefore::parse(&args.crl_renew_before) {
         Ok(RenewBefore::Duration(d)) => d,
-        _ => return Err(Failure::new("crl_renew_before must be a duration such as 2d or 12h")),
+        _ => {
+            return Err(Failure::new(
+                "crl_renew_before must be a duration such as 2d or 12h",
+            ))
+        }
     };
     if renew_before.is_zero() {
         return Err(Failure::new("crl_renew_before must be more than 0: with 0 the CRL is re-issued only after it expired"));
@@ -114,17 +139,36 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         return Err(Failure::new("crl_renew_before must be shorter than crl_lifetime_days, or every run re-issues the CRL"));
     }
     // With signer=aws_kms the CRL is signed through KMS like the certificates.
-    let backend = Backend::open(&args.signer, &args.aws, &args.ownca_path, args.ownca_privatekey_path.as_deref(), &args.ca_chain_path, None)?;
+    let backend = Backend::open(
+        &args.signer,
+        &args.aws,
+        &args.ownca_path,
+        args.ownca_privatekey_path.as_deref(),
+        &args.ca_chain_path,
+        None,
+    )?;
     let Backend::Local { signer, .. } = &backend else {
-        return Err(Failure::new("AWS Private CA publishes its own CRL: revoke with `aws acm-pca revoke-certificate`"));
+        return Err(Failure::new(
+            "AWS Private CA publishes its own CRL: revoke with `aws acm-pca revoke-certificate`",
+        ));
     };
     let now = time::OffsetDateTime::now_utc();
 
     // 1. The revocation state, plus what this task revokes.
     let mut state: State = match std::fs::read_to_string(&args.revocations_path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| Failure::new(format!("{} is not a revocation state file: {e}", args.revocations_path)))?,
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            Failure::new(format!(
+                "{} is not a revocation state file: {e}",
+                args.revocations_path
+            ))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(Failure::new(format!("cannot read {}: {e}", args.revocations_path))),
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "cannot read {}: {e}",
+                args.revocations_path
+            )))
+        }
     };
     for revocation in &mut state.revoked {
         revocation.serial = normalize_serial(&revocation.serial)?;
@@ -137,11 +181,16 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let mut warnings = Vec::new();
     if !args.instance_ids.is_empty() {
         if args.issuance_log_paths.is_empty() {
-            return Err(Failure::new("revoking by instance_ids needs issuance_log_paths (the workers' audit logs)"));
+            return Err(Failure::new(
+                "revoking by instance_ids needs issuance_log_paths (the workers' audit logs)",
+            ));
         }
         let records = issued_records(&args.issuance_log_paths)?;
         for instance in &args.instance_ids {
-            let found: Vec<_> = records.iter().filter(|(_, id, not_after)| id == instance && *not_after > now.unix_timestamp()).collect();
+            let found: Vec<_> = records
+                .iter()
+                .filter(|(_, id, not_after)| id == instance && *not_after > now.unix_timestamp())
+                .collect();
             if found.is_empty() {
                 warnings.push(format!(
                     "no unexpired certificate of {instance} is in the issuance logs: nothing revoked for it (check the id, and that every worker's log is listed)"
@@ -157,7 +206,12 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         if known.contains(&serial) || newly.contains(&serial) {
             continue;
         }
-        state.revoked.push(Revocation { serial: serial.clone(), instance_id, reason: args.reason, revoked_at: now.unix_timestamp() });
+        state.revoked.push(Revocation {
+            serial: serial.clone(),
+            instance_id,
+            reason: args.reason,
+            revoked_at: now.unix_timestamp(),
+        });
         newly.push(serial);
     }
 
@@ -175,20 +229,37 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         Some((key, calls)) => outcome.with("signer", backend.name()).with(key, calls),
         None => outcome.with("signer", backend.name()),
     };
-    let mut outcome = Outcome::new(false, "the CRL is current").with("revoked", json!(newly)).with("revoked_count", state.revoked.len());
+    let mut outcome = Outcome::new(false, "the CRL is current")
+        .with("revoked", json!(newly))
+        .with("revoked_count", state.revoked.len());
     outcome.warnings = warnings;
     if let Some(crl) = &current {
         outcome = outcome.with("crl_next_update", crl.next_update.map(rfc3339));
     }
-    let Some(why) = why else { return Ok(finish(outcome)) };
+    let Some(why) = why else {
+        return Ok(finish(outcome));
+    };
     outcome.changed = true;
-    outcome.msg = format!("{} a new CRL: {why}", if invocation.check_mode { "would issue" } else { "issued" });
+    outcome.msg = format!(
+        "{} a new CRL: {why}",
+        if invocation.check_mode {
+            "would issue"
+        } else {
+            "issued"
+        }
+    );
     if invocation.check_mode {
         return Ok(finish(outcome));
     }
     for path in [&args.revocations_path, &args.crl_path] {
-        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
-            return Err(Failure::new(format!("the directory {} of {path} does not exist: create it first", parent.display())));
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
+        {
+            return Err(Failure::new(format!(
+                "the directory {} of {path} does not exist: create it first",
+                parent.display()
+            )));
         }
     }
     state.crl_number += 1;
@@ -196,7 +267,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let perms = FilePerms::private(None, None, 0o600);
     let state_json = serde_json::to_vec_pretty(&state).map_err(|e| Failure::new(e.to_string()))?;
     write_atomic(Path::new(&args.revocations_path), &state_json, &perms)?;
-    write_atomic(Path::new(&args.crl_path), crl_pem.as_bytes(), &FilePerms::public_like(&perms))?;
+    write_atomic(
+        Path::new(&args.crl_path),
+        crl_pem.as_bytes(),
+        &FilePerms::public_like(&perms),
+    )?;
     let next = now.replace_nanosecond(0).unwrap_or(now) + lifetime;
-    Ok(finish(outcome.with("crl_next_update", rfc3339(next)).with("crl_number", state.crl_number)))
+    Ok(finish(
+        outcome
+            .with("crl_next_update", rfc3339(next))
+            .with("crl_number", state.crl_number),
+    ))
 }

@@ -34,11 +34,13 @@ pub fn serve(config_path: Option<&str>) -> i32 {
 }
 
 fn modified(path: &Option<String>) -> Option<SystemTime> {
-    path.as_ref().and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    path.as_ref()
+        .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
 }
 
 fn run(config_path: &str) -> Result<(), String> {
-    let invocation = Invocation::from_args_file(config_path, NAME, &spec()).map_err(|e| e.to_string())?;
+    let invocation =
+        Invocation::from_args_file(config_path, NAME, &spec()).map_err(|e| e.to_string())?;
     let args: Args = invocation.args().map_err(|e| e.to_string())?;
     let policy = load_policy(&args).map_err(|f| f.msg)?;
     for warning in policy.warnings() {
@@ -50,15 +52,24 @@ fn run(config_path: &str) -> Result<(), String> {
     let backend = loop {
         match args.open_backend() {
             Ok(backend) => break backend,
-            Err(f) if f.values.contains_key("kms_calls") || f.values.contains_key("acmpca_calls") => {
-                log(&format!("signer unavailable at start ({}); retrying in {} s", f.msg, wait.as_secs()));
+            Err(f)
+                if f.values.contains_key("kms_calls") || f.values.contains_key("acmpca_calls") =>
+            {
+                log(&format!(
+                    "signer unavailable at start ({}); retrying in {} s",
+                    f.msg,
+                    wait.as_secs()
+                ));
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
             Err(f) => return Err(f.msg),
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -153,13 +164,18 @@ fn run(config_path: &str) -> Result<(), String> {
 
 fn stop(worker: &Worker<'_>) -> Result<(), String> {
     let tally = &worker.tally;
-    log(&format!("stopping: issued {}, rejected {}, dead-lettered {}", tally.issued, tally.rejected, tally.dead_lettered));
+    log(&format!(
+        "stopping: issued {}, rejected {}, dead-lettered {}",
+        tally.issued, tally.rejected, tally.dead_lettered
+    ));
     Ok(())
 }
 
 /// Exponential backoff with full jitter, capped at 30 s.
 fn backoff(failures: u32) -> Duration {
     let cap_ms = 30_000u64.min(250u64.saturating_mul(1u64 << failures.min(10)));
-    let random = fleetpki_core::random_bytes::<8>().map(u64::from_le_bytes).unwrap_or(cap_ms / 2);
+    let random = fleetpki_core::random_bytes::<8>()
+        .map(u64::from_le_bytes)
+        .unwrap_or(cap_ms / 2);
     Duration::from_millis(random % cap_ms.max(1))
 }

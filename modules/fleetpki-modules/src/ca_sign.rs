@@ -8,21 +8,23 @@ use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, 
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
 use fleetpki_core::csr::{parse_and_verify_csr, ParsedCsr};
 use fleetpki_core::policy::{
-    is_valid_instance_id, Grant, Policy, ReasonCode, Rejection, SigningRequest, MAX_BODY_BYTES, MAX_CSR_PEM_BYTES,
+    is_valid_instance_id, Grant, Policy, ReasonCode, Rejection, SigningRequest, MAX_BODY_BYTES,
+    MAX_CSR_PEM_BYTES,
 };
 use fleetpki_core::remote::RemoteSignError;
 use fleetpki_core::sign::{CaSigner, IssuedCertificate, CLOCK_SKEW_ALLOWANCE};
+use fleetpki_core::wire::{
+    CertificateMessage, CsrMessage, RejectionMessage, ReplyMessage, ReplyMode,
+    INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE, WIRE_VERSION,
+};
 use fleetpki_core::PkiError;
 use fleetpki_signers::pca::{template_for, Issuance};
-use fleetpki_core::wire::{
-    CertificateMessage, CsrMessage, RejectionMessage, ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE, WIRE_VERSION,
-};
 use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs, SqsError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::common::{aws_options, calls_json, now_unix, runtime};
 use crate::common::rfc3339;
+use crate::common::{aws_options, calls_json, now_unix, runtime};
 use crate::signer::{signer_options, Backend, PcaBackend, SignerArgs, AWS_KMS, AWS_PCA, FILE};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
@@ -92,7 +94,11 @@ impl Args {
 
 fn check_range(name: &str, value: i64, low: i64, high: i64) -> Result<(), Failure> {
     if value < low || value > high {
-        return Err(ansible_module::ArgumentError::Invalid { name: name.into(), problem: format!("{value} is outside {low}..{high}") }.into());
+        return Err(ansible_module::ArgumentError::Invalid {
+            name: name.into(),
+            problem: format!("{value} is outside {low}..{high}"),
+        }
+        .into());
     }
     Ok(())
 }
@@ -100,11 +106,14 @@ fn check_range(name: &str, value: i64, low: i64, high: i64) -> Result<(), Failur
 pub fn load_policy(args: &Args) -> Result<Policy, Failure> {
     match (&args.policy_path, &args.policy) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Failure::new(format!("cannot read the policy file {path}: {e}")))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::new(format!("cannot read the policy file {path}: {e}")))?;
             Policy::from_json(&text).map_err(|e| Failure::new(format!("{path}: {e}")))
         }
         (None, Some(value)) => Policy::from_value(value.clone()).map_err(Failure::from),
-        (None, None) => Err(Failure::new("one of the following is required: policy, policy_path")),
+        (None, None) => Err(Failure::new(
+            "one of the following is required: policy, policy_path",
+        )),
     }
 }
 
@@ -115,7 +124,9 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     check_range("max_requests", args.max_requests, 0, i64::MAX)?;
     check_range("visibility_timeout", args.visibility_timeout, 0, 43_200)?;
     let policy = load_policy(&args)?;
-    let backend = args.open_backend().map_err(|f| signer_unavailable_at_start(&args, f))?;
+    let backend = args
+        .open_backend()
+        .map_err(|f| signer_unavailable_at_start(&args, f))?;
 
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -190,7 +201,8 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
 /// against the requests' receive counts. Said in the words of a failure in mid-drain, with the
 /// same (empty) result keys, so a playbook handles both alike.
 fn signer_unavailable_at_start(args: &Args, failure: Failure) -> Failure {
-    let aws_answered = failure.values.contains_key("kms_calls") || failure.values.contains_key("acmpca_calls");
+    let aws_answered =
+        failure.values.contains_key("kms_calls") || failure.values.contains_key("acmpca_calls");
     // Not an AWS answer (a missing file, a key that is not the certificate's): said as it is.
     let msg = if aws_answered {
         format!("the signer is unavailable: {}; no request was taken from the queue: they wait there for the next run", failure.msg)
@@ -233,11 +245,21 @@ type Signed = (IssuedCertificate, Option<String>);
 /// What the checks decided for one received request.
 pub enum Verdict {
     /// `signer_ref`: the KMS key ARN, or the Private CA certificate ARN, for the audit log.
-    Sign { message: CsrMessage, issued: IssuedCertificate, signer_ref: Option<String> },
-    Refuse { message: Option<CsrMessage>, rejection: Rejection },
+    Sign {
+        message: CsrMessage,
+        issued: IssuedCertificate,
+        signer_ref: Option<String>,
+    },
+    Refuse {
+        message: Option<CsrMessage>,
+        rejection: Rejection,
+    },
     /// The signer cannot sign now (a disabled KMS key, throttling past the retries): the
     /// request waits in the queue for a signer that works.
-    Unavailable { message: CsrMessage, error: RemoteSignError },
+    Unavailable {
+        message: CsrMessage,
+        error: RemoteSignError,
+    },
 }
 
 /// What became of a request once its answer was published, or could not be.
@@ -270,7 +292,12 @@ pub struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    pub async fn new(sqs: &'a Sqs, args: &'a Args, policy: Policy, backend: &'a Backend) -> Result<Worker<'a>, SqsError> {
+    pub async fn new(
+        sqs: &'a Sqs,
+        args: &'a Args,
+        policy: Policy,
+        backend: &'a Backend,
+    ) -> Result<Worker<'a>, SqsError> {
         let dead_letter_queue = match &args.dead_letter_queue_url {
             Some(url) => Some(url.clone()),
             None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,
@@ -280,9 +307,11 @@ impl<'a> Worker<'a> {
             warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
         }
         let remote_pool = match backend {
-            Backend::Local { kms: Some(_), .. } => {
-                rayon::ThreadPoolBuilder::new().num_threads(args.batch_size.clamp(1, 10) as usize).thread_name(|i| format!("kms-sign-{i}")).build().ok()
-            }
+            Backend::Local { kms: Some(_), .. } => rayon::ThreadPoolBuilder::new()
+                .num_threads(args.batch_size.clamp(1, 10) as usize)
+                .thread_name(|i| format!("kms-sign-{i}"))
+                .build()
+                .ok(),
             _ => None,
         };
         Ok(Worker {
@@ -322,7 +351,14 @@ impl<'a> Worker<'a> {
 
     /// Receives up to `max` requests. Cancelling this loses nothing (a service stops here).
     pub async fn receive(&self, max: i32, wait: i32) -> Result<Vec<Received>, SqsError> {
-        self.sqs.receive(&self.args.csr_queue_url, max, wait, Some(self.args.visibility_timeout as i32)).await
+        self.sqs
+            .receive(
+                &self.args.csr_queue_url,
+                max,
+                wait,
+                Some(self.args.visibility_timeout as i32),
+            )
+            .await
     }
 
     /// Processes received requests: checking and signing run in parallel on the cores; the
@@ -340,7 +376,13 @@ impl<'a> Worker<'a> {
             Backend::Pca(pca) => issue_batch_through_pca(&self.policy, pca, batch).await,
         };
         let this = &*self;
-        let fates = futures_util::future::join_all(batch.iter().zip(verdicts).map(|(received, verdict)| this.answer(received, verdict))).await;
+        let fates = futures_util::future::join_all(
+            batch
+                .iter()
+                .zip(verdicts)
+                .map(|(received, verdict)| this.answer(received, verdict)),
+        )
+        .await;
         let mut done = Vec::new();
         for (received, (message, fate, signed)) in batch.iter().zip(fates) {
             self.record(received, message.as_ref(), &fate, signed.as_ref());
@@ -359,7 +401,10 @@ impl<'a> Worker<'a> {
                     }));
                     // Visible again at once: the next drain (or the service, once its probe
                     // passes) takes it up; a failed hand-back only delays it by the timeout.
-                    let _ = self.sqs.hand_back(&self.args.csr_queue_url, &received.receipt_handle).await;
+                    let _ = self
+                        .sqs
+                        .hand_back(&self.args.csr_queue_url, &received.receipt_handle)
+                        .await;
                     self.signer_error = Some(error);
                 }
                 Fate::Issued(issued) => {
@@ -379,9 +424,15 @@ impl<'a> Worker<'a> {
         }
         // Delete only what was answered; a failed delete means a duplicate answer later,
         // which the node discards (it no longer waits for that request id).
-        let failed = self.sqs.delete_batch(&self.args.csr_queue_url, &done).await?;
+        let failed = self
+            .sqs
+            .delete_batch(&self.args.csr_queue_url, &done)
+            .await?;
         if !failed.is_empty() {
-            self.warnings.push(format!("{} processed request(s) could not be deleted and will be answered again", failed.len()));
+            self.warnings.push(format!(
+                "{} processed request(s) could not be deleted and will be answered again",
+                failed.len()
+            ));
         }
         Ok(())
     }
@@ -389,10 +440,20 @@ impl<'a> Worker<'a> {
     /// Publishes the answer to one request. The message, and a certificate signed for it even if
     /// it could not be delivered, are returned for the audit log: every certificate that exists
     /// under our CA is in the log.
-    async fn answer(&self, received: &Received, verdict: Verdict) -> (Option<CsrMessage>, Fate, Option<Signed>) {
+    async fn answer(
+        &self,
+        received: &Received,
+        verdict: Verdict,
+    ) -> (Option<CsrMessage>, Fate, Option<Signed>) {
         match verdict {
-            Verdict::Unavailable { message, error } => (Some(message), Fate::SignerUnavailable(error), None),
-            Verdict::Sign { message, issued, signer_ref } => {
+            Verdict::Unavailable { message, error } => {
+                (Some(message), Fate::SignerUnavailable(error), None)
+            }
+            Verdict::Sign {
+                message,
+                issued,
+                signer_ref,
+            } => {
                 let signed = Some((issued.clone(), signer_ref));
                 let reply = ReplyMessage::Certificate(CertificateMessage {
                     instance_id: message.instance_id.clone(),
@@ -409,14 +470,32 @@ impl<'a> Worker<'a> {
                     return (Some(message), fate, signed);
                 };
                 // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
-                let body = if message.is_seed_format() { seed_body(&reply) } else { reply.to_json() };
-                let fate = match self.sqs.send(&target, &body, &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)]).await {
+                let body = if message.is_seed_format() {
+                    seed_body(&reply)
+                } else {
+                    reply.to_json()
+                };
+                let fate = match self
+                    .sqs
+                    .send(
+                        &target,
+                        &body,
+                        &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)],
+                    )
+                    .await
+                {
                     Ok(_) => Fate::Issued(issued),
                     Err(SqsError::QueueMissing(_)) => {
-                        let missing = Rejection::new(ReasonCode::MessageMalformed, format!("the reply queue of {} does not exist", message.instance_id));
+                        let missing = Rejection::new(
+                            ReasonCode::MessageMalformed,
+                            format!("the reply queue of {} does not exist", message.instance_id),
+                        );
                         self.dead_letter(received, missing).await
                     }
-                    Err(e) => Fate::Retry(format!("could not publish the certificate for {}: {e}", message.instance_id)),
+                    Err(e) => Fate::Retry(format!(
+                        "could not publish the certificate for {}: {e}",
+                        message.instance_id
+                    )),
                 };
                 (Some(message), fate, signed)
             }
@@ -429,9 +508,17 @@ impl<'a> Worker<'a> {
 
     /// Answers a refusal: a policy refusal to the node (when it reads rejections), an
     /// unprocessable message to the dead-letter queue (and to the node, when it is ours).
-    async fn refuse(&self, received: &Received, message: Option<&CsrMessage>, rejection: Rejection) -> Fate {
-        let answerable = message
-            .filter(|m| m.reply_mode() == ReplyMode::PerNode && m.request_id.is_some() && is_valid_instance_id(&m.instance_id));
+    async fn refuse(
+        &self,
+        received: &Received,
+        message: Option<&CsrMessage>,
+        rejection: Rejection,
+    ) -> Fate {
+        let answerable = message.filter(|m| {
+            m.reply_mode() == ReplyMode::PerNode
+                && m.request_id.is_some()
+                && is_valid_instance_id(&m.instance_id)
+        });
         let mut answered = false;
         if let Some(m) = answerable {
             if let Some(target) = self.reply_target(m) {
@@ -441,7 +528,15 @@ impl<'a> Worker<'a> {
                     reason_code: rejection.code.as_str().into(),
                     message: rejection.message.clone(),
                 });
-                answered = self.sqs.send(&target, &reply.to_json(), &[(INSTANCE_ID_ATTRIBUTE, &m.instance_id)]).await.is_ok();
+                answered = self
+                    .sqs
+                    .send(
+                        &target,
+                        &reply.to_json(),
+                        &[(INSTANCE_ID_ATTRIBUTE, &m.instance_id)],
+                    )
+                    .await
+                    .is_ok();
             }
         }
         if rejection.code.is_integrity_failure() || !answered {
@@ -453,7 +548,10 @@ impl<'a> Worker<'a> {
     async fn dead_letter(&self, received: &Received, rejection: Rejection) -> Fate {
         let Some(dlq) = &self.dead_letter_queue else {
             // Without a DLQ the message stays; the queue's own redrive (if any) decides.
-            return Fate::Retry(format!("cannot dead-letter message {} ({rejection}): no dead-letter queue", received.message_id));
+            return Fate::Retry(format!(
+                "cannot dead-letter message {} ({rejection}): no dead-letter queue",
+                received.message_id
+            ));
         };
         let reason = rejection.to_string();
         let mut attributes = vec![(REASON_ATTRIBUTE, reason.as_str())];
@@ -462,7 +560,10 @@ impl<'a> Worker<'a> {
         }
         match self.sqs.send(dlq, &received.body, &attributes).await {
             Ok(_) => Fate::DeadLettered(rejection),
-            Err(e) => Fate::Retry(format!("could not dead-letter message {}: {e}", received.message_id)),
+            Err(e) => Fate::Retry(format!(
+                "could not dead-letter message {}: {e}",
+                received.message_id
+            )),
         }
     }
 
@@ -473,12 +574,25 @@ impl<'a> Worker<'a> {
         if message.reply_mode() == ReplyMode::Shared {
             return self.args.shared_cert_queue_url.clone();
         }
-        let (base, _) = self.args.csr_queue_url.trim_end_matches('/').rsplit_once('/')?;
-        Some(format!("{base}/{}", reply_queue_name(&self.args.reply_queue_prefix, &message.instance_id)))
+        let (base, _) = self
+            .args
+            .csr_queue_url
+            .trim_end_matches('/')
+            .rsplit_once('/')?;
+        Some(format!(
+            "{base}/{}",
+            reply_queue_name(&self.args.reply_queue_prefix, &message.instance_id)
+        ))
     }
 
     /// One JSON line per decision. No key, secret or HMAC is ever written.
-    fn record(&mut self, received: &Received, message: Option<&CsrMessage>, fate: &Fate, signed: Option<&Signed>) {
+    fn record(
+        &mut self,
+        received: &Received,
+        message: Option<&CsrMessage>,
+        fate: &Fate,
+        signed: Option<&Signed>,
+    ) {
         if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
             return;
         }
@@ -514,10 +628,17 @@ impl<'a> Worker<'a> {
         if self.audit_to_stdout {
             println!("{line}");
         }
-        let Some(path) = &self.args.audit_log_path else { return };
-        let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
+        let Some(path) = &self.args.audit_log_path else {
+            return;
+        };
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
-            self.warnings.push(format!("cannot write the audit log {path}: {e}"));
+            self.warnings
+                .push(format!("cannot write the audit log {path}: {e}"));
         }
     }
 }
@@ -549,23 +670,51 @@ pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict
 /// A refusal is as common an answer as an acceptance, and moved once: not boxed.
 #[allow(clippy::result_large_err)]
 pub fn check(policy: &Policy, received: &Received) -> Result<Accepted, Verdict> {
-    let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse { message, rejection: Rejection::new(code, text) };
+    let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse {
+        message,
+        rejection: Rejection::new(code, text),
+    };
     if received.body.len() > MAX_BODY_BYTES {
-        return Err(refuse(None, ReasonCode::MessageTooLarge, format!("the body has {} bytes; at most {MAX_BODY_BYTES}", received.body.len())));
+        return Err(refuse(
+            None,
+            ReasonCode::MessageTooLarge,
+            format!(
+                "the body has {} bytes; at most {MAX_BODY_BYTES}",
+                received.body.len()
+            ),
+        ));
     }
     let message: CsrMessage = match serde_json::from_str(&received.body) {
         Ok(m) => m,
-        Err(e) => return Err(refuse(None, ReasonCode::MessageMalformed, format!("not a CSR message: {e}"))),
+        Err(e) => {
+            return Err(refuse(
+                None,
+                ReasonCode::MessageMalformed,
+                format!("not a CSR message: {e}"),
+            ))
+        }
     };
     if message.version.is_some_and(|v| v != WIRE_VERSION) {
-        return Err(refuse(Some(message), ReasonCode::UnsupportedVersion, format!("wire version {WIRE_VERSION} is supported")));
+        return Err(refuse(
+            Some(message),
+            ReasonCode::UnsupportedVersion,
+            format!("wire version {WIRE_VERSION} is supported"),
+        ));
     }
     if message.version.is_some() && (message.request_id.is_none() || message.timestamp.is_none()) {
         // Without them a node cannot match the answer and a replay never expires.
-        return Err(refuse(Some(message), ReasonCode::MessageMalformed, "a version 1 request needs request_id and timestamp".into()));
+        return Err(refuse(
+            Some(message),
+            ReasonCode::MessageMalformed,
+            "a version 1 request needs request_id and timestamp".into(),
+        ));
     }
     if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
-        return Err(refuse(Some(message), ReasonCode::CsrTooLarge, format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes")));
+        return Err(refuse(
+            Some(message),
+            ReasonCode::CsrTooLarge,
+            format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"),
+        ));
     }
     let csr = match parse_and_verify_csr(&message.csr_pem) {
         Ok(csr) => csr,
@@ -582,23 +731,50 @@ pub fn check(policy: &Policy, received: &Received) -> Result<Accepted, Verdict> 
     };
     let request = SigningRequest {
         message: &message,
-        attribute_instance_id: received.attributes.get(INSTANCE_ID_ATTRIBUTE).map(String::as_str),
+        attribute_instance_id: received
+            .attributes
+            .get(INSTANCE_ID_ATTRIBUTE)
+            .map(String::as_str),
         sender_id: received.sender_id.as_deref(),
         csr: &csr,
     };
     match policy.evaluate(&request, now_unix()) {
-        Ok(grant) => Ok(Accepted { message, csr, grant }),
-        Err(rejection) => Err(Verdict::Refuse { message: Some(message), rejection }),
+        Ok(grant) => Ok(Accepted {
+            message,
+            csr,
+            grant,
+        }),
+        Err(rejection) => Err(Verdict::Refuse {
+            message: Some(message),
+            rejection,
+        }),
     }
 }
 
 /// Signs an accepted request with the intermediate's key (a file, or KMS through `Sign`).
 pub fn sign_locally(signer: &CaSigner, accepted: Accepted) -> Verdict {
-    let Accepted { message, csr, grant } = accepted;
-    match signer.sign(&csr, &message.instance_id, grant.profile, grant.lifetime, time::OffsetDateTime::now_utc()) {
-        Ok(issued) => Verdict::Sign { message, issued, signer_ref: signer.key_ref().map(str::to_string) },
+    let Accepted {
+        message,
+        csr,
+        grant,
+    } = accepted;
+    match signer.sign(
+        &csr,
+        &message.instance_id,
+        grant.profile,
+        grant.lifetime,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(issued) => Verdict::Sign {
+            message,
+            issued,
+            signer_ref: signer.key_ref().map(str::to_string),
+        },
         Err(PkiError::RemoteSign(error)) => remote_failure(message, error),
-        Err(e) => Verdict::Refuse { message: Some(message), rejection: Rejection::new(ReasonCode::CsrMalformed, format!("cannot sign: {e}")) },
+        Err(e) => Verdict::Refuse {
+            message: Some(message),
+            rejection: Rejection::new(ReasonCode::CsrMalformed, format!("cannot sign: {e}")),
+        },
     }
 }
 
@@ -609,16 +785,24 @@ fn remote_failure(message: CsrMessage, error: RemoteSignError) -> Verdict {
         Verdict::Unavailable { message, error }
     } else {
         let rejection = Rejection::new(ReasonCode::SignerRefused, error.to_string());
-        Verdict::Refuse { message: Some(message), rejection }
+        Verdict::Refuse {
+            message: Some(message),
+            rejection,
+        }
     }
 }
 
 /// Judges a batch with AWS Private CA as the issuer: the checks on the cores, then the
 /// issuances concurrently.
 #[allow(clippy::result_large_err)]
-pub async fn issue_batch_through_pca(policy: &Policy, backend: &PcaBackend, batch: &[Received]) -> Vec<Verdict> {
+pub async fn issue_batch_through_pca(
+    policy: &Policy,
+    backend: &PcaBackend,
+    batch: &[Received],
+) -> Vec<Verdict> {
     use rayon::prelude::*;
-    let checked: Vec<Result<Accepted, Verdict>> = batch.par_iter().map(|r| check(policy, r)).collect();
+    let checked: Vec<Result<Accepted, Verdict>> =
+        batch.par_iter().map(|r| check(policy, r)).collect();
     futures_util::future::join_all(checked.into_iter().map(|c| async move {
         match c {
             Ok(accepted) => issue_through_pca(backend, accepted).await,
@@ -633,25 +817,48 @@ pub async fn issue_batch_through_pca(policy: &Policy, backend: &PcaBackend, batc
 /// checks it (key, names, usages, chain to our root), plus its subject and lifetime, before
 /// anyone sees it.
 async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict {
-    let Accepted { message, csr, grant } = accepted;
-    if csr.subject_attributes != 1 || csr.common_name.as_deref() != Some(message.instance_id.as_str()) {
+    let Accepted {
+        message,
+        csr,
+        grant,
+    } = accepted;
+    if csr.subject_attributes != 1
+        || csr.common_name.as_deref() != Some(message.instance_id.as_str())
+    {
         let text = format!(
             "with AWS Private CA the CSR's subject must be exactly CN={} (Private CA copies the subject into the certificate); it has {} attribute(s), CN {:?}",
             message.instance_id,
             csr.subject_attributes,
             csr.common_name.as_deref().unwrap_or_default(),
         );
-        return Verdict::Refuse { message: Some(message), rejection: Rejection::new(ReasonCode::InstanceIdMismatch, text) };
+        return Verdict::Refuse {
+            message: Some(message),
+            rejection: Rejection::new(ReasonCode::InstanceIdMismatch, text),
+        };
     }
     let now = time::OffsetDateTime::now_utc();
     let not_after = (now + grant.lifetime).min(backend.ca.not_after);
     let (pca, arn, algorithm) = (backend.pca.clone(), backend.arn.clone(), backend.algorithm);
-    let template = backend.template_arn.clone().unwrap_or_else(|| template_for(grant.profile).to_string());
+    let template = backend
+        .template_arn
+        .clone()
+        .unwrap_or_else(|| template_for(grant.profile).to_string());
     let csr_pem = message.csr_pem.clone();
     // Private CA returns the same certificate for a repeated token within minutes: bind it to
     // the CSR too, so a node reusing a request id with a new key cannot get the old certificate.
-    let token = fleetpki_core::sha256_hex(format!("{}\n{}", message.request_id.as_deref().unwrap_or_default(), csr.sha256).as_bytes())[..36].to_string();
-    let (not_before_unix, not_after_unix) = ((now - CLOCK_SKEW_ALLOWANCE).unix_timestamp(), not_after.unix_timestamp());
+    let token = fleetpki_core::sha256_hex(
+        format!(
+            "{}\n{}",
+            message.request_id.as_deref().unwrap_or_default(),
+            csr.sha256
+        )
+        .as_bytes(),
+    )[..36]
+        .to_string();
+    let (not_before_unix, not_after_unix) = (
+        (now - CLOCK_SKEW_ALLOWANCE).unix_timestamp(),
+        not_after.unix_timestamp(),
+    );
     let issued = backend
         .runtime
         .spawn_on(async move {
@@ -669,19 +876,41 @@ async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict 
         Ok(issued) => issued,
         Err(error) => return remote_failure(message, error),
     };
-    let anchors = load_certificates(&backend.chain_pem).into_iter().last().into_iter().collect::<Vec<_>>();
-    let expect = Expectation { instance_id: &message.instance_id, spki_der: &csr.spki_der, names: &csr.names, profile: grant.profile };
-    let checked = check_issued_certificate(&pem, &backend.chain_pem, &anchors, &expect, std::time::SystemTime::now())
-        .map_err(|why| why.to_string())
-        .and_then(|info| {
-            if info.subject_attributes != 1 {
-                Err(format!("its subject has {} attributes, not only CN", info.subject_attributes))
-            } else if info.not_after.unix_timestamp() > not_after_unix + 60 {
-                Err(format!("it is valid until {}, beyond the {} granted", rfc3339(info.not_after), rfc3339(not_after)))
-            } else {
-                Ok(info)
-            }
-        });
+    let anchors = load_certificates(&backend.chain_pem)
+        .into_iter()
+        .last()
+        .into_iter()
+        .collect::<Vec<_>>();
+    let expect = Expectation {
+        instance_id: &message.instance_id,
+        spki_der: &csr.spki_der,
+        names: &csr.names,
+        profile: grant.profile,
+    };
+    let checked = check_issued_certificate(
+        &pem,
+        &backend.chain_pem,
+        &anchors,
+        &expect,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|why| why.to_string())
+    .and_then(|info| {
+        if info.subject_attributes != 1 {
+            Err(format!(
+                "its subject has {} attributes, not only CN",
+                info.subject_attributes
+            ))
+        } else if info.not_after.unix_timestamp() > not_after_unix + 60 {
+            Err(format!(
+                "it is valid until {}, beyond the {} granted",
+                rfc3339(info.not_after),
+                rfc3339(not_after)
+            ))
+        } else {
+            Ok(info)
+        }
+    });
     match checked {
         Ok(info) => {
             let issued = IssuedCertificate { certificate_pem: pem, serial_hex: info.serial_hex, not_after: info.not_after, sha256: info.sha256 };

@@ -8,15 +8,17 @@ use std::time::{Duration, Instant, SystemTime};
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
 use fleetpki_core::keys::{load_private_key, public_key_spki};
-use fleetpki_core::layout::{crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE};
+use fleetpki_core::layout::{
+    crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE,
+};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::wire::{ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE};
 use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
 use crate::common::rfc3339;
+use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
 
@@ -33,7 +35,11 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("ca_path", OptionType::Path).required())
         .option(OptionSpec::new("wait", OptionType::Bool).default(true))
         .option(OptionSpec::new("timeout", OptionType::Int).default(300))
-        .option(OptionSpec::new("reply_mode", OptionType::Str).choices(["per_node", "shared"]).default("per_node"))
+        .option(
+            OptionSpec::new("reply_mode", OptionType::Str)
+                .choices(["per_node", "shared"])
+                .default("per_node"),
+        )
         .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
         .option(OptionSpec::new("shared_cert_queue_url", OptionType::Str))
         .options(file_options())
@@ -68,23 +74,45 @@ enum Handled {
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
     if args.timeout < 0 {
-        return Err(ansible_module::ArgumentError::Invalid { name: "timeout".into(), problem: "must be 0 or more seconds".into() }.into());
+        return Err(ansible_module::ArgumentError::Invalid {
+            name: "timeout".into(),
+            problem: "must be 0 or more seconds".into(),
+        }
+        .into());
     }
     if args.reply_mode == ReplyMode::Shared && args.shared_cert_queue_url.is_none() {
-        return Err(Failure::new("reply_mode=shared needs shared_cert_queue_url"));
+        return Err(Failure::new(
+            "reply_mode=shared needs shared_cert_queue_url",
+        ));
     }
     let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let layout = Layout::new(&args.path);
     let paths = |outcome: Outcome| {
         outcome
-            .with("privatekey_path", layout.current_path(KEY_FILE).display().to_string())
-            .with("certificate_path", layout.current_path(CERT_FILE).display().to_string())
-            .with("chain_path", layout.current_path(CHAIN_FILE).display().to_string())
-            .with("fullchain_path", layout.current_path(FULLCHAIN_FILE).display().to_string())
+            .with(
+                "privatekey_path",
+                layout.current_path(KEY_FILE).display().to_string(),
+            )
+            .with(
+                "certificate_path",
+                layout.current_path(CERT_FILE).display().to_string(),
+            )
+            .with(
+                "chain_path",
+                layout.current_path(CHAIN_FILE).display().to_string(),
+            )
+            .with(
+                "fullchain_path",
+                layout.current_path(FULLCHAIN_FILE).display().to_string(),
+            )
     };
 
     let nothing_pending = |layout: &Layout| -> Result<Outcome, Failure> {
-        let status = if layout.read_current()?.is_some() { "unchanged" } else { "no_request" };
+        let status = if layout.read_current()?.is_some() {
+            "unchanged"
+        } else {
+            "no_request"
+        };
         Ok(Outcome::new(false, "no request is pending: nothing to fetch").with("status", status))
     };
     if layout.read_pending()?.is_none() {
@@ -96,28 +124,56 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         return nothing_pending(&layout).map(paths);
     }
     // One run at a time on a node; the state is read again under the lock.
-    let _lock = if invocation.check_mode { None } else { Some(layout.lock(LOCK_WAIT)?) };
+    let _lock = if invocation.check_mode {
+        None
+    } else {
+        Some(layout.lock(LOCK_WAIT)?)
+    };
     let Some(pending) = layout.read_pending()? else {
         return nothing_pending(&layout).map(paths);
     };
-    let key_pem = layout
-        .read_pending_key()?
-        .ok_or_else(|| Failure::new(format!("request {} is pending but its key {} is missing: run mtls_csr_submit with force=true", pending.request_id, layout.pending_key_path().display())))?;
+    let key_pem = layout.read_pending_key()?.ok_or_else(|| {
+        Failure::new(format!(
+            "request {} is pending but its key {} is missing: run mtls_csr_submit with force=true",
+            pending.request_id,
+            layout.pending_key_path().display()
+        ))
+    })?;
     let key = load_private_key(&key_pem, &layout.pending_key_path().display().to_string())?;
-    let anchors_pem = std::fs::read_to_string(&args.ca_path).map_err(|e| Failure::new(format!("cannot read the pinned CA file {}: {e}", args.ca_path)))?;
+    let anchors_pem = std::fs::read_to_string(&args.ca_path).map_err(|e| {
+        Failure::new(format!(
+            "cannot read the pinned CA file {}: {e}",
+            args.ca_path
+        ))
+    })?;
     let anchors = load_certificates(&anchors_pem);
     if anchors.is_empty() {
-        return Err(Failure::new(format!("the pinned CA file {} holds no PEM certificate", args.ca_path)));
+        return Err(Failure::new(format!(
+            "the pinned CA file {} holds no PEM certificate",
+            args.ca_path
+        )));
     }
     let names = parse_names(&pending.names)?;
     let spki = public_key_spki(&key);
-    let expect = Expectation { instance_id: &args.instance_id, spki_der: &spki, names: &names, profile: pending.profile };
+    let expect = Expectation {
+        instance_id: &args.instance_id,
+        spki_der: &spki,
+        names: &names,
+        profile: pending.profile,
+    };
 
     // An answer staged by an interrupted run is installed now, re-checked first.
     if let Some((cert_pem, chain_pem)) = layout.read_staged()? {
-        match check_issued_certificate(&cert_pem, &chain_pem, &anchors, &expect, SystemTime::now()) {
+        match check_issued_certificate(&cert_pem, &chain_pem, &anchors, &expect, SystemTime::now())
+        {
             Ok(info) if invocation.check_mode => {
-                return Ok(paths(Outcome::new(true, format!("would finish installing certificate {}", info.serial_hex)).with("status", "pending")));
+                return Ok(paths(
+                    Outcome::new(
+                        true,
+                        format!("would finish installing certificate {}", info.serial_hex),
+                    )
+                    .with("status", "pending"),
+                ));
             }
             Ok(info) => {
                 let mut outcome = install(&layout, &pending, &info, &key_pem, &chain_pem, &perms)?;
@@ -125,7 +181,9 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                 return Ok(paths(outcome));
             }
             Err(_) if invocation.check_mode => {}
-            Err(refusal) => layout.clear_staged().map_err(|e| Failure::new(format!("{e} (after {refusal})")))?,
+            Err(refusal) => layout
+                .clear_staged()
+                .map_err(|e| Failure::new(format!("{e} (after {refusal})")))?,
         }
     }
     let runtime = runtime()?;
@@ -204,24 +262,44 @@ fn install(
     perms: &FilePerms,
 ) -> Result<Outcome, Failure> {
     layout.install(&info.serial_hex, key_pem, &info.pem(), chain_pem, perms)?;
-    let mut outcome = Outcome::new(true, format!("installed certificate {} for request {}", info.serial_hex, pending.request_id))
-        .with("status", "installed")
-        .with("request_id", pending.request_id.clone())
-        .with("serial", info.serial_hex.clone())
-        .with("not_after", rfc3339(info.not_after));
-    outcome.diff = Some(("(previous certificate)\n".into(), format!("certificate {}\n", info.serial_hex)));
+    let mut outcome = Outcome::new(
+        true,
+        format!(
+            "installed certificate {} for request {}",
+            info.serial_hex, pending.request_id
+        ),
+    )
+    .with("status", "installed")
+    .with("request_id", pending.request_id.clone())
+    .with("serial", info.serial_hex.clone())
+    .with("not_after", rfc3339(info.not_after));
+    outcome.diff = Some((
+        "(previous certificate)\n".into(),
+        format!("certificate {}\n", info.serial_hex),
+    ));
     Ok(outcome)
 }
 
-async fn resolve_queue(sqs: &Sqs, args: &Args, pending: &PendingRequest) -> Result<String, Failure> {
+async fn resolve_queue(
+    sqs: &Sqs,
+    args: &Args,
+    pending: &PendingRequest,
+) -> Result<String, Failure> {
     match args.reply_mode {
         ReplyMode::Shared => Ok(args.shared_cert_queue_url.clone().unwrap_or_default()),
         ReplyMode::PerNode => match &pending.reply_queue_url {
             Some(url) => Ok(url.clone()),
             None => sqs
-                .queue_url(&reply_queue_name(&args.reply_queue_prefix, &args.instance_id))
+                .queue_url(&reply_queue_name(
+                    &args.reply_queue_prefix,
+                    &args.instance_id,
+                ))
                 .await?
-                .ok_or_else(|| Failure::new("this node's reply queue does not exist: run mtls_csr_submit first")),
+                .ok_or_else(|| {
+                    Failure::new(
+                        "this node's reply queue does not exist: run mtls_csr_submit first",
+                    )
+                }),
         },
     }
 }
@@ -240,7 +318,9 @@ async fn handle(
     message: &Received,
 ) -> Result<Handled, Failure> {
     // On the seed's shared queue, other nodes' messages are handed back at once.
-    if args.reply_mode == ReplyMode::Shared && message.attributes.get(INSTANCE_ID_ATTRIBUTE) != Some(&args.instance_id) {
+    if args.reply_mode == ReplyMode::Shared
+        && message.attributes.get(INSTANCE_ID_ATTRIBUTE) != Some(&args.instance_id)
+    {
         sqs.hand_back(queue_url, &message.receipt_handle).await?;
         return Ok(Handled::Ignored(None));
     }
@@ -251,7 +331,10 @@ async fn handle(
         Ok(reply) => reply,
         Err(e) => {
             sqs.delete(queue_url, &message.receipt_handle).await?;
-            return ignore(format!("discarded an unreadable message {}: {e}", message.message_id));
+            return ignore(format!(
+                "discarded an unreadable message {}: {e}",
+                message.message_id
+            ));
         }
     };
     let for_pending = match reply.request_id() {
@@ -271,7 +354,10 @@ async fn handle(
         ReplyMessage::Rejection(rejection) => {
             if rejection.instance_id != args.instance_id {
                 sqs.delete(queue_url, &message.receipt_handle).await?;
-                return ignore(format!("discarded a rejection addressed to {}", rejection.instance_id));
+                return ignore(format!(
+                    "discarded a rejection addressed to {}",
+                    rejection.instance_id
+                ));
             }
             layout.clear_pending_request()?;
             sqs.delete(queue_url, &message.receipt_handle).await?;
@@ -281,10 +367,20 @@ async fn handle(
             )))
         }
         ReplyMessage::Certificate(certificate) => {
-            match check_issued_certificate(&certificate.certificate_pem, &certificate.ca_chain_pem, anchors, expect, SystemTime::now()) {
+            match check_issued_certificate(
+                &certificate.certificate_pem,
+                &certificate.ca_chain_pem,
+                anchors,
+                expect,
+                SystemTime::now(),
+            ) {
                 Err(refusal) => {
                     sqs.delete(queue_url, &message.receipt_handle).await?;
-                    ignore(format!("refused a certificate for request {} ({}): {refusal}", pending.request_id, refusal.reason_code()))
+                    ignore(format!(
+                        "refused a certificate for request {} ({}): {refusal}",
+                        pending.request_id,
+                        refusal.reason_code()
+                    ))
                 }
                 Ok(info) => {
                     crash_point(1);
@@ -296,7 +392,14 @@ async fn handle(
                     if let Err(e) = sqs.delete(queue_url, &message.receipt_handle).await {
                         warnings.push(format!("could not delete the answer from the queue (it will be discarded when seen again): {e}"));
                     }
-                    let mut outcome = install(layout, pending, &info, key_pem, &certificate.ca_chain_pem, perms)?;
+                    let mut outcome = install(
+                        layout,
+                        pending,
+                        &info,
+                        key_pem,
+                        &certificate.ca_chain_pem,
+                        perms,
+                    )?;
                     outcome.warnings = warnings;
                     Ok(Handled::Installed(outcome))
                 }

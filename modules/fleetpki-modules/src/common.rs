@@ -13,9 +13,14 @@ pub fn aws_options() -> Vec<OptionSpec> {
         OptionSpec::new("region", OptionType::Str).aliases(&["aws_region", "ec2_region"]),
         OptionSpec::new("endpoint_url", OptionType::Str).aliases(&["aws_endpoint_url"]),
         OptionSpec::new("profile", OptionType::Str).aliases(&["aws_profile"]),
-        OptionSpec::new("access_key", OptionType::Str).aliases(&["aws_access_key_id", "aws_access_key"]),
-        OptionSpec::new("secret_key", OptionType::Str).aliases(&["aws_secret_access_key", "aws_secret_key"]).no_log(),
-        OptionSpec::new("session_token", OptionType::Str).aliases(&["aws_session_token"]).no_log(),
+        OptionSpec::new("access_key", OptionType::Str)
+            .aliases(&["aws_access_key_id", "aws_access_key"]),
+        OptionSpec::new("secret_key", OptionType::Str)
+            .aliases(&["aws_secret_access_key", "aws_secret_key"])
+            .no_log(),
+        OptionSpec::new("session_token", OptionType::Str)
+            .aliases(&["aws_session_token"])
+            .no_log(),
     ]
 }
 
@@ -30,7 +35,11 @@ pub fn file_options() -> Vec<OptionSpec> {
 
 /// The key file permissions from `mode`/`owner`/`group`. A YAML `mode: 0600` arrives as the
 /// integer 384 (already octal-decoded), a quoted one as the string "0600": both are accepted.
-pub fn key_perms(mode: &Value, owner: Option<String>, group: Option<String>) -> Result<FilePerms, ArgumentError> {
+pub fn key_perms(
+    mode: &Value,
+    owner: Option<String>,
+    group: Option<String>,
+) -> Result<FilePerms, ArgumentError> {
     let invalid = || ArgumentError::Invalid {
         name: "mode".into(),
         problem: format!("{mode} is not an octal file mode such as \"0600\""),
@@ -44,7 +53,9 @@ pub fn key_perms(mode: &Value, owner: Option<String>, group: Option<String>) -> 
     if mode & 0o007 != 0 {
         return Err(ArgumentError::Invalid {
             name: "mode".into(),
-            problem: format!("{mode:04o} lets other users read the private key: use 0600, 0640 or 0400"),
+            problem: format!(
+                "{mode:04o} lets other users read the private key: use 0600, 0640 or 0400"
+            ),
         });
     }
     Ok(FilePerms::private(owner, group, mode))
@@ -52,7 +63,9 @@ pub fn key_perms(mode: &Value, owner: Option<String>, group: Option<String>) -> 
 
 /// A single-threaded runtime: the node modules make a handful of sequential calls.
 pub fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// The SQS call counts as a JSON return value.
@@ -67,5 +80,6 @@ pub fn now_unix() -> i64 {
 
 /// A time as module results and messages show it (RFC 3339, UTC).
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

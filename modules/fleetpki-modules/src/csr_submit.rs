@@ -2,14 +2,18 @@
 //! Nothing is sent while a valid certificate is installed outside the renewal window or while a
 //! request for the same names is pending.
 
-use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use ansible_module::{
+    ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
+};
 use fleetpki_core::csr::build_csr;
 use fleetpki_core::keys::{load_private_key, KeySpec};
 use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, is_valid_instance_id};
 use fleetpki_core::renewal::{decide, RenewBefore, Wanted};
-use fleetpki_core::wire::{CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION};
+use fleetpki_core::wire::{
+    CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION,
+};
 use fleetpki_sqs::{reply_queue_name, AwsOptions, Sqs};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,17 +27,44 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("instance_id", OptionType::Str).required())
         .option(OptionSpec::new("path", OptionType::Path).required())
         .option(OptionSpec::new("csr_queue_url", OptionType::Str).required())
-        .option(OptionSpec::new("subject_alt_name", OptionType::List(ElementType::Str)).default(json!([])))
-        .option(OptionSpec::new("type", OptionType::Str).choices(["ECC", "RSA"]).default("ECC"))
-        .option(OptionSpec::new("curve", OptionType::Str).choices(["secp256r1", "secp384r1"]).default("secp256r1"))
-        .option(OptionSpec::new("size", OptionType::Int).choices([2048, 3072, 4096]).default(2048))
-        .option(OptionSpec::new("certificate_profile", OptionType::Str).choices(["mtls", "server", "client"]).default("mtls"))
-        .option(OptionSpec::new("key_rotation", OptionType::Str).choices(["rotate", "reuse"]).default("rotate"))
+        .option(
+            OptionSpec::new("subject_alt_name", OptionType::List(ElementType::Str))
+                .default(json!([])),
+        )
+        .option(
+            OptionSpec::new("type", OptionType::Str)
+                .choices(["ECC", "RSA"])
+                .default("ECC"),
+        )
+        .option(
+            OptionSpec::new("curve", OptionType::Str)
+                .choices(["secp256r1", "secp384r1"])
+                .default("secp256r1"),
+        )
+        .option(
+            OptionSpec::new("size", OptionType::Int)
+                .choices([2048, 3072, 4096])
+                .default(2048),
+        )
+        .option(
+            OptionSpec::new("certificate_profile", OptionType::Str)
+                .choices(["mtls", "server", "client"])
+                .default("mtls"),
+        )
+        .option(
+            OptionSpec::new("key_rotation", OptionType::Str)
+                .choices(["rotate", "reuse"])
+                .default("rotate"),
+        )
         .option(OptionSpec::new("renew_before", OptionType::Str).default("33%"))
         .option(OptionSpec::new("resubmit_after", OptionType::Str).default("1h"))
         .option(OptionSpec::new("force", OptionType::Bool).default(false))
         .option(OptionSpec::new("lifetime_days", OptionType::Int))
-        .option(OptionSpec::new("reply_mode", OptionType::Str).choices(["per_node", "shared"]).default("per_node"))
+        .option(
+            OptionSpec::new("reply_mode", OptionType::Str)
+                .choices(["per_node", "shared"])
+                .default("per_node"),
+        )
         .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
         .option(OptionSpec::new("enrollment_secret", OptionType::Str).no_log())
         .options(file_options())
@@ -68,26 +99,43 @@ struct Args {
 }
 
 fn invalid(name: &str, problem: impl Into<String>) -> Failure {
-    Failure::from(ansible_module::ArgumentError::Invalid { name: name.into(), problem: problem.into() })
+    Failure::from(ansible_module::ArgumentError::Invalid {
+        name: name.into(),
+        problem: problem.into(),
+    })
 }
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
     if !is_valid_instance_id(&args.instance_id) {
-        return Err(invalid("instance_id", "use 1-64 letters, digits, '-' or '_' (it names the reply queue)"));
+        return Err(invalid(
+            "instance_id",
+            "use 1-64 letters, digits, '-' or '_' (it names the reply queue)",
+        ));
     }
-    let names = parse_names(&args.subject_alt_name).map_err(|e| invalid("subject_alt_name", e.to_string()))?;
-    let renew_before = RenewBefore::parse(&args.renew_before).map_err(|e| invalid("renew_before", e))?;
+    let names = parse_names(&args.subject_alt_name)
+        .map_err(|e| invalid("subject_alt_name", e.to_string()))?;
+    let renew_before =
+        RenewBefore::parse(&args.renew_before).map_err(|e| invalid("renew_before", e))?;
     let resubmit_after = match RenewBefore::parse(&args.resubmit_after) {
         Ok(RenewBefore::Duration(d)) => d,
-        _ => return Err(invalid("resubmit_after", "use a duration such as 1h, 30m or 600s")),
+        _ => {
+            return Err(invalid(
+                "resubmit_after",
+                "use a duration such as 1h, 30m or 600s",
+            ))
+        }
     };
     let key_spec = KeySpec::from_options(&args.key_type, &args.curve, args.size)?;
     let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let layout = Layout::new(&args.path);
 
     // One run at a time on a node (Ansible and the renewal timer share this lock).
-    let _lock = if invocation.check_mode { None } else { Some(layout.lock(crate::cert_fetch::LOCK_WAIT)?) };
+    let _lock = if invocation.check_mode {
+        None
+    } else {
+        Some(layout.lock(crate::cert_fetch::LOCK_WAIT)?)
+    };
 
     // 1. Decide from local state alone (check mode relies on this: no receive, no send).
     let installed = layout.read_current()?;
@@ -100,19 +148,32 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         force: args.force,
         resubmit_after,
     };
-    let decision = decide(&wanted, installed.as_ref(), pending.as_ref(), time::OffsetDateTime::now_utc());
+    let decision = decide(
+        &wanted,
+        installed.as_ref(),
+        pending.as_ref(),
+        time::OffsetDateTime::now_utc(),
+    );
     let reason = decision.reason;
-    let mut outcome = Outcome::new(false, "").with("reason", reason.as_str()).with("submitted", false);
+    let mut outcome = Outcome::new(false, "")
+        .with("reason", reason.as_str())
+        .with("submitted", false);
     if let Some(cert) = &decision.current {
-        let left = (cert.not_after - time::OffsetDateTime::now_utc()).whole_seconds().max(0);
-        outcome = outcome.with("not_after", rfc3339(cert.not_after)).with("seconds_left", left);
+        let left = (cert.not_after - time::OffsetDateTime::now_utc())
+            .whole_seconds()
+            .max(0);
+        outcome = outcome
+            .with("not_after", rfc3339(cert.not_after))
+            .with("seconds_left", left);
     }
     if let Some(p) = &pending {
         outcome = outcome.with("request_id", p.request_id.clone());
     }
     if !reason.submits() {
         outcome.msg = match reason.as_str() {
-            "request_pending" => "a request for these names is already pending: fetch its certificate".into(),
+            "request_pending" => {
+                "a request for these names is already pending: fetch its certificate".into()
+            }
             _ => "the installed certificate is valid and outside the renewal window".into(),
         };
         return Ok(outcome);
@@ -126,14 +187,33 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let existing_key = match (&args.key_rotation[..], &installed) {
         ("reuse", Some(pair)) => Some(pair.key_pem.clone()),
         // In check mode the stale copy of the live key is not removed: never count it as new.
-        (_, Some(pair)) if layout.read_pending_key()?.is_some_and(|k| k.trim() == pair.key_pem.trim()) => None,
+        (_, Some(pair))
+            if layout
+                .read_pending_key()?
+                .is_some_and(|k| k.trim() == pair.key_pem.trim()) =>
+        {
+            None
+        }
         _ => layout.read_pending_key()?,
     };
     let request_id = fleetpki_core::new_request_id();
-    outcome = outcome.with("privatekey_path", layout.pending_key_path().display().to_string());
+    outcome = outcome.with(
+        "privatekey_path",
+        layout.pending_key_path().display().to_string(),
+    );
     outcome.diff = Some((
-        pending.as_ref().map(|p| format!("pending request {}\n", p.request_id)).unwrap_or_default(),
-        format!("pending request (new) for {}\n", names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        pending
+            .as_ref()
+            .map(|p| format!("pending request {}\n", p.request_id))
+            .unwrap_or_default(),
+        format!(
+            "pending request (new) for {}\n",
+            names
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     ));
     if invocation.check_mode {
         outcome.changed = true;
@@ -153,17 +233,32 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     runtime.block_on(async {
         let sqs = Sqs::connect(&args.aws).await?;
         let reply_queue_url = match args.reply_mode {
-            ReplyMode::PerNode => Some(sqs.create_queue(&reply_queue_name(&args.reply_queue_prefix, &args.instance_id), &[]).await?),
+            ReplyMode::PerNode => Some(
+                sqs.create_queue(
+                    &reply_queue_name(&args.reply_queue_prefix, &args.instance_id),
+                    &[],
+                )
+                .await?,
+            ),
             ReplyMode::Shared => None,
         };
         let timestamp = now_unix();
-        let identity_proof = args.enrollment_secret.as_deref().map(|secret| IdentityProof {
-            kind: "enrollment_secret".into(),
-            hmac: Some(enrollment_mac(
-                secret,
-                &enrollment_mac_input(&request_id, timestamp, &args.instance_id, args.certificate_profile, &csr_pem),
-            )),
-        });
+        let identity_proof = args
+            .enrollment_secret
+            .as_deref()
+            .map(|secret| IdentityProof {
+                kind: "enrollment_secret".into(),
+                hmac: Some(enrollment_mac(
+                    secret,
+                    &enrollment_mac_input(
+                        &request_id,
+                        timestamp,
+                        &args.instance_id,
+                        args.certificate_profile,
+                        &csr_pem,
+                    ),
+                )),
+            });
         let message = CsrMessage {
             instance_id: args.instance_id.clone(),
             csr_pem: csr_pem.clone(),
@@ -188,7 +283,13 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             submitted_at: timestamp,
         };
         layout.write_pending(&record)?;
-        let sent = sqs.send(&args.csr_queue_url, &body, &[(INSTANCE_ID_ATTRIBUTE, &args.instance_id)]).await;
+        let sent = sqs
+            .send(
+                &args.csr_queue_url,
+                &body,
+                &[(INSTANCE_ID_ATTRIBUTE, &args.instance_id)],
+            )
+            .await;
         let message_id = match sent {
             Ok(id) => id,
             Err(error) => {
@@ -202,7 +303,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("submitted", true)
             .with("request_id", request_id.clone())
             .with("message_id", message_id)
-            .with("reply_queue_url", reply_queue_url.map(Value::from).unwrap_or(Value::Null))
+            .with(
+                "reply_queue_url",
+                reply_queue_url.map(Value::from).unwrap_or(Value::Null),
+            )
             .with("csr", csr_pem.clone())
             .with("sqs_calls", calls_json(sqs.calls())))
     })

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use ansible_module::{ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use ansible_module::{
+    ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
+};
 use fleetpki_sqs::{AwsOptions, Sqs};
 use serde::Deserialize;
 use serde_json::json;
@@ -33,12 +35,18 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
     if args.reply_queue_prefix.len() < 4 {
         // A short prefix would match other applications' queues.
-        return Err(Failure::new("reply_queue_prefix must have at least 4 characters"));
+        return Err(Failure::new(
+            "reply_queue_prefix must have at least 4 characters",
+        ));
     }
     if args.max_delete < 0 {
         return Err(Failure::new("max_delete must be 0 or more"));
     }
-    let keep: BTreeSet<String> = args.keep_instance_ids.iter().map(|id| format!("{}{id}", args.reply_queue_prefix)).collect();
+    let keep: BTreeSet<String> = args
+        .keep_instance_ids
+        .iter()
+        .map(|id| format!("{}{id}", args.reply_queue_prefix))
+        .collect();
     runtime()?.block_on(async {
         let sqs = Sqs::connect(&args.aws).await?;
         let urls = sqs.list_queues(&args.reply_queue_prefix).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;

@@ -24,11 +24,15 @@ pub const AWS_PCA: &str = "aws_pca";
 /// The `signer` option and the options each backend needs.
 pub fn signer_options(choices: &[&'static str]) -> Vec<OptionSpec> {
     let mut options = vec![
-        OptionSpec::new("signer", OptionType::Str).choices(choices.iter().copied()).default(FILE),
+        OptionSpec::new("signer", OptionType::Str)
+            .choices(choices.iter().copied())
+            .default(FILE),
         OptionSpec::new("kms_key_id", OptionType::Str),
     ];
     if choices.contains(&AWS_PCA) {
-        options.push(OptionSpec::new("certificate_authority_arn", OptionType::Str).aliases(&["pca_arn"]));
+        options.push(
+            OptionSpec::new("certificate_authority_arn", OptionType::Str).aliases(&["pca_arn"]),
+        );
     }
     options
 }
@@ -44,14 +48,16 @@ pub struct SignerArgs {
 impl SignerArgs {
     /// `kms_key_id`, which `required_if` demands with signer=aws_kms.
     pub fn kms_key_id(&self) -> Result<&str, Failure> {
-        self.kms_key_id.as_deref().ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))
+        self.kms_key_id
+            .as_deref()
+            .ok_or_else(|| Failure::new("signer is aws_kms but kms_key_id is missing"))
     }
 
     /// `certificate_authority_arn`, which `required_if` demands with signer=aws_pca.
     pub fn certificate_authority_arn(&self) -> Result<&str, Failure> {
-        self.certificate_authority_arn
-            .as_deref()
-            .ok_or_else(|| Failure::new("signer is aws_pca but certificate_authority_arn is missing"))
+        self.certificate_authority_arn.as_deref().ok_or_else(|| {
+            Failure::new("signer is aws_pca but certificate_authority_arn is missing")
+        })
     }
 }
 
@@ -68,7 +74,9 @@ pub fn aws_runtime(aws: &AwsOptions) -> Result<(Arc<BlockingRuntime>, SdkConfig)
 pub fn refuse_foreign_options(signer: &str, given: &[(&str, bool)]) -> Result<(), Failure> {
     for (name, is_set) in given {
         if *is_set {
-            return Err(Failure::new(format!("{name} does not apply to signer={signer}: remove it")));
+            return Err(Failure::new(format!(
+                "{name} does not apply to signer={signer}: remove it"
+            )));
         }
     }
     Ok(())
@@ -77,7 +85,10 @@ pub fn refuse_foreign_options(signer: &str, given: &[(&str, bool)]) -> Result<()
 /// The CA worker's signer.
 pub enum Backend {
     /// The key signs here: a key file, or a KMS key through `Sign` (with its client's runtime).
-    Local { signer: CaSigner, kms: Option<Arc<KmsKey>> },
+    Local {
+        signer: CaSigner,
+        kms: Option<Arc<KmsKey>>,
+    },
     /// AWS Private CA issues; `ca` is its certificate (written by mtls_ca_init).
     Pca(PcaBackend),
 }
@@ -105,41 +116,107 @@ impl Backend {
     ) -> Result<Backend, Failure> {
         match args.signer.as_str() {
             AWS_KMS => {
-                refuse_foreign_options(AWS_KMS, &[("ownca_privatekey_path", key_path.is_some()), ("certificate_authority_arn", args.certificate_authority_arn.is_some())])?;
+                refuse_foreign_options(
+                    AWS_KMS,
+                    &[
+                        ("ownca_privatekey_path", key_path.is_some()),
+                        (
+                            "certificate_authority_arn",
+                            args.certificate_authority_arn.is_some(),
+                        ),
+                    ],
+                )?;
                 let key_id = args.kms_key_id()?;
                 let (runtime, config) = aws_runtime(aws)?;
                 let kms = Kms::new(&config);
                 let public = runtime
                     .block_on(kms.public_key(key_id))
-                    .map_err(|e| Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls())))?
-                    .ok_or_else(|| Failure::new(fleetpki_signers::SignerError::KeyNotFound(key_id.into()).to_string()).with("kms_calls", calls_json(kms.calls())))?;
-                let key = Arc::new(KmsKey::new(kms, &public, runtime).map_err(|e| Failure::new(e.to_string()))?);
-                let signer = CaSigner::with_remote_key(Path::new(cert_path), Path::new(chain_path), key.clone(), &public.spki_der)?;
+                    .map_err(|e| {
+                        Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls()))
+                    })?
+                    .ok_or_else(|| {
+                        Failure::new(
+                            fleetpki_signers::SignerError::KeyNotFound(key_id.into()).to_string(),
+                        )
+                        .with("kms_calls", calls_json(kms.calls()))
+                    })?;
+                let key = Arc::new(
+                    KmsKey::new(kms, &public, runtime).map_err(|e| Failure::new(e.to_string()))?,
+                );
+                let signer = CaSigner::with_remote_key(
+                    Path::new(cert_path),
+                    Path::new(chain_path),
+                    key.clone(),
+                    &public.spki_der,
+                )?;
                 // One probe signature before any request is taken: GetPublicKey alone would miss
                 // a missing kms:Sign permission, found only after receiving (a receive count each run).
                 if let Err(e) = key.probe() {
-                    return Err(Failure::new(format!("KMS Sign with {}: {e}", public.key_arn)).with("kms_calls", calls_json(key.calls())));
+                    return Err(
+                        Failure::new(format!("KMS Sign with {}: {e}", public.key_arn))
+                            .with("kms_calls", calls_json(key.calls())),
+                    );
                 }
-                Ok(Backend::Local { signer, kms: Some(key) })
+                Ok(Backend::Local {
+                    signer,
+                    kms: Some(key),
+                })
             }
             AWS_PCA => {
-                refuse_foreign_options(AWS_PCA, &[("ownca_privatekey_path", key_path.is_some()), ("kms_key_id", args.kms_key_id.is_some())])?;
+                refuse_foreign_options(
+                    AWS_PCA,
+                    &[
+                        ("ownca_privatekey_path", key_path.is_some()),
+                        ("kms_key_id", args.kms_key_id.is_some()),
+                    ],
+                )?;
                 let arn = args.certificate_authority_arn()?.to_string();
-                let read = |p: &str| std::fs::read_to_string(p).map_err(|e| Failure::new(format!("cannot read {p}: {e}. Run mtls_ca_init with signer=aws_pca first")));
+                let read = |p: &str| {
+                    std::fs::read_to_string(p).map_err(|e| {
+                        Failure::new(format!(
+                            "cannot read {p}: {e}. Run mtls_ca_init with signer=aws_pca first"
+                        ))
+                    })
+                };
                 let ca = parse_certificate(&read(cert_path)?, cert_path)?;
                 let algorithm = algorithm_for_spki(&ca.spki_der)?;
                 let (runtime, config) = aws_runtime(aws)?;
                 let pca = Pca::new(&config);
                 // A CA that cannot issue is found out before any request is taken from the queue.
                 if let Err(e) = runtime.block_on(pca.probe(&arn)) {
-                    return Err(Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls())));
+                    return Err(
+                        Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls()))
+                    );
                 }
-                Ok(Backend::Pca(PcaBackend { pca, arn, ca, chain_pem: read(chain_path)?, algorithm, template_arn: pca_template_arn, runtime }))
+                Ok(Backend::Pca(PcaBackend {
+                    pca,
+                    arn,
+                    ca,
+                    chain_pem: read(chain_path)?,
+                    algorithm,
+                    template_arn: pca_template_arn,
+                    runtime,
+                }))
             }
             _ => {
-                refuse_foreign_options(FILE, &[("kms_key_id", args.kms_key_id.is_some()), ("certificate_authority_arn", args.certificate_authority_arn.is_some())])?;
-                let key_path = key_path.ok_or_else(|| Failure::new("signer is file but ownca_privatekey_path is missing"))?;
-                let signer = CaSigner::load(Path::new(cert_path), Path::new(key_path), Path::new(chain_path))?;
+                refuse_foreign_options(
+                    FILE,
+                    &[
+                        ("kms_key_id", args.kms_key_id.is_some()),
+                        (
+                            "certificate_authority_arn",
+                            args.certificate_authority_arn.is_some(),
+                        ),
+                    ],
+                )?;
+                let key_path = key_path.ok_or_else(|| {
+                    Failure::new("signer is file but ownca_privatekey_path is missing")
+                })?;
+                let signer = CaSigner::load(
+                    Path::new(cert_path),
+                    Path::new(key_path),
+                    Path::new(chain_path),
+                )?;
                 Ok(Backend::Local { signer, kms: None })
             }
         }
@@ -180,7 +257,9 @@ impl Backend {
             Backend::Local { kms: None, .. } => Ok(()),
             Backend::Pca(p) => {
                 let (pca, arn) = (p.pca.clone(), p.arn.clone());
-                p.runtime.spawn_on(async move { pca.probe(&arn).await }).await
+                p.runtime
+                    .spawn_on(async move { pca.probe(&arn).await })
+                    .await
             }
         }
     }

@@ -35,21 +35,37 @@ impl Kms {
     /// KMS with the SDK's standard retry (exponential backoff with jitter on throttling and
     /// transient errors), five attempts.
     pub fn new(config: &SdkConfig) -> Self {
-        let config = aws_sdk_kms::config::Builder::from(config).retry_config(RetryConfig::standard().with_max_attempts(5)).build();
-        Kms { client: Client::from_conf(config), calls: CallCounter::default() }
+        let config = aws_sdk_kms::config::Builder::from(config)
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .build();
+        Kms {
+            client: Client::from_conf(config),
+            calls: CallCounter::default(),
+        }
     }
 
     pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
         self.calls.snapshot()
     }
 
-    fn fail<E, R>(operation: &'static str, target: &str, error: &aws_sdk_kms::error::SdkError<E, R>) -> SignerError
+    fn fail<E, R>(
+        operation: &'static str,
+        target: &str,
+        error: &aws_sdk_kms::error::SdkError<E, R>,
+    ) -> SignerError
     where
         E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
         let (code, message) = error_parts(error);
-        SignerError::Call { service: "KMS", operation, target: target.to_string(), hint: hint_for(&code), code, message }
+        SignerError::Call {
+            service: "KMS",
+            operation,
+            target: target.to_string(),
+            hint: hint_for(&code),
+            code,
+            message,
+        }
     }
 
     /// The key's public key, or None when no such key (or alias) exists. Refuses a key that
@@ -59,22 +75,40 @@ impl Kms {
         self.calls.add("GetPublicKey");
         let out = match self.client.get_public_key().key_id(key_id).send().await {
             Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found_exception()) => return Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_not_found_exception()) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(Self::fail("GetPublicKey", key_id, &e)),
         };
-        let unusable = |why: String| SignerError::KeyUnusable { key: key_id.to_string(), why };
+        let unusable = |why: String| SignerError::KeyUnusable {
+            key: key_id.to_string(),
+            why,
+        };
         if out.key_usage() != Some(&KeyUsageType::SignVerify) {
             let usage = out.key_usage().map_or("unknown", |u| u.as_str());
-            return Err(unusable(format!("its usage is {usage}; create it with KeyUsage SIGN_VERIFY")));
+            return Err(unusable(format!(
+                "its usage is {usage}; create it with KeyUsage SIGN_VERIFY"
+            )));
         }
-        let spki_der = out.public_key().map(|b| b.as_ref().to_vec()).ok_or_else(|| unusable("GetPublicKey returned no key".into()))?;
+        let spki_der = out
+            .public_key()
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| unusable("GetPublicKey returned no key".into()))?;
         let key_arn = out.key_id().unwrap_or(key_id).to_string();
         Ok(Some(KmsPublicKey { key_arn, spki_der }))
     }
 
     /// Creates an asymmetric SIGN_VERIFY key of `spec` (ECC_NIST_P256 / ECC_NIST_P384) and,
     /// when `alias` is given, points that alias at it. Returns the key's ARN.
-    pub async fn create_signing_key(&self, spec: &str, alias: Option<&str>, description: &str) -> Result<String, SignerError> {
+    pub async fn create_signing_key(
+        &self,
+        spec: &str,
+        alias: Option<&str>,
+        description: &str,
+    ) -> Result<String, SignerError> {
         let key_spec = KeySpec::from(spec);
         self.calls.add("CreateKey");
         let out = self
@@ -86,16 +120,30 @@ impl Kms {
             .send()
             .await
             .map_err(|e| Self::fail("CreateKey", spec, &e))?;
-        let arn = out.key_metadata().map(|m| m.arn().unwrap_or(m.key_id()).to_string()).unwrap_or_default();
+        let arn = out
+            .key_metadata()
+            .map(|m| m.arn().unwrap_or(m.key_id()).to_string())
+            .unwrap_or_default();
         if let Some(alias) = alias {
             self.calls.add("CreateAlias");
-            self.client.create_alias().alias_name(alias).target_key_id(&arn).send().await.map_err(|e| Self::fail("CreateAlias", alias, &e))?;
+            self.client
+                .create_alias()
+                .alias_name(alias)
+                .target_key_id(&arn)
+                .send()
+                .await
+                .map_err(|e| Self::fail("CreateAlias", alias, &e))?;
         }
         Ok(arn)
     }
 
     /// One KMS `Sign` of `message` (raw up to 4 KiB, else as its digest).
-    pub async fn sign(&self, key_id: &str, algorithm: RemoteAlgorithm, message: &[u8]) -> Result<(String, Vec<u8>), RemoteSignError> {
+    pub async fn sign(
+        &self,
+        key_id: &str,
+        algorithm: RemoteAlgorithm,
+        message: &[u8],
+    ) -> Result<(String, Vec<u8>), RemoteSignError> {
         let (spec, body, message_type) = sign_request(algorithm, message);
         self.calls.add("Sign");
         let out = self
@@ -109,16 +157,27 @@ impl Kms {
             .await
             .map_err(|e| {
                 let (code, text) = error_parts(&e);
-                RemoteSignError::new(code.clone(), format!("KMS Sign with {key_id}: {text}{}", hint_for(&code)))
+                RemoteSignError::new(
+                    code.clone(),
+                    format!("KMS Sign with {key_id}: {text}{}", hint_for(&code)),
+                )
             })?;
-        let signature = out.signature().map(|b| b.as_ref().to_vec()).ok_or_else(|| RemoteSignError::new("EmptySignature", "KMS Sign returned no signature"))?;
+        let signature = out
+            .signature()
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| {
+                RemoteSignError::new("EmptySignature", "KMS Sign returned no signature")
+            })?;
         Ok((out.key_id().unwrap_or(key_id).to_string(), signature))
     }
 }
 
 /// What a `Sign` request carries for `message`: the algorithm, and the message itself (RAW) or,
 /// above 4 KiB, its digest with the algorithm's hash (DIGEST).
-fn sign_request(algorithm: RemoteAlgorithm, message: &[u8]) -> (SigningAlgorithmSpec, Vec<u8>, MessageType) {
+fn sign_request(
+    algorithm: RemoteAlgorithm,
+    message: &[u8],
+) -> (SigningAlgorithmSpec, Vec<u8>, MessageType) {
     use aws_lc_rs::digest::{digest, SHA256, SHA384};
     let (spec, hash) = match algorithm {
         RemoteAlgorithm::EcdsaP256Sha256 => (SigningAlgorithmSpec::EcdsaSha256, &SHA256),
@@ -128,7 +187,11 @@ fn sign_request(algorithm: RemoteAlgorithm, message: &[u8]) -> (SigningAlgorithm
     if message.len() <= MAX_RAW_MESSAGE {
         (spec, message.to_vec(), MessageType::Raw)
     } else {
-        (spec, digest(hash, message).as_ref().to_vec(), MessageType::Digest)
+        (
+            spec,
+            digest(hash, message).as_ref().to_vec(),
+            MessageType::Digest,
+        )
     }
 }
 
@@ -144,10 +207,22 @@ pub struct KmsKey {
 impl KmsKey {
     /// `key_id` may be an alias: it is resolved once, and every `Sign` names the key's ARN,
     /// so the audit log and the signatures agree even if the alias is moved later.
-    pub fn new(kms: Kms, public: &KmsPublicKey, runtime: Arc<BlockingRuntime>) -> Result<Self, SignerError> {
-        let algorithm = algorithm_for_spki(&public.spki_der)
-            .map_err(|e| SignerError::KeyUnusable { key: public.key_arn.clone(), why: e.to_string() })?;
-        Ok(KmsKey { kms, key_arn: public.key_arn.clone(), algorithm, runtime })
+    pub fn new(
+        kms: Kms,
+        public: &KmsPublicKey,
+        runtime: Arc<BlockingRuntime>,
+    ) -> Result<Self, SignerError> {
+        let algorithm =
+            algorithm_for_spki(&public.spki_der).map_err(|e| SignerError::KeyUnusable {
+                key: public.key_arn.clone(),
+                why: e.to_string(),
+            })?;
+        Ok(KmsKey {
+            kms,
+            key_arn: public.key_arn.clone(),
+            algorithm,
+            runtime,
+        })
     }
 
     pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
@@ -171,7 +246,9 @@ impl RemoteKey for KmsKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteSignError> {
-        self.runtime.block_on(self.kms.sign(&self.key_arn, self.algorithm, message)).map(|(_, signature)| signature)
+        self.runtime
+            .block_on(self.kms.sign(&self.key_arn, self.algorithm, message))
+            .map(|(_, signature)| signature)
     }
 }
 
@@ -187,8 +264,14 @@ mod tests {
 
         let large = vec![7u8; MAX_RAW_MESSAGE + 1];
         let (spec, body, kind) = sign_request(RemoteAlgorithm::EcdsaP256Sha256, &large);
-        assert_eq!((spec, kind), (SigningAlgorithmSpec::EcdsaSha256, MessageType::Digest));
-        assert_eq!(body, aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &large).as_ref());
+        assert_eq!(
+            (spec, kind),
+            (SigningAlgorithmSpec::EcdsaSha256, MessageType::Digest)
+        );
+        assert_eq!(
+            body,
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &large).as_ref()
+        );
         let (spec, body, _) = sign_request(RemoteAlgorithm::EcdsaP384Sha384, &large);
         assert_eq!((spec, body.len()), (SigningAlgorithmSpec::EcdsaSha384, 48));
     }

@@ -13,7 +13,14 @@ pub use fleetpki_sqs::CallCounter;
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
     #[error("{service} {operation} on {target} failed: {code}: {message}{hint}")]
-    Call { service: &'static str, operation: &'static str, target: String, code: String, message: String, hint: &'static str },
+    Call {
+        service: &'static str,
+        operation: &'static str,
+        target: String,
+        code: String,
+        message: String,
+        hint: &'static str,
+    },
     #[error("the KMS key {0} does not exist: create it, or give an alias (alias/...) that mtls_ca_init may create")]
     KeyNotFound(String),
     #[error("the KMS key {key} cannot sign certificates: {why}")]
@@ -33,8 +40,18 @@ where
 {
     // AWS messages end with a period; ours append ". What to do" after them.
     match error.code() {
-        Some(code) => (code.to_string(), error.message().unwrap_or("").trim_end_matches('.').to_string()),
-        None => ("ConnectionError".into(), aws_sdk_kms::error::DisplayErrorContext(error).to_string()),
+        Some(code) => (
+            code.to_string(),
+            error
+                .message()
+                .unwrap_or("")
+                .trim_end_matches('.')
+                .to_string(),
+        ),
+        None => (
+            "ConnectionError".into(),
+            aws_sdk_kms::error::DisplayErrorContext(error).to_string(),
+        ),
     }
 }
 
@@ -61,7 +78,10 @@ pub struct BlockingRuntime {
 
 impl BlockingRuntime {
     pub fn new() -> Result<Self, SignerError> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SignerError::Runtime)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(SignerError::Runtime)?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // This thread drives the I/O and timers for every caller of `block_on` and `spawn_on`.
@@ -71,7 +91,10 @@ impl BlockingRuntime {
                 let _ = runtime.block_on(stopped);
             })
             .map_err(SignerError::Runtime)?;
-        Ok(BlockingRuntime { handle, stop: Some(stop) })
+        Ok(BlockingRuntime {
+            handle,
+            stop: Some(stop),
+        })
     }
 
     pub fn handle(&self) -> tokio::runtime::Handle {
@@ -88,7 +111,10 @@ impl BlockingRuntime {
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, RemoteSignError>> + Send + 'static,
     {
-        self.handle.spawn(future).await.unwrap_or_else(|e| Err(RemoteSignError::new("TaskFailed", e.to_string())))
+        self.handle
+            .spawn(future)
+            .await
+            .unwrap_or_else(|e| Err(RemoteSignError::new("TaskFailed", e.to_string())))
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_acmpca::config::retry::RetryConfig;
 use aws_sdk_acmpca::primitives::Blob;
-use aws_sdk_acmpca::types::{CertificateAuthorityStatus, SigningAlgorithm, Validity, ValidityPeriodType};
+use aws_sdk_acmpca::types::{
+    CertificateAuthorityStatus, SigningAlgorithm, Validity, ValidityPeriodType,
+};
 use aws_sdk_acmpca::Client;
 use fleetpki_core::remote::{RemoteAlgorithm, RemoteSignError};
 use fleetpki_core::wire::Profile;
@@ -57,21 +59,37 @@ pub struct Pca {
 
 impl Pca {
     pub fn new(config: &SdkConfig) -> Self {
-        let config = aws_sdk_acmpca::config::Builder::from(config).retry_config(RetryConfig::standard().with_max_attempts(5)).build();
-        Pca { client: Client::from_conf(config), calls: CallCounter::default() }
+        let config = aws_sdk_acmpca::config::Builder::from(config)
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .build();
+        Pca {
+            client: Client::from_conf(config),
+            calls: CallCounter::default(),
+        }
     }
 
     pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
         self.calls.snapshot()
     }
 
-    fn fail<E, R>(operation: &'static str, target: &str, error: &aws_sdk_acmpca::error::SdkError<E, R>) -> SignerError
+    fn fail<E, R>(
+        operation: &'static str,
+        target: &str,
+        error: &aws_sdk_acmpca::error::SdkError<E, R>,
+    ) -> SignerError
     where
         E: aws_sdk_acmpca::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
         let (code, message) = error_parts(error);
-        SignerError::Call { service: "ACM PCA", operation, target: target.to_string(), hint: hint_for(&code), code, message }
+        SignerError::Call {
+            service: "ACM PCA",
+            operation,
+            target: target.to_string(),
+            hint: hint_for(&code),
+            code,
+            message,
+        }
     }
 
     pub async fn describe(&self, ca_arn: &str) -> Result<CaState, SignerError> {
@@ -85,18 +103,30 @@ impl Pca {
             .map_err(|e| Self::fail("DescribeCertificateAuthority", ca_arn, &e))?;
         let ca = out.certificate_authority();
         Ok(CaState {
-            status: ca.and_then(|c| c.status()).map(|s| s.as_str().to_string()).unwrap_or_default(),
-            ca_type: ca.and_then(|c| c.r#type()).map(|t| t.as_str().to_string()).unwrap_or_default(),
+            status: ca
+                .and_then(|c| c.status())
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            ca_type: ca
+                .and_then(|c| c.r#type())
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
         })
     }
 
     /// Whether the CA issues now (a service's probe after a failure).
     pub async fn probe(&self, ca_arn: &str) -> Result<(), RemoteSignError> {
-        let state = self.describe(ca_arn).await.map_err(|e| RemoteSignError::new("DescribeFailed", e.to_string()))?;
+        let state = self
+            .describe(ca_arn)
+            .await
+            .map_err(|e| RemoteSignError::new("DescribeFailed", e.to_string()))?;
         if state.status == CertificateAuthorityStatus::Active.as_str() {
             Ok(())
         } else {
-            Err(RemoteSignError::new("InvalidStateException", format!("the Private CA {ca_arn} is {}", state.status)))
+            Err(RemoteSignError::new(
+                "InvalidStateException",
+                format!("the Private CA {ca_arn} is {}", state.status),
+            ))
         }
     }
 
@@ -110,11 +140,21 @@ impl Pca {
             .send()
             .await
             .map_err(|e| Self::fail("GetCertificateAuthorityCsr", ca_arn, &e))?;
-        out.csr().map(str::to_string).ok_or_else(|| SignerError::CaUnusable { arn: ca_arn.into(), why: "it returned no CSR".into() })
+        out.csr()
+            .map(str::to_string)
+            .ok_or_else(|| SignerError::CaUnusable {
+                arn: ca_arn.into(),
+                why: "it returned no CSR".into(),
+            })
     }
 
     /// Installs the CA's own certificate (signed by our root) and the chain above it.
-    pub async fn import_ca_certificate(&self, ca_arn: &str, certificate_pem: &str, chain_pem: &str) -> Result<(), SignerError> {
+    pub async fn import_ca_certificate(
+        &self,
+        ca_arn: &str,
+        certificate_pem: &str,
+        chain_pem: &str,
+    ) -> Result<(), SignerError> {
         self.calls.add("ImportCertificateAuthorityCertificate");
         self.client
             .import_certificate_authority_certificate()
@@ -139,14 +179,25 @@ impl Pca {
             .map_err(|e| Self::fail("GetCertificateAuthorityCertificate", ca_arn, &e))?;
         out.certificate()
             .map(str::to_string)
-            .ok_or_else(|| SignerError::CaUnusable { arn: ca_arn.into(), why: "it has no certificate yet".into() })
+            .ok_or_else(|| SignerError::CaUnusable {
+                arn: ca_arn.into(),
+                why: "it has no certificate yet".into(),
+            })
     }
 
     /// Issues one certificate and waits for it; returns (certificate ARN, certificate PEM).
-    pub async fn issue(&self, ca_arn: &str, algorithm: RemoteAlgorithm, request: &Issuance<'_>) -> Result<(String, String), RemoteSignError> {
+    pub async fn issue(
+        &self,
+        ca_arn: &str,
+        algorithm: RemoteAlgorithm,
+        request: &Issuance<'_>,
+    ) -> Result<(String, String), RemoteSignError> {
         let failed = |operation: &str, code: String, text: String| {
             let hint = hint_for(&code);
-            RemoteSignError::new(code, format!("ACM PCA {operation} on {ca_arn}: {text}{hint}"))
+            RemoteSignError::new(
+                code,
+                format!("ACM PCA {operation} on {ca_arn}: {text}{hint}"),
+            )
         };
         let signing_algorithm = match algorithm {
             RemoteAlgorithm::EcdsaP256Sha256 => SigningAlgorithm::Sha256Withecdsa,
@@ -170,7 +221,13 @@ impl Pca {
             .template_arn(request.template_arn)
             .validity(absolute(request.not_after_unix)?)
             .validity_not_before(absolute(request.not_before_unix)?)
-            .idempotency_token(request.idempotency_token.chars().take(36).collect::<String>())
+            .idempotency_token(
+                request
+                    .idempotency_token
+                    .chars()
+                    .take(36)
+                    .collect::<String>(),
+            )
             .send()
             .await
             .map_err(|e| {
@@ -180,27 +237,47 @@ impl Pca {
         let certificate_arn = issued
             .certificate_arn()
             .map(str::to_string)
-            .ok_or_else(|| RemoteSignError::new("EmptyResponse", "IssueCertificate returned no certificate ARN"))?;
+            .ok_or_else(|| {
+                RemoteSignError::new(
+                    "EmptyResponse",
+                    "IssueCertificate returned no certificate ARN",
+                )
+            })?;
 
         // Issuance is asynchronous: GetCertificate answers RequestInProgressException until done.
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(100);
         loop {
             self.calls.add("GetCertificate");
-            match self.client.get_certificate().certificate_authority_arn(ca_arn).certificate_arn(&certificate_arn).send().await {
+            match self
+                .client
+                .get_certificate()
+                .certificate_authority_arn(ca_arn)
+                .certificate_arn(&certificate_arn)
+                .send()
+                .await
+            {
                 Ok(out) => {
-                    let pem = out
-                        .certificate()
-                        .map(str::to_string)
-                        .ok_or_else(|| RemoteSignError::new("EmptyResponse", "GetCertificate returned no certificate"))?;
+                    let pem = out.certificate().map(str::to_string).ok_or_else(|| {
+                        RemoteSignError::new(
+                            "EmptyResponse",
+                            "GetCertificate returned no certificate",
+                        )
+                    })?;
                     return Ok((certificate_arn, pem));
                 }
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_request_in_progress_exception()) => {
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_request_in_progress_exception()) =>
+                {
                     if started.elapsed() >= ISSUANCE_WAIT {
                         return Err(failed(
                             "GetCertificate",
                             "RequestInProgressException".into(),
-                            format!("{certificate_arn} still not issued after {} s", ISSUANCE_WAIT.as_secs()),
+                            format!(
+                                "{certificate_arn} still not issued after {} s",
+                                ISSUANCE_WAIT.as_secs()
+                            ),
                         ));
                     }
                     tokio::time::sleep(pause).await;

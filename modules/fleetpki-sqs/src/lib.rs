@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
 use serde::Deserialize;
@@ -33,7 +34,12 @@ pub enum SqsError {
     #[error("access_key and secret_key must be given together")]
     PartialCredentials,
     #[error("SQS {operation} on {target} failed: {detail}{hint}")]
-    Call { operation: &'static str, target: String, detail: String, hint: &'static str },
+    Call {
+        operation: &'static str,
+        target: String,
+        detail: String,
+        hint: &'static str,
+    },
     #[error("the queue {0} does not exist: create it first (see README: queues)")]
     QueueMissing(String),
 }
@@ -52,7 +58,8 @@ impl CallCounter {
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let map = self.0.lock().map(|m| m.clone()).unwrap_or_default();
         let total = map.values().sum();
-        let mut out: BTreeMap<String, u64> = map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut out: BTreeMap<String, u64> =
+            map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         out.insert("total".into(), total);
         out
     }
@@ -88,7 +95,10 @@ pub struct Sqs {
 fn hint_for(detail: &str) -> &'static str {
     if detail.contains("dispatch failure") || detail.contains("connect") {
         ". Check endpoint_url / network access to SQS"
-    } else if detail.contains("credentials") || detail.contains("InvalidClientTokenId") || detail.contains("SignatureDoesNotMatch") {
+    } else if detail.contains("credentials")
+        || detail.contains("InvalidClientTokenId")
+        || detail.contains("SignatureDoesNotMatch")
+    {
         ". Check the AWS credentials (access_key/secret_key, profile, or the instance profile)"
     } else if detail.contains("AccessDenied") {
         ". The IAM policy of this identity does not allow this call (see README: IAM)"
@@ -132,22 +142,43 @@ pub async fn load_config(options: &AwsOptions) -> Result<aws_config::SdkConfig, 
 impl Sqs {
     pub async fn connect(options: &AwsOptions) -> Result<Self, SqsError> {
         let config = load_config(options).await?;
-        Ok(Sqs { client: Client::new(&config), calls: CallCounter::default() })
+        Ok(Sqs {
+            client: Client::new(&config),
+            calls: CallCounter::default(),
+        })
     }
 
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.calls.snapshot()
     }
 
-    fn fail<E: std::error::Error + 'static>(operation: &'static str, target: &str, error: E) -> SqsError {
+    fn fail<E: std::error::Error + 'static>(
+        operation: &'static str,
+        target: &str,
+        error: E,
+    ) -> SqsError {
         let detail = DisplayErrorContext(&error).to_string();
-        SqsError::Call { operation, target: target.to_string(), hint: hint_for(&detail), detail }
+        SqsError::Call {
+            operation,
+            target: target.to_string(),
+            hint: hint_for(&detail),
+            detail,
+        }
     }
 
     /// Sends one message with String attributes; returns its message id.
-    pub async fn send(&self, queue_url: &str, body: &str, attributes: &[(&str, &str)]) -> Result<String, SqsError> {
+    pub async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, SqsError> {
         self.calls.add("SendMessage");
-        let mut request = self.client.send_message().queue_url(queue_url).message_body(body);
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body);
         for (name, value) in attributes {
             let attribute = MessageAttributeValue::builder()
                 .data_type("String")
@@ -157,7 +188,10 @@ impl Sqs {
             request = request.message_attributes(*name, attribute);
         }
         let out = request.send().await.map_err(|e| {
-            if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+            if e.as_service_error()
+                .map(|s| s.is_queue_does_not_exist())
+                .unwrap_or(false)
+            {
                 SqsError::QueueMissing(queue_url.to_string())
             } else {
                 Self::fail("SendMessage", queue_url, e)
@@ -188,7 +222,10 @@ impl Sqs {
             request = request.visibility_timeout(timeout);
         }
         let out = request.send().await.map_err(|e| {
-            if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+            if e.as_service_error()
+                .map(|s| s.is_queue_does_not_exist())
+                .unwrap_or(false)
+            {
                 SqsError::QueueMissing(queue_url.to_string())
             } else {
                 Self::fail("ReceiveMessage", queue_url, e)
@@ -232,7 +269,11 @@ impl Sqs {
     }
 
     /// Deletes up to 10 messages in one call; returns the receipt handles that failed.
-    pub async fn delete_batch(&self, queue_url: &str, receipt_handles: &[String]) -> Result<Vec<String>, SqsError> {
+    pub async fn delete_batch(
+        &self,
+        queue_url: &str,
+        receipt_handles: &[String],
+    ) -> Result<Vec<String>, SqsError> {
         if receipt_handles.is_empty() {
             return Ok(Vec::new());
         }
@@ -259,7 +300,11 @@ impl Sqs {
         Ok(out
             .failed
             .iter()
-            .filter_map(|f| f.id.parse::<usize>().ok().and_then(|i| receipt_handles.get(i).cloned()))
+            .filter_map(|f| {
+                f.id.parse::<usize>()
+                    .ok()
+                    .and_then(|i| receipt_handles.get(i).cloned())
+            })
             .collect())
     }
 
@@ -277,19 +322,32 @@ impl Sqs {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().map(|s| s.is_receipt_handle_is_invalid()).unwrap_or(false) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| s.is_receipt_handle_is_invalid())
+                    .unwrap_or(false) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(Self::fail("ChangeMessageVisibility", queue_url, e)),
         }
     }
 
     /// Creates a queue, or returns the URL of the existing one with the same attributes.
-    pub async fn create_queue(&self, name: &str, attributes: &[(QueueAttributeName, String)]) -> Result<String, SqsError> {
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        attributes: &[(QueueAttributeName, String)],
+    ) -> Result<String, SqsError> {
         self.calls.add("CreateQueue");
         let mut request = self.client.create_queue().queue_name(name);
         for (key, value) in attributes {
             request = request.attributes(key.clone(), value);
         }
-        let out = request.send().await.map_err(|e| Self::fail("CreateQueue", name, e))?;
+        let out = request
+            .send()
+            .await
+            .map_err(|e| Self::fail("CreateQueue", name, e))?;
         Ok(out.queue_url.unwrap_or_default())
     }
 
@@ -298,12 +356,22 @@ impl Sqs {
         self.calls.add("GetQueueUrl");
         match self.client.get_queue_url().queue_name(name).send().await {
             Ok(out) => Ok(out.queue_url),
-            Err(e) if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) => Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| s.is_queue_does_not_exist())
+                    .unwrap_or(false) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(Self::fail("GetQueueUrl", name, e)),
         }
     }
 
-    async fn attributes(&self, queue_url: &str, names: &[QueueAttributeName]) -> Result<HashMap<QueueAttributeName, String>, SqsError> {
+    async fn attributes(
+        &self,
+        queue_url: &str,
+        names: &[QueueAttributeName],
+    ) -> Result<HashMap<QueueAttributeName, String>, SqsError> {
         self.calls.add("GetQueueAttributes");
         let out = self
             .client
@@ -313,7 +381,10 @@ impl Sqs {
             .send()
             .await
             .map_err(|e| {
-                if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+                if e.as_service_error()
+                    .map(|s| s.is_queue_does_not_exist())
+                    .unwrap_or(false)
+                {
                     SqsError::QueueMissing(queue_url.to_string())
                 } else {
                     Self::fail("GetQueueAttributes", queue_url, e)
@@ -369,18 +440,32 @@ impl Sqs {
         self.calls.add("DeleteQueue");
         match self.client.delete_queue().queue_url(queue_url).send().await {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| s.is_queue_does_not_exist())
+                    .unwrap_or(false) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(Self::fail("DeleteQueue", queue_url, e)),
         }
     }
 
     /// The dead-letter queue URL named by a queue's RedrivePolicy, if it has one.
     pub async fn dead_letter_queue_of(&self, queue_url: &str) -> Result<Option<String>, SqsError> {
-        let attrs = self.attributes(queue_url, &[QueueAttributeName::RedrivePolicy]).await?;
-        let Some(policy) = attrs.get(&QueueAttributeName::RedrivePolicy) else { return Ok(None) };
+        let attrs = self
+            .attributes(queue_url, &[QueueAttributeName::RedrivePolicy])
+            .await?;
+        let Some(policy) = attrs.get(&QueueAttributeName::RedrivePolicy) else {
+            return Ok(None);
+        };
         let arn = serde_json::from_str::<serde_json::Value>(policy)
             .ok()
-            .and_then(|v| v.get("deadLetterTargetArn").and_then(|a| a.as_str()).map(str::to_string));
+            .and_then(|v| {
+                v.get("deadLetterTargetArn")
+                    .and_then(|a| a.as_str())
+                    .map(str::to_string)
+            });
         match arn.as_deref().and_then(|a| a.rsplit(':').next()) {
             Some(name) => self.queue_url(name).await,
             None => Ok(None),

@@ -41,7 +41,6 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -302,7 +301,7 @@ def binaries_info() -> dict[str, Any]:
         p = BIN_DIR / name
         if p.exists():
             st = p.stat()
-            out[name] = {"bytes": st.st_size, "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).isoformat(timespec="seconds")}
+            out[name] = {"bytes": st.st_size, "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.UTC).isoformat(timespec="seconds")}
     return out
 
 
@@ -312,7 +311,7 @@ def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             raise SystemExit(f"{BIN_DIR / name} is missing: build the binaries with scripts/build first")
     result: dict[str, Any] = {
         "benchmark": "fleet",
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "nodes": args.nodes,
         "engine": args.engine,
         "receive_semantics": args.receive if args.engine == "local-aws-sqs" else "moto",
@@ -441,7 +440,10 @@ def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 def print_table(r: dict[str, Any], out=sys.stdout) -> None:
     engine = r["engine"] + (f" (receive semantics: {r['receive_semantics']})" if r["engine"] == "local-aws-sqs" else "")
     print(f"\nfleet benchmark: {r['nodes']} nodes, {engine}, forks {r['forks']}, workers {r['workers']}", file=out)
-    head = f"{'phase':<8} {'wall s':>9} {'runs':>6} {'failed':>6} {'SQS calls':>10} {'ms/cert':>8} {'run p50 s':>10} {'run p95 s':>10} {'CPU ms/run':>10}  calls by operation"
+    head = (
+        f"{'phase':<8} {'wall s':>9} {'runs':>6} {'failed':>6} {'SQS calls':>10} {'ms/cert':>8} "
+        f"{'run p50 s':>10} {'run p95 s':>10} {'CPU ms/run':>10}  calls by operation"
+    )
     print(head, file=out)
     print("-" * len(head), file=out)
     installed = r["certificates"]["installed"] or 1
@@ -449,7 +451,8 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
         ops = ", ".join(f"{k} {v}" for k, v in p["sqs_calls"].items())
         print(
             f"{p['phase']:<8} {p['wall_seconds']:>9.2f} {p['module_runs']:>6} {p['failed_runs']:>6} {p['sqs_calls_total']:>10} "
-            f"{1000 * p['wall_seconds'] / installed:>8.2f} {p['run_seconds_p50']:>10.3f} {p['run_seconds_p95']:>10.3f} {1000 * p['run_cpu_seconds_p50']:>10.1f}  {ops}",
+            f"{1000 * p['wall_seconds'] / installed:>8.2f} {p['run_seconds_p50']:>10.3f} {p['run_seconds_p95']:>10.3f} "
+            f"{1000 * p['run_cpu_seconds_p50']:>10.1f}  {ops}",
             file=out,
         )
     print(

@@ -55,7 +55,10 @@ def fmt(x: Any, digits: int = 2) -> str:
 
 def fleet_rows(runs: list[dict[str, Any]]) -> list[str]:
     out = [
-        "| server | nodes | forks | submit s | sign s | fetch s | total s | ms per certificate | module CPU ms per certificate | SQS calls | calls per certificate | installed / verified | fetch timeouts |",
+        (
+            "| server | nodes | forks | submit s | sign s | fetch s | total s | ms per certificate | module CPU ms per certificate "
+            "| SQS calls | calls per certificate | installed / verified | fetch timeouts |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
@@ -64,7 +67,8 @@ def fleet_rows(runs: list[dict[str, Any]]) -> list[str]:
         c = r["certificates"]
         out.append(
             f"| {engine} | {r['nodes']:,} | {r['forks']} | {fmt(ph['submit']['wall_seconds'])} | {fmt(ph['sign']['wall_seconds'])} | "
-            f"{fmt(ph['fetch']['wall_seconds'])} | {fmt(r['wall_seconds'])} | {fmt(1000 * r['wall_seconds_per_certificate'], 1) if r['wall_seconds_per_certificate'] else '–'} | "
+            f"{fmt(ph['fetch']['wall_seconds'])} | {fmt(r['wall_seconds'])} | "
+            f"{fmt(1000 * r['wall_seconds_per_certificate'], 1) if r['wall_seconds_per_certificate'] else '–'} | "
             f"{fmt(1000 * r['module_cpu_seconds_per_certificate'], 1) if r.get('module_cpu_seconds_per_certificate') else '–'} | "
             f"{r['sqs_calls_total']:,} | {fmt(r['sqs_calls_per_installed_certificate'], 3)} | {c['installed']:,} / {c['verified']:,} | {r['timeouts']} |"
         )
@@ -124,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
         lines.append("| server | nodes | submit | sign (one run) | fetch |")
         lines.append("|---|---:|---:|---:|---:|")
+
+        def cell(p):
+            return f"{1000 * p['run_seconds_p50']:,.0f} / {1000 * p.get('run_cpu_seconds_p50', 0):,.1f}"
+
         for r in runs:
             ph = {p["phase"]: p for p in r["phases"]}
-            cell = lambda p: f"{1000 * p['run_seconds_p50']:,.0f} / {1000 * p.get('run_cpu_seconds_p50', 0):,.1f}"
             lines.append(f"| {r['engine']} | {r['nodes']:,} | {cell(ph['submit'])} | {cell(ph['sign'])} | {cell(ph['fetch'])} |")
         lines.append("")
         lines.append("SQS calls by operation (every call each module made, from its `sqs_calls`):")
@@ -138,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
         lines.append("| pipeline | installed | fetch timeouts | wall time s | SQS calls per installed certificate |")
         lines.append("|---|---:|---:|---:|---:|")
-        lines.append(f"| seed article's scripts (5 at a time) | {SEED_200['installed']} / 200 | {SEED_200['timeouts']} | {SEED_200['wall_seconds']:,.0f} | {SEED_200['calls_per_installed']} |")
+        lines.append(
+            f"| seed article's scripts (5 at a time) | {SEED_200['installed']} / 200 | {SEED_200['timeouts']} | "
+            f"{SEED_200['wall_seconds']:,.0f} | {SEED_200['calls_per_installed']} |"
+        )
         for r in (moto200f5, moto200):
             if r:
                 lines.append(
@@ -163,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         srf = sign_rate_figures(sign_rate)
         if srf:
             for f in srf:
-                lines.append(f"| worker's CPU path per request (`judge_batch`: JSON, CSR parse + verify, policy, sign, PEM; no queue), {f['setting']} | {f['worker_per_second']:,.0f} |")
+                lines.append(
+                    "| worker's CPU path per request (`judge_batch`: JSON, CSR parse + verify, policy, sign, PEM; no queue), "
+                    f"{f['setting']} | {f['worker_per_second']:,.0f} |"
+                )
                 lines.append(f"| raw aws-lc-rs P-256 verify + sign, {f['setting']}, same run | {f['raw_per_second']:,.0f} |")
                 lines.append(f"| ratio worker / raw, {f['setting']} | {f['ratio']:.3f} |")
         elif sign_rate is not None:
@@ -173,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in (las1000, moto200):
             if r:
                 ph = {p["phase"]: p for p in r["phases"]}
-                lines.append(f"| sign phase end to end, {r['engine']} {r['nodes']:,} nodes (receive, check, sign, answer, delete) | {r['sign_phase_certificates_per_second']:,.0f} |")
+                lines.append(
+                    f"| sign phase end to end, {r['engine']} {r['nodes']:,} nodes (receive, check, sign, answer, delete) | "
+                    f"{r['sign_phase_certificates_per_second']:,.0f} |"
+                )
         lines.append("")
     if ssh:
         lines.append(f"### SSH play: {ssh['hosts']} hosts over SSH on 127.0.0.1, -f {ssh['forks']}, median of {ssh['repeat']}")
@@ -183,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         names = {"warm": "kept open (ControlPersist), Ansible's ssh_args", "cold": "new per run", "warm-nc": "kept open, no SSH compression"}
         for mode, m in ssh["modes"].items():
             runs = ", ".join(f"{x:.1f}" for x in m["runs_seconds"]["module"]) + " / " + ", ".join(f"{x:.1f}" for x in m["runs_seconds"]["ping"])
-            lines.append(f"| {names.get(mode, mode)} | {m['median_seconds']['module']:.2f} | {m['median_seconds']['ping']:.2f} | {m['ratio_module_to_ping']:.2f} | {runs} |")
+            lines.append(
+                f"| {names.get(mode, mode)} | {m['median_seconds']['module']:.2f} | {m['median_seconds']['ping']:.2f} | "
+                f"{m['ratio_module_to_ping']:.2f} | {runs} |"
+            )
         lines.append("")
         lines.append(f"Module binary {ssh['module_binary_bytes']:,} bytes.")
         lines.append("")
@@ -210,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         spread = abs(a - b) / min(a, b)
         checks.append(("calls per certificate at N=100 and N=1000 within 10 % of each other", spread <= 0.10, f"{a} vs {b} ({100 * spread:.1f} %)"))
         t1, t2 = las100["wall_seconds_per_certificate"], las1000["wall_seconds_per_certificate"]
-        checks.append(("wall time per certificate at N=1000 within 1.5× of N=100", t2 <= 1.5 * t1, f"{1000 * t2:.1f} ms vs {1000 * t1:.1f} ms ({t2 / t1:.2f}×)"))
+        checks.append(("wall time per certificate at N=1000 within 1.5× of N=100", t2 <= 1.5 * t1,
+                       f"{1000 * t2:.1f} ms vs {1000 * t1:.1f} ms ({t2 / t1:.2f}×)"))
     if moto200:
         ok = moto200["certificates"]["installed"] == moto200["nodes"] and moto200["timeouts"] == 0
         checks.append(("moto N=200: every node installed", ok, f"{moto200['certificates']['installed']}/{moto200['nodes']}"))
@@ -245,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.json:
         args.json.write_text(
-            json.dumps({"openssl_speed": speed, "sign_rate": sign_rate, "checks": [{"criterion": w, "met": ok, "figure": f} for w, ok, f in checks]}, indent=2) + "\n",
+            json.dumps(
+                {"openssl_speed": speed, "sign_rate": sign_rate, "checks": [{"criterion": w, "met": ok, "figure": f} for w, ok, f in checks]},
+                indent=2,
+            )
+            + "\n",
             encoding="utf-8",
         )
     return 0

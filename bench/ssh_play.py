@@ -138,12 +138,14 @@ class PrivateSshd:
             check = run([str(SSHD), "-t", "-f", str(config)])
             if check.returncode != 0:
                 raise SystemExit(f"sshd -t rejected {config}: {check.stderr}")
-            self.proc = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=open(self.dir / "sshd.log", "ab"),
-                stderr=subprocess.STDOUT,
-            )
+            # sshd gets its own copy of the log's descriptor; ours is closed once it has started.
+            with open(self.dir / "sshd.log", "ab") as sshd_log:
+                self.proc = subprocess.Popen(
+                    [str(SSHD), "-D", "-e", "-f", str(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=sshd_log,
+                    stderr=subprocess.STDOUT,
+                )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
@@ -283,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forks", "-f", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--module", choices=sorted(MODULE_OPTIONS), default="mtls_cert_fetch")
-    parser.add_argument("--modes", default="warm,cold,first,nocache", help="comma-separated: warm, cold, first, nocache, warm-nc (default warm,cold,first,nocache)")
+    parser.add_argument(
+        "--modes", default="warm,cold,first,nocache", help="comma-separated: warm, cold, first, nocache, warm-nc (default warm,cold,first,nocache)"
+    )
     parser.add_argument("--tarball", type=Path, help="collection tarball (default: the newest dist/fleetpki-mtls-*.tar.gz)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", action="store_true")
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     control_roots: list[Path] = []
     result: dict[str, Any] = {
         "benchmark": "ssh_play",
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hosts": args.hosts,
         "forks": args.forks,
         "repeat": args.repeat,

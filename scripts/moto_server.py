@@ -157,9 +157,9 @@ def _validity_time(validity: dict, now):
     if kind == "YEARS":
         return now + dt.timedelta(days=365 * value)
     if kind == "ABSOLUTE":
-        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+        return dt.datetime.fromtimestamp(value, dt.UTC)
     if kind == "END_DATE":
-        return dt.datetime.strptime(str(value), "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(str(value), "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
     raise JsonRESTError("ValidationException", f"Invalid validity type {kind!r}")
 
 
@@ -219,7 +219,7 @@ def _issue_end_entity(response, params: dict, template) -> str:
     csr = x509.load_pem_x509_csr(base64.b64decode(params.get("Csr")))
     passthrough = (params.get("ApiPassthrough") or {}) if api_passthrough else {}
 
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     not_after = _validity_time(params["Validity"], now) if params.get("Validity") else now + dt.timedelta(days=365)
     if params.get("ValidityNotBefore"):
         not_before = _validity_time(params["ValidityNotBefore"], now)
@@ -227,9 +227,8 @@ def _issue_end_entity(response, params: dict, template) -> str:
         not_before = now - dt.timedelta(minutes=60)
 
     subject = _api_subject(passthrough["Subject"]) if passthrough.get("Subject") else csr.subject
-    ku = {
-        name: False
-        for name in (
+    ku = dict.fromkeys(
+        (
             "digital_signature",
             "content_commitment",
             "key_encipherment",
@@ -239,9 +238,10 @@ def _issue_end_entity(response, params: dict, template) -> str:
             "crl_sign",
             "encipher_only",
             "decipher_only",
-        )
-    }
-    ku.update({name: True for name in usages})
+        ),
+        False,
+    )
+    ku.update(dict.fromkeys(usages, True))
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

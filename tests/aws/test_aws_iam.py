@@ -239,7 +239,7 @@ def test_only_the_ca_worker_role_may_consume_the_csr_queue_whatever_else_allows_
     assert deny["Resource"] == CSR
     assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": role_arn("CaWorkerRole")}}
     # Every queue of the stack refuses plain HTTP.
-    for name, policy in stack.resources("AWS::SQS::QueuePolicy").items():
+    for policy in stack.resources("AWS::SQS::QueuePolicy").values():
         tls = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}["DenyInsecureTransport"]
         assert tls["Effect"] == "Deny" and tls["Action"] == "sqs:*"
         assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}

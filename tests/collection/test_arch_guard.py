@@ -6,7 +6,6 @@ The guard uses `raw: uname -sm`, so it needs neither Python nor facts on the hos
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -125,9 +125,8 @@ echo "$!" >>{q(str(self.pids))}
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                    with ctx.wrap_socket(sock) as tls:
-                        return colon_hex(hashlib.sha256(tls.getpeercert(binary_form=True)).digest())
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock, ctx.wrap_socket(sock) as tls:
+                    return colon_hex(hashlib.sha256(tls.getpeercert(binary_form=True)).digest())
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no TLS handshake with {self.endpoint} within {timeout}s: {exc}") from None
@@ -289,7 +288,7 @@ def test_check_fails_when_the_service_was_not_reloaded(make_fleet, service):
     fleet = make_fleet(1)
     (host, node), = fleet.nodes.items()
     hosts = {"ca1", host}
-    cert, key, fullchain, ca = node_pair(node)
+    cert, key, _fullchain, ca = node_pair(node)
     script = service.reload_script(cert, key, ca)
     assert_ok(site_with(fleet, service, script), hosts)
     enrolled = cert_fingerprint(cert)

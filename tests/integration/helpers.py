@@ -365,7 +365,7 @@ def serial_int(text: str) -> int:
 
 
 def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def make_ca(root_subject: x509.Name | None = None, intermediate_subject: x509.Name | None = None):
@@ -373,7 +373,7 @@ def make_ca(root_subject: x509.Name | None = None, intermediate_subject: x509.Na
 
     Returns (root_cert, intermediate_cert, intermediate_key).
     """
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     root_key = ec.generate_private_key(ec.SECP256R1())
     inter_key = ec.generate_private_key(ec.SECP256R1())
     root_subject = root_subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign Root CA")])
@@ -423,7 +423,7 @@ def sign_leaf(
     days: int = 30,
 ) -> x509.Certificate:
     """A leaf like the ones our worker issues (CN = instance id, SANs, serverAuth+clientAuth)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     names: list[x509.GeneralName] = []
     for san in sans:
         kind, value = san.split(":", 1)

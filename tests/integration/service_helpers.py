@@ -16,9 +16,10 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -179,7 +180,7 @@ class Service:
             pass
 
     def describe(self) -> str:
-        return f"argv: {self.argv}\nrc: {self.proc.poll()}\n" f"stderr (tail):\n" + "\n".join(
+        return f"argv: {self.argv}\nrc: {self.proc.poll()}\nstderr (tail):\n" + "\n".join(
             self.stderr[-30:]
         ) + "\nstdout (tail):\n" + "\n".join(self.stdout[-10:])
 

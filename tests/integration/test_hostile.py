@@ -30,9 +30,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -151,7 +152,7 @@ def make_leaf(
     ca: bool = False,
 ) -> x509.Certificate:
     """A leaf like our worker's, with every property the forgeries vary exposed."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
@@ -215,7 +216,7 @@ def assert_audit_line(line: dict[str, Any]) -> None:
     missing = [f for f in AUDIT_FIELDS if f not in line]
     assert not missing, f"audit line lacks {missing}: {line}"
     t = dt.datetime.fromisoformat(line["time"].replace("Z", "+00:00"))
-    assert abs((dt.datetime.now(dt.timezone.utc) - t).total_seconds()) < 600, f"audit time {line['time']} is not now"
+    assert abs((dt.datetime.now(dt.UTC) - t).total_seconds()) < 600, f"audit time {line['time']} is not now"
 
 
 def csr_digests(csr_pem: str) -> set[str]:
@@ -868,12 +869,12 @@ def forged_foreign_intermediate_our_root(f: Forgery) -> str:
 
 
 def forged_expired(f: Forgery) -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return f.message(f.leaf(not_before=now - dt.timedelta(days=40), not_after=now - dt.timedelta(days=10)))
 
 
 def forged_not_yet_valid(f: Forgery) -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return f.message(f.leaf(not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=31)))
 
 
@@ -1059,7 +1060,7 @@ def test_forged_reply_is_ignored_and_installed_pair_untouched(
     before = node_state(node)
 
     publish(sqs, reply_url, build(f), {"InstanceId": node.instance_id})
-    result, proc, elapsed = timed_fetch(node, wait=False)
+    result, proc, _elapsed = timed_fetch(node, wait=False)
     assert_ok(result, proc)  # a forgery never makes the node fail (a fake rejection included)
     assert result["changed"] is False and result["status"] == "pending", describe(result, proc)
     warnings = result.get("warnings") or []
@@ -1102,7 +1103,7 @@ def test_genuine_rejection_for_the_pending_request_fails_the_fetch(make_node, si
     """Control for the fake rejections: a rejection for the pending request id does fail the fetch
     at once, and leaves the installed pair untouched."""
     node = make_node(1)
-    f = installed_and_pending(node, sign, sqs, ca)
+    installed_and_pending(node, sign, sqs, ca)
     before = node_state(node)
     # The worker refuses the pending renewal (the policy no longer allows this instance).
     policy = helpers.write_policy(
@@ -1426,12 +1427,12 @@ def test_audit_log_has_one_json_line_per_decision(make_node, sign, queues, sqs, 
     no, proc = refused_node.submit()
     assert_ok(no, proc)
     publish(sqs, queues.csr, "not json at all", {})
-    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
     signed, proc = sign(audit_log_path=str(audit))
     assert_ok(signed, proc)
     assert (signed["issued"], signed["rejected"], signed["dead_lettered"]) == (1, 1, 2), describe(signed, proc)
-    finished = dt.datetime.now(dt.timezone.utc)
+    finished = dt.datetime.now(dt.UTC)
     lines = read_audit(audit)
     assert len(lines) == 4, lines
     for line in lines:

@@ -108,7 +108,7 @@ def test_three_nodes_get_verifiable_mtls_certificates(make_node, sign, queues, s
 
     # Fetch: installed through current/, keys 0600, verified, exactly the requested SANs.
     intermediate = helpers.load_cert(ca.intermediate_cert_path)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for node in nodes:
         key_before = node.pending_key.read_bytes()
         result, proc = node.fetch()
@@ -337,7 +337,7 @@ def test_bad_options_fail_naming_the_option(name, changes, option, run_module, t
         else:
             args[key] = value
     before = queues.snapshot(sqs)
-    result, proc = run_module(name, args)
+    result, _proc = run_module(name, args)
     assert_failed_naming(result, option)
     assert not os.path.lexists(tmp_path / "untouched"), "a module that refused its options wrote files"
     assert queues.snapshot(sqs) == before

@@ -108,11 +108,11 @@ def revoked_serials(crl: x509.CertificateRevocationList) -> set[int]:
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def parse_rfc3339(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def openssl_verify_crl(ca, node, crl: Path) -> subprocess.CompletedProcess:
@@ -428,7 +428,7 @@ def test_bad_options_fail_naming_the_option(changes, option, run_module, ca, tmp
             args.pop(key)
         else:
             args[key] = value
-    result, proc = run_module(MODULE, args)
+    result, _proc = run_module(MODULE, args)
     assert_failed_naming(result, option)
     assert not os.path.lexists(untouched), "a module that refused its options wrote files"
 

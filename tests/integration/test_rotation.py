@@ -386,7 +386,7 @@ def test_worker_killed_after_k_publishes_every_request_is_answered_and_installed
     submitted = parallel(lambda node: node.submit(), nodes)
     for result, proc in submitted:
         assert_ok(result, proc)
-    request_ids = {node.n: result["request_id"] for node, (result, _) in zip(nodes, submitted)}
+    request_ids = {node.n: result["request_id"] for node, (result, _) in zip(nodes, submitted, strict=True)}
     assert total(queue_attributes(sqs, queues.csr)) == 10
 
     proxy = proxies()
@@ -403,10 +403,9 @@ def test_worker_killed_after_k_publishes_every_request_is_answered_and_installed
     def hook(operation, params):
         if killed.is_set():
             return "drop"
-        if operation == "SendMessage" and reply_marker in params.get("QueueUrl", ""):
-            if moment == "before_publish" and len(published) == k:
-                kill()
-                return "drop"
+        if operation == "SendMessage" and reply_marker in params.get("QueueUrl", "") and moment == "before_publish" and len(published) == k:
+            kill()
+            return "drop"
         if operation in ("DeleteMessageBatch", "DeleteMessage") and moment == "before_delete" and len(published) == k:
             kill()
             return "drop"
@@ -434,7 +433,7 @@ def test_worker_killed_after_k_publishes_every_request_is_answered_and_installed
         out, err = worker["proc"].communicate(timeout=60)
     except subprocess.TimeoutExpired:
         worker["proc"].kill()
-        raise AssertionError("the worker was not killed within 60 s")
+        raise AssertionError("the worker was not killed within 60 s") from None
     assert killed.is_set(), f"the worker finished without reaching the kill point (k={k}, {moment}):\n{out}\n{err}"
     assert worker["proc"].returncode == -signal.SIGKILL
     kill_time = time.monotonic() - started
@@ -457,7 +456,7 @@ def test_worker_killed_after_k_publishes_every_request_is_answered_and_installed
 
     fetched = parallel(lambda node: node.fetch(), nodes)
     serials = set()
-    for node, (result, proc) in zip(nodes, fetched):
+    for node, (result, proc) in zip(nodes, fetched, strict=True):
         assert_ok(result, proc)
         assert result["status"] == "installed" and result["request_id"] == request_ids[node.n], describe(result, proc)
         versions = [p for p in (node.path / "versions").iterdir() if not p.name.startswith(".")]
@@ -511,7 +510,7 @@ def test_two_workers_drain_one_queue(make_node, sign_args, sqs, queues, module_e
         assert_ok(result, proc)
     fetched = parallel(lambda node: node.fetch(timeout=60), nodes)
     serials = []
-    for node, (result, proc) in zip(nodes, fetched):
+    for node, (result, proc) in zip(nodes, fetched, strict=True):
         assert_ok(result, proc)
         assert result["status"] == "installed", describe(result, proc)
         serials.append(check_pair(node.current).serial_number)
@@ -584,7 +583,7 @@ def test_serve_as_a_plain_process_answers_audits_reloads_policy_and_stops_on_sig
     assert refused.get("failed") is True, describe(refused, proc)
     assert "instance_not_allowed" in refused["msg"], describe(refused, proc)
     line = service.wait_for(
-        lambda: next((l for l in service.audit_lines() if l["decision"] == "rejected"), None),
+        lambda: next((entry for entry in service.audit_lines() if entry["decision"] == "rejected"), None),
         10,
         "the rejection's audit line",
     )

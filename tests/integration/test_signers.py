@@ -572,7 +572,7 @@ def test_kms_signs_verifiable_certificates_and_audits_the_key_arn(kms_ca, queues
     assert {format(leaf.serial_number, "x") for leaf in leaves.values()} == {
         format(helpers.serial_int(s), "x") for s in signed["serials"]
     }
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for node in nodes:
         leaf = leaves[node.n]
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -607,7 +607,7 @@ def test_kms_key_named_in_other_forms_signs(key_id_form, kms_ca, queues, sqs, ru
     assert_ok(signed, proc)
     assert signed["issued"] == 1, describe(signed, proc)
     fetch_all([node], kms_ca)
-    (line,) = [l for l in read_audit(audit) if l.get("decision") == "issued"]
+    (line,) = [entry for entry in read_audit(audit) if entry.get("decision") == "issued"]
     assert line.get("signer_ref") == meta["Arn"], f"signer_ref should be the key ARN whatever form named it: {line}"
 
 
@@ -743,7 +743,7 @@ def test_kms_key_disabled_mid_drain_every_request_gets_an_outcome(
     fetch_all([issued_node], kms_ca)
     lines = read_audit(audit)
     assert_retry_audit(lines, submitted, affected, "DisabledException", kms_ca.kms_key_arn)
-    assert [l["request_id"] for l in lines if l.get("decision") == "issued"] == [submitted[issued_node.n]["request_id"]]
+    assert [entry["request_id"] for entry in lines if entry.get("decision") == "issued"] == [submitted[issued_node.n]["request_id"]]
 
     kms.enable_key(KeyId=kms_ca.kms_key_arn)
     signed, proc = run_aws("mtls_ca_sign", sign_args_for(kms_ca, queues, audit_log_path=str(audit)))
@@ -823,7 +823,7 @@ def test_kms_sign_access_denied_mid_drain_leaves_the_request_queued(
     fetch_all(issued, kms_ca)
     lines = read_audit(audit)
     assert_retry_audit(lines, submitted, retried, "AccessDeniedException", kms_ca.kms_key_arn)
-    assert sorted(l["request_id"] for l in lines if l.get("decision") == "issued") == sorted(
+    assert sorted(entry["request_id"] for entry in lines if entry.get("decision") == "issued") == sorted(
         submitted[node.n]["request_id"] for node in issued
     ), lines
     assert call_count(result, "kms_calls", "Sign") >= 2, describe(result)
@@ -928,7 +928,7 @@ def test_sign_signer_options_are_validated(case, option, kms_ca, queues, sqs, ru
         "file_without_key_file": dict(base, signer="file"),
         "unknown_signer": dict(base, signer="hsm"),
     }[case]
-    result, proc = run_aws("mtls_ca_sign", args)
+    result, _proc = run_aws("mtls_ca_sign", args)
     assert_failed_naming(result, option)
     assert queue_attributes(sqs, queues.csr) == before, "a refused task touched the queue"
 
@@ -945,7 +945,7 @@ def test_init_signer_options_are_validated(case, option, tmp_path, run_aws):
     sca = signer_ca_layout(tmp_path, "file")
     args = sca.init_args()
     args["signer"] = {"kms_without_key_id": "aws_kms", "pca_without_arn": "aws_pca", "file_without_key": "file"}[case]
-    result, proc = run_aws("mtls_ca_init", args)
+    result, _proc = run_aws("mtls_ca_init", args)
     assert_failed_naming(result, option)
     assert not sca.ca.intermediate_cert_path.exists()
 
@@ -1022,7 +1022,7 @@ def test_pca_issues_verifiable_certificates_and_audits_their_arns(
     leaves = fetch_all(nodes, pca_ca)
     # The serials are the ones Private CA chose.
     assert {leaf.serial_number for leaf in leaves.values()} == {helpers.serial_int(s) for s in signed["serials"]}
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for leaf in leaves.values():
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert ExtendedKeyUsageOID.SERVER_AUTH in eku and ExtendedKeyUsageOID.CLIENT_AUTH in eku
@@ -1207,7 +1207,7 @@ def test_pca_refusing_one_request_answers_it_signer_refused(
     assert reply.get("kind") == "rejection" and reply["reason_code"] == "signer_refused", reply
     assert reply["request_id"] == submitted[refused.n]["request_id"], reply
     assert "MalformedCSRException" in reply.get("message", ""), reply
-    (line,) = [l for l in read_audit(audit) if l.get("request_id") == submitted[refused.n]["request_id"]]
+    (line,) = [entry for entry in read_audit(audit) if entry.get("request_id") == submitted[refused.n]["request_id"]]
     assert line["decision"] == "rejected" and line["reason_code"] == "signer_refused", line
     result, proc = refused.fetch(wait=True, timeout=30)
     assert result.get("failed") is True and "signer_refused" in (result.get("msg") or ""), describe(result, proc)

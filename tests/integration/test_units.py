@@ -26,7 +26,7 @@ import signal
 import stat
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -255,7 +255,7 @@ def check_security(unit: Path, threshold: float, record_property) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def syscall_groups() -> dict[str, list[str]]:
     text = subprocess.run(
         [SYSTEMD_ANALYZE, "syscall-filter", "--no-pager"], capture_output=True, text=True, timeout=60

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: fleetpki contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: fleetpki contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 

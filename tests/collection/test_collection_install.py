@@ -10,6 +10,7 @@ import tarfile
 import textwrap
 
 import pytest
+import yaml
 
 import helpers
 from collection_helpers import MODULES, REPO_ROOT, ROLES, assert_run_ok, describe_run, play_recap, run, tool
@@ -60,6 +61,19 @@ def test_tarball_holds_the_binaries_and_docs_and_no_build_junk(tarball, tarball_
         or name.endswith((".tar.gz", ".pyc"))
     ]
     assert not junk, f"build output or caches in the tarball: {sorted(junk)}"
+
+
+def test_tarball_holds_the_license_texts(tarball, tarball_members):
+    """LICENSE and the text of every license galaxy.yml lists (LICENSES/<SPDX id>.txt) travel in the
+    tarball as regular files with the repository's bytes (collection/ holds symlinks to them)."""
+    licenses = yaml.safe_load((REPO_ROOT / "galaxy.yml").read_text(encoding="utf-8"))["license"]
+    members = set(tarball_members)
+    with tarfile.open(tarball) as tar:
+        for name in ["LICENSE", *(f"LICENSES/{spdx}.txt" for spdx in licenses)]:
+            assert name in members, f"{name} missing from {tarball.name}"
+            member = tar.getmember(name)
+            assert member.isfile(), f"{name} is not a regular file in {tarball.name}"
+            assert tar.extractfile(member).read() == (REPO_ROOT / name).read_bytes(), f"{name} in {tarball.name} differs from the repository's"
 
 
 def test_installed_collection_runs_the_built_binaries(installed):

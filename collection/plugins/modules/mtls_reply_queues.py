@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: fleetpki contributors
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+# Apache License 2.0 (see LICENSES/Apache-2.0.txt or https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
 
 # Documentation only. The module itself is the Rust binary "mtls_reply_queues" next to this
 # file (built from modules/ in the source tree); Ansible runs the extension-less binary.

@@ -59,8 +59,8 @@ SQS_ENV_KEYS = ("AWS_ENDPOINT_URL_SQS", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import sqs_admin  # noqa: E402  (scripts/sqs_admin.py)
 
-# What Ansible 2.19 puts in every args file besides the task's options (NOTES-ansible.md); the
-# same set as tests/integration/helpers.py.
+# What Ansible 2.19 puts in every args file besides the task's options; the same set as
+# tests/integration/helpers.py.
 ANSIBLE_INTERNAL_ARGS = {
     "_ansible_no_log": False,
     "_ansible_debug": False,

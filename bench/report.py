@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Combines the results of bench/run-all (one directory of JSON files) into Markdown tables and
-checks them against the Acceptance of issue 6.
+checks them against the benchmarks' acceptance criteria (the `checks` below).
 
     .venv/bin/python bench/report.py RESULTS_DIR            Markdown on stdout
     .venv/bin/python bench/report.py RESULTS_DIR --json F   also the combined figures and checks as JSON
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# The seed article's own scripts against moto on this kind of machine (issue 6).
+# The seed article's own scripts against moto on this kind of machine.
 SEED_200 = {"nodes": 200, "installed": 80, "timeouts": 120, "wall_seconds": 2415.0, "calls_per_installed": 74.5}
 
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {name} | {b['bytes']:,} | {b['newest_glibc']} |")
         lines.append("")
 
-    # Acceptance (issue 6).
+    # Acceptance criteria.
     checks: list[tuple[str, bool | None, str]] = []
     for r in (las100, las1000):
         if r:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             if m:
                 checks.append((f"SSH play ({mode} connections): module play ≤ ping play", m["ratio_module_to_ping"] <= 1.0,
                                f"{m['median_seconds']['module']:.2f} s vs {m['median_seconds']['ping']:.2f} s ({m['ratio_module_to_ping']:.2f}×)"))
-    lines.append("### Acceptance (issue 6)")
+    lines.append("### Acceptance")
     lines.append("")
     lines.append("| criterion | met | figure |")
     lines.append("|---|---|---|")

@@ -85,8 +85,8 @@ def create_queue_set(
 ) -> dict[str, str]:
     """Create (idempotently) a CSR queue with its DLQ and redrive policy, plus a shared cert queue.
 
-    The shared certificate queue has no redrive policy (see DESIGN.md: nodes in seed-compatibility
-    mode receive each other's messages, which must not dead-letter them).
+    The shared certificate queue has no redrive policy: nodes in seed-compatibility mode receive
+    each other's messages, which must not dead-letter them (docs/aws.md, the queue table).
     """
     dlq_url = client.create_queue(QueueName=dlq_name)["QueueUrl"]
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(client, dlq_url), "maxReceiveCount": str(max_receive_count)})

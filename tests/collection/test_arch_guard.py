@@ -1,5 +1,5 @@
 """The roles refuse a host whose OS or architecture the binaries were not built for, at once and
-with a message naming what the host reported, instead of an `Exec format error` (issue 7).
+with a message naming what the host reported, instead of an `Exec format error`.
 The guard uses `raw: uname -sm`, so it needs neither Python nor facts on the host; a stand-in
 `uname` first on PATH plays the foreign host (local connection: the play's shell is ours)."""
 

@@ -2,7 +2,7 @@
 states exactly the argument spec the binary enforces (`<binary> --argument-spec`).
 
 Ansible neither validates a binary module's options against its docs nor masks the options the
-docs call secret (NOTES-ansible.md): the binary does both, so the docs must say what it does.
+docs call secret: the binary does both, so the docs must say what it does.
 Convention for secrets: an option with no_log in the spec says "(no_log)" in its description.
 """
 

@@ -1,4 +1,4 @@
-"""Renewal through the site playbook (issue 5): a fleet inside its renewal window renews on the
+"""Renewal through the site playbook: a fleet inside its renewal window renews on the
 next run, each host reloading once; outside it, a run changes nothing and sends nothing."""
 
 from __future__ import annotations

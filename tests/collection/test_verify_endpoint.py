@@ -1,5 +1,5 @@
 """mtls_client checks, when asked, that the service presents the certificate it just installed
-(mtls_client_verify_endpoint; issue 5, item 5).
+(mtls_client_verify_endpoint).
 
 The site playbook of the installed collection enrols one node (make_fleet: an offline root host,
 a CA host with the drain, the node; all local connection) whose "service" is an `openssl s_server`

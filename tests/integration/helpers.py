@@ -32,7 +32,7 @@ COLLECTION = "fleetpki.mtls"
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import sqs_admin  # noqa: E402  (scripts/sqs_admin.py: queue creation shared with scripts/sqs-server)
 
-# What Ansible 2.19 puts in every args file besides the task's options (see NOTES-ansible.md).
+# What Ansible 2.19 puts in every args file besides the task's options.
 # A module must accept all of them; we send the usual set, not only the three it acts on.
 ANSIBLE_INTERNAL_ARGS = {
     "_ansible_no_log": False,

@@ -1,4 +1,4 @@
-"""Hostile input, through the real binaries and moto (issue 4, "Acceptance").
+"""Hostile input, through the real binaries and moto.
 
 - A corpus built by mutating one valid version-1 request (the node's own, taken off the CSR queue
   and republished with boto3) reaches every reason code of the worker: each is refused with its
@@ -10,7 +10,7 @@
 - The enrollment-secret proof: the end-to-end flow passes; a wrong, missing or too-old HMAC is
   refused.
 - No private key or secret appears in any queue message, log line or module result.
-- The audit log holds one JSON line per decision with the fields issue 4 lists.
+- The audit log holds one JSON line per decision with the fields AUDIT_FIELDS lists.
 
 Reason codes and their routing come from modules/fleetpki-core/src/policy.rs and
 modules/fleetpki-modules/src/ca_sign.rs: integrity failures (`is_integrity_failure`) go to the
@@ -52,7 +52,7 @@ ANSWER = "answer"  # policy refusal: a rejection on the node's reply queue, noth
 ANSWER_DLQ = "answer+dlq"  # integrity failure of a readable per-node v1 request: both
 DLQ = "dlq"  # nothing to answer (unreadable, or no reply queue can be derived): dead-letter only
 
-# The fields issue 4 lists for an audit line (item 6), under the names the worker writes.
+# The fields every audit line must have, under the names the worker writes.
 AUDIT_FIELDS = (
     "time",
     "request_id",

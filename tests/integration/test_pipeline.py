@@ -1,6 +1,6 @@
 """The pipeline end to end: mtls_csr_submit -> mtls_ca_sign -> mtls_cert_fetch through a moto SQS server.
 
-Acceptance of issue 2: certificates that `openssl verify` accepts for sslserver and sslclient with
+What it proves: certificates that `openssl verify` accepts for sslserver and sslclient with
 exactly the requested SANs; idempotent second rounds that send nothing; check mode that touches no
 file, message or receive count; options validated like AnsibleModule; tampered CSRs dead-lettered;
 foreign or mismatched certificates refused by the node; secrets never echoed.

@@ -1,4 +1,4 @@
-"""Revocation end to end (issue 5, item 6): fleetpki.mtls.mtls_ca_revoke revokes by serial and by
+"""Revocation end to end: fleetpki.mtls.mtls_ca_revoke revokes by serial and by
 instance id (issuance records from the workers' audit logs), issues a CRL signed by the intermediate
 that `openssl verify -crl_check` and a real mTLS handshake (demo/mtls-handshake --crl) honour, is
 idempotent, writes nothing in check mode, keeps nextUpdate ahead of the clock by re-issuing the CRL

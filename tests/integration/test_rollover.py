@@ -1,4 +1,4 @@
-"""CA rollover without a broken handshake (issue 5): renewing the intermediate, then rolling the
+"""CA rollover without a broken handshake: renewing the intermediate, then rolling the
 root with a trust bundle that holds the old and the new root during the overlap.
 
 Every step ends with a real mTLS handshake (demo/mtls-handshake: openssl s_server/s_client, each

@@ -1,4 +1,4 @@
-"""Rotation without touch (issue 5), with the real binaries against moto:
+"""Rotation without touch, with the real binaries against moto:
 
 - every crash point of the install (FLEETPKI_TEST_CRASH_AT=k): the paths a service reads always
   hold a matching pair, keys stay 0600, and the next run completes the swap;

@@ -1,4 +1,4 @@
-"""Seed compatibility (issue 4, Acceptance; README "Wire format"): the seed article's own scripts,
+"""Seed compatibility (README "Wire format"): the seed article's own scripts,
 unchanged, against our CA worker.
 
 `seed/submit_csr.py` is the article's script as published; `seed/retrieve_cert.py` is its core

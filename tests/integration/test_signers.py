@@ -1,4 +1,4 @@
-"""Signers (issue 8, docs/signers.md): the intermediate's key in AWS KMS, or AWS Private CA as the
+"""Signers (docs/signers.md): the intermediate's key in AWS KMS, or AWS Private CA as the
 issuer, against moto's KMS and ACM PCA on the same endpoint as SQS.
 
 moto runs through scripts/moto_server.py, which makes moto's KMS refuse a disabled key

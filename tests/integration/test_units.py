@@ -1,4 +1,4 @@
-"""The systemd units of the collection's roles (issue 5, items 8 and 9):
+"""The systemd units of the collection's roles:
 
 - fleetpki.mtls.ca_worker with ca_worker_service: installs `mtls_ca_sign serve CONFIG.json` as a
   hardened service (its own user alone reads the CA key, the module's arguments as a 0600 JSON

@@ -4,8 +4,8 @@ that are not in the repository.
 Refused, in every file `git ls-files` lists (binary files aside: a NUL byte in the first 8 KiB,
 git's own test):
 
-- tracker references: the word "issue" or "issues" followed by a number ("... 6", "... #6"),
-  and GitHub's bare "#6" shorthand;
+- tracker references: the word "issue" or "issues" followed by a number (with or without "#"),
+  and GitHub's bare "#" plus number shorthand;
 - the design and notes files that lived beside the repository: DESIGN, NOTES and NOTES-*
   Markdown files, and paths into the sibling `shared` directory;
 - any Markdown file named by path or name that no tracked file answers to (a reference to a
@@ -30,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Each pattern is written so that this file's own source does not match it.
 TRACKER = [
-    re.compile(r"\bissues?\s+#?\d+", re.IGNORECASE),  # "issue 6", "Issue #6", "issues 4"
-    re.compile(r"(?<![\w&#/])#\d+\b"),  # "#6"; not PKCS#8, &#39; or a URL's fragment
+    re.compile(r"\bissues?\s+#?\d+", re.IGNORECASE),  # "issue N", "Issue #N", "issues N" with a number for N
+    re.compile(r"(?<![\w&#/])#\d+\b"),  # "#N" with a number for N; not PKCS#8, &#39; or a URL's fragment
 ]
 OUTSIDE = [
     re.compile(r"\bDESIGN\.md\b", re.IGNORECASE),

@@ -1,5 +1,6 @@
-# Copyright: fleetpki.mtls contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: fleetpki contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Action of fleetpki.mtls.mtls_reply_queues: runs the module binary from a copy cached on the host."""
 
 from __future__ import annotations

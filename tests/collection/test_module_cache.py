@@ -1,4 +1,4 @@
-"""The module cache of the collection's action plugin (plugins/plugin_utils/cached_binary.py, issue 6).
+"""The module cache of the collection's action plugin (plugins/plugin_utils/cached_binary.py).
 
 A binary module is transferred on every task by Ansible; our action keeps one copy per host,
 named by its SHA-256, and runs it with the arguments on stdin in one command. These tests run the
@@ -106,16 +106,18 @@ def sent_binary(proc) -> bool:
 
 
 def remote_commands(proc) -> list[str]:
-    """The task's remote commands as -vvv logs them (ours span several lines, up to `sleep 0'`)."""
+    """The task's remote commands as -vvv logs them: an EXEC line and the lines of the command
+    that follow it (ours span several), up to the next line -vvv starts itself."""
     commands, current = [], None
     for line in fetch_task_log(proc):
-        if line.startswith("<node1> EXEC "):
-            current = [line]
+        if line.startswith(("<node1> ", "ok: [", "changed: [", "fatal: [", "skipping: [")):
+            if current is not None:
+                commands.append("\n".join(current))
+            current = [line] if line.startswith("<node1> EXEC ") else None
         elif current is not None:
             current.append(line)
-        if current is not None and line.rstrip().endswith("sleep 0'"):
-            commands.append("\n".join(current))
-            current = None
+    if current is not None:
+        commands.append("\n".join(current))
     return commands
 
 
@@ -354,7 +356,7 @@ def test_over_ssh_each_host_gets_the_binary_once(tmp_path, ansible_env, installe
     """Real SSH (a private sshd on loopback, the SSH play's, from bench/ssh_play.py): the first
     play sends the binary to each host on the stdin of one command, the second sends nothing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    import ssh_play  # noqa: E402  (the benchmark's private sshd and control-master clean-up)
+    import ssh_play  # the benchmark's private sshd and control-master clean-up
 
     sshd = ssh_play.PrivateSshd(tmp_path)
     control_root = tmp_path / "control"

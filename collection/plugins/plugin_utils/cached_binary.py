@@ -1,5 +1,6 @@
-# Copyright: fleetpki.mtls contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: fleetpki contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Run a binary module from a copy cached on the host, its arguments on stdin.
 
 Ansible runs a binary module by transferring it on every task (5 MB here, compressed again by
@@ -21,28 +22,31 @@ Ansible's standard path (`_execute_module`) is used, and nothing is cached, when
 `fleetpki_mtls_module_cache` is false; the task is async; ANSIBLE_KEEP_REMOTE_FILES is set; the
 shell is not POSIX sh; the connection cannot send stdin (no pipelining support); `become` is used
 without pipelining enabled (sudo's `requiretty` breaks stdin exactly as it breaks pipelining,
-which is why Ansible makes pipelining opt-in); the host lacks the GNU tools the checks use; or
-nothing can be written under remote_tmp as the user that runs the module.
+which is why Ansible makes pipelining opt-in); the host lacks the GNU tools the checks use;
+nothing can be written under remote_tmp as the user that runs the module; or this ansible-core
+lacks, or has changed, one of the internals the cached path calls (_core_api() looks them all up
+before anything runs on the host; 2.16 to 2.21 are tested, each in its own shape). The standard
+path is that release's own `normal` action, as if the collection had no action plugin.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+# Public, long-stable names only at import time: whatever else the cached path needs from
+# ansible-core is looked up per task by _core_api(), so that a release that moved it sends the
+# task down the standard path instead of failing the import of every module's action.
 from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible.utils.vars import merge_hash
-from ansible.vars.clean import remove_internal_keys
-
-try:  # ansible-core >= 2.19: module arguments are encoded per serialization profile
-    from ansible.module_utils.common.json import Direction, get_module_encoder
-except ImportError:  # older cores: the standard path only
-    get_module_encoder = None
 
 display = Display()
 
@@ -107,6 +111,143 @@ fi
 """
 
 
+class _Unsupported(Exception):
+    """What this ansible-core lacks for the module cache: the task takes the standard path."""
+
+
+def _core_version() -> str:
+    try:
+        return importlib.import_module("ansible.release").__version__
+    except (ImportError, AttributeError):
+        return "(unknown version)"
+
+
+def _symbol(module: str, name: str):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise _Unsupported(f"ansible-core {_core_version()} has no {module}.{name}") from None
+
+
+def _optional_symbol(module: str, name: str):
+    try:
+        return _symbol(module, name)
+    except _Unsupported:
+        return None
+
+
+def _require_method(name: str, *params: str) -> None:
+    """ActionBase has method `name` (as a class member) taking `params`."""
+    member = inspect.getattr_static(ActionBase, name, None)
+    if not callable(member):
+        raise _Unsupported(f"ansible-core {_core_version()}'s ActionBase has no method {name}()")
+    try:
+        accepted = inspect.signature(member).parameters
+    except (TypeError, ValueError):
+        raise _Unsupported(f"ansible-core {_core_version()}'s ActionBase.{name}() has no readable signature") from None
+    missing = [p for p in params if p not in accepted]
+    if missing:
+        raise _Unsupported(f"ansible-core {_core_version()}'s ActionBase.{name}() takes no {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class _CoreApi:
+    """How this ansible-core's internals are called by the cached path (they differ by release)."""
+
+    # (module's configuration from _configure_module, task arguments) -> the arguments' JSON
+    encode_args: Callable[[object, dict], bytes]
+    # (action, _low_level_execute_command's result, module's configuration) -> the task result
+    finish: Callable[[ActionBase, dict, object], dict]
+
+
+@dataclass(frozen=True)
+class _Configured:
+    """What _configure_module says about the module, in any release's shape."""
+
+    style: str
+    path: str
+    profile: str | None  # 2.19+: the serialization profile of its arguments and result
+
+
+def _core_api() -> _CoreApi:
+    """The calls the cached path makes into this ansible-core, or _Unsupported naming what is
+    missing. Checked before anything runs on the host, so the standard path is still open."""
+    _require_method("_update_module_args")
+    _require_method("_configure_module")
+    _require_method("_compute_environment_string")
+    _require_method("get_shell_option")
+    _require_method("_low_level_execute_command", "in_data")
+    _require_method("_parse_returned_data")
+    # ansible-core 2.19 added per-profile JSON for module arguments and results.
+    with_profiles = "profile" in inspect.signature(ActionBase._parse_returned_data).parameters
+
+    if with_profiles:
+        get_module_encoder = _symbol("ansible.module_utils.common.json", "get_module_encoder")
+        to_module = _symbol("ansible.module_utils.common.json", "Direction").CONTROLLER_TO_MODULE
+
+        def encode_args(configured: _Configured, args: dict) -> bytes:
+            return json.dumps(args, cls=get_module_encoder(configured.profile, to_module)).encode()
+
+        def parse(action: ActionBase, res: dict, configured: _Configured):
+            return action._parse_returned_data(res, configured.profile)
+
+    else:  # 2.16-2.18: plain JSON, as their _execute_module writes the args file
+
+        def encode_args(configured: _Configured, args: dict) -> bytes:
+            return json.dumps(args).encode()
+
+        def parse(action: ActionBase, res: dict, configured: _Configured):
+            return action._parse_returned_data(res)
+
+    # What _execute_module does to the parsed result before returning it.
+    task_result = _optional_symbol("ansible._internal._task", "UnifiedTaskResult")
+    if task_result is not None:  # 2.21+: a task result object
+        for method in ("remove_internal_keys", "as_result_dict"):
+            if not callable(getattr(task_result, method, None)):
+                raise _Unsupported(f"ansible-core {_core_version()} has no UnifiedTaskResult.{method}()")
+
+        def clean(parsed) -> dict:
+            if not callable(getattr(parsed, "as_result_dict", None)):
+                raise _unknown_result()
+            parsed.remove_internal_keys()
+            return parsed.as_result_dict(for_round_trip=True)
+
+    else:  # 2.16-2.20: a dict
+        remove_internal_keys = _symbol("ansible.vars.clean", "remove_internal_keys")
+        # Before data tagging (2.19), results were marked unsafe for templating by wrap_var.
+        wrap_var = (lambda data: data) if with_profiles else _symbol("ansible.utils.unsafe_proxy", "wrap_var")
+
+        def clean(parsed) -> dict:
+            if not isinstance(parsed, Mapping):
+                raise _unknown_result()
+            parsed.pop("_ansible_suppress_tmpdir_delete", None)
+            remove_internal_keys(parsed)
+            return wrap_var(parsed)
+
+    def finish(action: ActionBase, res: dict, configured: _Configured) -> dict:
+        return clean(parse(action, res, configured))
+
+    return _CoreApi(encode_args=encode_args, finish=finish)
+
+
+def _unknown_result() -> AnsibleActionFail:
+    # The module has run: running it again by the standard path could repeat what it did.
+    return AnsibleActionFail(
+        f"fleetpki.mtls: the module ran, but ansible-core {_core_version()} returned its result in a form this "
+        "collection does not know: set fleetpki_mtls_module_cache: false for this host and run the task again"
+    )
+
+
+def _configured(value) -> _Configured:
+    """_configure_module's answer: (module_bits, path) since 2.19, (style, shebang, data, path) before."""
+    if isinstance(value, tuple) and len(value) == 2 and hasattr(value[0], "module_style"):
+        bits, path = value
+        return _Configured(style=bits.module_style, path=path, profile=getattr(bits, "serialization_profile", None))
+    if isinstance(value, tuple) and len(value) == 4 and isinstance(value[0], str):
+        return _Configured(style=value[0], path=value[3], profile=None)
+    raise _Unsupported(f"ansible-core {_core_version()}'s _configure_module() answers in a form this collection does not know")
+
+
 class CachedBinaryAction(ActionBase):
     """The action of every fleetpki.mtls module (`plugins/action/<module>.py` imports it)."""
 
@@ -114,22 +255,41 @@ class CachedBinaryAction(ActionBase):
     _supports_async = True
 
     def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
         task_vars = task_vars or {}
         why_standard = self._why_standard_path(task_vars)
-        outcome = None if why_standard else self._run_cached(task_vars)
-        if outcome is None:
-            outcome = self._run_standard(task_vars, why_standard or "the host cannot keep it (GNU tools missing, or remote_tmp not writable)")
-        return merge_hash(result, outcome)
+        core = None
+        if why_standard is None:
+            try:
+                core = _core_api()
+            except _Unsupported as missing:
+                why_standard = str(missing)
+        if why_standard is not None:
+            return self._run_standard(tmp, task_vars, why_standard)
 
-    def _run_standard(self, task_vars, why: str) -> dict:
+        result = super().run(tmp, task_vars)
+        del tmp
+        try:
+            outcome = self._run_cached(core, task_vars)
+        except _Unsupported as missing:
+            return self._run_standard(None, task_vars, str(missing))
+        if outcome is None:
+            return self._run_standard(None, task_vars, "the host cannot keep it (GNU tools missing, or remote_tmp not writable)")
+        return {**result, **outcome}
+
+    def _run_standard(self, tmp, task_vars, why: str) -> dict:
+        """Ansible's own way for a binary module: this release's `normal` action, as if the
+        collection had no action plugin."""
         display.vvv(f"fleetpki.mtls: module cache not used: {why}")
-        wrap_async = self._task.async_val and not self._connection.has_native_async
-        result = self._execute_module(task_vars=task_vars, wrap_async=wrap_async)
-        if not wrap_async:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
-        return result
+        normal = self._shared_loader_obj.action_loader.get(
+            "ansible.legacy.normal",
+            task=self._task,
+            connection=self._connection,
+            play_context=self._play_context,
+            loader=self._loader,
+            templar=self._templar,
+            shared_loader_obj=self._shared_loader_obj,
+        )
+        return normal.run(tmp, task_vars)
 
     def _why_standard_path(self, task_vars) -> str | None:
         """Why this task must take Ansible's standard path, or None when the cache can be used."""
@@ -139,34 +299,39 @@ class CachedBinaryAction(ActionBase):
         wanted = self._templar.template(host_vars.get(CACHE_VAR, True))
         if not boolean(wanted, strict=False):
             return f"{CACHE_VAR} is false"
-        if get_module_encoder is None:
-            return "ansible-core older than 2.19"
         if self._task.async_val:
             return "async task"
         if C.DEFAULT_KEEP_REMOTE_FILES:
             return "ANSIBLE_KEEP_REMOTE_FILES is set"
-        if getattr(self._connection._shell, "SHELL_FAMILY", None) != "sh":
+        shell = getattr(self._connection, "_shell", None)
+        if getattr(shell, "SHELL_FAMILY", None) != "sh" or not callable(getattr(shell, "quote", None)):
             return "the remote shell is not POSIX sh"
         if not self._connection.has_pipelining:
             return f"the {self._connection.transport} connection cannot send stdin"
-        if self._connection.become and not self._connection.is_pipelining_enabled():
+        if self._connection.become and not self._pipelining_enabled():
             return "become without pipelining (enable pipelining to use the module cache with become)"
         return None
 
-    def _run_cached(self, task_vars) -> dict | None:
-        """The module's result, or None when the host cannot keep the cache (standard path)."""
+    def _pipelining_enabled(self) -> bool:
+        if callable(getattr(self._connection, "is_pipelining_enabled", None)):  # 2.19+
+            return self._connection.is_pipelining_enabled()
+        # Older cores decide it in the action, for a module style that can pipeline.
+        return self._is_pipelining_enabled("new")
+
+    def _run_cached(self, core: _CoreApi, task_vars) -> dict | None:
+        """The module's result, or None when the host cannot keep the cache (standard path).
+        Raises _Unsupported, before anything runs on the host, when this core answers unexpectedly."""
         module_name = self._task.action
         module_args = dict(self._task.args)
         self._update_module_args(module_name, module_args, task_vars)
-        module_bits, module_path = self._configure_module(module_name=module_name, module_args=module_args, task_vars=task_vars)
-        if module_bits.module_style != "binary":
-            raise AnsibleActionFail(f"fleetpki.mtls: {module_name} is not a binary module ({module_path}): reinstall the collection")
+        configured = _configured(self._configure_module(module_name=module_name, module_args=module_args, task_vars=task_vars))
+        if configured.style != "binary":
+            raise AnsibleActionFail(f"fleetpki.mtls: {module_name} is not a binary module ({configured.path}): reinstall the collection")
         self._used_interpreter = None
-        encoder = get_module_encoder(module_bits.serialization_profile, Direction.CONTROLLER_TO_MODULE)
-        args_json = json.dumps(module_args, cls=encoder).encode()
+        args_json = core.encode_args(configured, module_args)
 
-        name = os.path.basename(module_path)
-        with open(module_path, "rb") as binary:
+        name = os.path.basename(configured.path)
+        with open(configured.path, "rb") as binary:
             module_data = binary.read()
         digest = hashlib.sha256(module_data).hexdigest()
         quote = self._connection._shell.quote
@@ -197,10 +362,7 @@ class CachedBinaryAction(ActionBase):
             display.vvv(f"fleetpki.mtls: ran {name} from the module cache")
         if _printed(res, CACHE_UNAVAILABLE):
             return None
-
-        data = self._parse_returned_data(res, module_bits.serialization_profile)
-        remove_internal_keys(data)
-        return data
+        return core.finish(self, res, configured)
 
 
 def _printed(res: dict, marker: str) -> bool:

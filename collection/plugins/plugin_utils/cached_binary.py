@@ -172,20 +172,24 @@ class _Configured:
 def _core_api() -> _CoreApi:
     """The calls the cached path makes into this ansible-core, or _Unsupported naming what is
     missing. Checked before anything runs on the host, so the standard path is still open."""
-    _require_method("_update_module_args")
-    _require_method("_configure_module")
+    _require_method("_update_module_args", "module_name", "module_args", "task_vars")
+    _require_method("_configure_module", "module_name", "module_args", "task_vars")
     _require_method("_compute_environment_string")
-    _require_method("get_shell_option")
-    _require_method("_low_level_execute_command", "in_data")
-    _require_method("_parse_returned_data")
+    _require_method("get_shell_option", "option", "default")
+    _require_method("_low_level_execute_command", "cmd", "in_data")
+    _require_method("_parse_returned_data", "res")
     # ansible-core 2.19 added per-profile JSON for module arguments and results.
     with_profiles = "profile" in inspect.signature(ActionBase._parse_returned_data).parameters
 
     if with_profiles:
         get_module_encoder = _symbol("ansible.module_utils.common.json", "get_module_encoder")
-        to_module = _symbol("ansible.module_utils.common.json", "Direction").CONTROLLER_TO_MODULE
+        to_module = getattr(_symbol("ansible.module_utils.common.json", "Direction"), "CONTROLLER_TO_MODULE", None)
+        if to_module is None:
+            raise _Unsupported(f"ansible-core {_core_version()} has no Direction.CONTROLLER_TO_MODULE")
 
         def encode_args(configured: _Configured, args: dict) -> bytes:
+            if not configured.profile:
+                raise _Unsupported(f"ansible-core {_core_version()} names no serialization profile for the module")
             return json.dumps(args, cls=get_module_encoder(configured.profile, to_module)).encode()
 
         def parse(action: ActionBase, res: dict, configured: _Configured):
@@ -199,30 +203,30 @@ def _core_api() -> _CoreApi:
         def parse(action: ActionBase, res: dict, configured: _Configured):
             return action._parse_returned_data(res)
 
-    # What _execute_module does to the parsed result before returning it.
+    # What _execute_module does to the parsed result before returning it: 2.21 returns a task
+    # result object, 2.16-2.20 a dict. Both ways are resolved now, while the standard path is
+    # still open; the parsed result's own shape picks one after the run.
     task_result = _optional_symbol("ansible._internal._task", "UnifiedTaskResult")
-    if task_result is not None:  # 2.21+: a task result object
-        for method in ("remove_internal_keys", "as_result_dict"):
-            if not callable(getattr(task_result, method, None)):
-                raise _Unsupported(f"ansible-core {_core_version()} has no UnifiedTaskResult.{method}()")
+    if task_result is not None:
+        for method, params in (("remove_internal_keys", ()), ("as_result_dict", ("for_round_trip",))):
+            member = getattr(task_result, method, None)
+            if not callable(member) or any(p not in inspect.signature(member).parameters for p in params):
+                raise _Unsupported(f"ansible-core {_core_version()}'s UnifiedTaskResult.{method}() is not the one this collection knows")
+    remove_internal_keys = _optional_symbol("ansible.vars.clean", "remove_internal_keys")
+    if task_result is None and remove_internal_keys is None:
+        raise _Unsupported(f"ansible-core {_core_version()} has no ansible.vars.clean.remove_internal_keys")
+    # Before data tagging (2.19), results were marked unsafe for templating by wrap_var.
+    wrap_var = (lambda data: data) if with_profiles else _symbol("ansible.utils.unsafe_proxy", "wrap_var")
 
-        def clean(parsed) -> dict:
-            if not callable(getattr(parsed, "as_result_dict", None)):
-                raise _unknown_result()
+    def clean(parsed) -> dict:
+        if task_result is not None and isinstance(parsed, task_result):
             parsed.remove_internal_keys()
             return parsed.as_result_dict(for_round_trip=True)
-
-    else:  # 2.16-2.20: a dict
-        remove_internal_keys = _symbol("ansible.vars.clean", "remove_internal_keys")
-        # Before data tagging (2.19), results were marked unsafe for templating by wrap_var.
-        wrap_var = (lambda data: data) if with_profiles else _symbol("ansible.utils.unsafe_proxy", "wrap_var")
-
-        def clean(parsed) -> dict:
-            if not isinstance(parsed, Mapping):
-                raise _unknown_result()
+        if remove_internal_keys is not None and isinstance(parsed, Mapping):
             parsed.pop("_ansible_suppress_tmpdir_delete", None)
             remove_internal_keys(parsed)
             return wrap_var(parsed)
+        raise _unknown_result()
 
     def finish(action: ActionBase, res: dict, configured: _Configured) -> dict:
         return clean(parse(action, res, configured))

@@ -27,7 +27,7 @@ import hmac
 import ipaddress
 import json
 import os
-import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -636,14 +636,21 @@ REMOTE_SIGNER_CODES = {"signer_refused"}
 
 
 def test_corpus_reaches_every_reason_code_of_the_worker():
-    """The corpus covers ReasonCode::ALL (policy.rs): a new code without a case fails here."""
-    policy_rs = (helpers.REPO_ROOT / "modules" / "fleetpki-core" / "src" / "policy.rs").read_text(encoding="utf-8")
-    as_str = policy_rs[policy_rs.index("pub fn as_str") :]
-    as_str = as_str[: as_str.index("\n    }\n")]
-    codes_in_source = set(re.findall(r'=> "([a-z_]+)"', as_str))
-    assert codes_in_source == ALL_REASON_CODES, f"policy.rs codes changed: {codes_in_source ^ ALL_REASON_CODES}"
+    """The corpus covers every code the worker lists (`mtls_ca_sign --reason-codes`): a new code
+    without a case fails here."""
+    listed = subprocess.run(
+        [str(helpers.binary_path("mtls_ca_sign")), "--reason-codes"], capture_output=True, text=True, timeout=30, check=True
+    )
+    codes = {entry["code"]: entry["dead_lettered"] for entry in json.loads(listed.stdout)}
+    assert set(codes) == ALL_REASON_CODES, f"the worker's codes changed: {set(codes) ^ ALL_REASON_CODES}"
     expected = ALL_REASON_CODES - REMOTE_SIGNER_CODES
     assert {c.code for c in CORPUS} == expected, expected - {c.code for c in CORPUS}
+    # The listing agrees with the routes the corpus observes: a policy answer is never
+    # dead-lettered, an integrity failure always is (DLQ-only cases also cover requests that
+    # cannot be answered at all, whatever their code).
+    for case in CORPUS:
+        if case.route in (ANSWER, ANSWER_DLQ):
+            assert codes[case.code] == (case.route == ANSWER_DLQ), f"{case.id}: {case.code} listed as dead_lettered={codes[case.code]}"
 
 
 def policy_args(case: Case, tmp_path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName as SanExte
 use x509_cert::request::{CertReq, ExtensionReq};
 
 use crate::names::SubjectAltName;
+use crate::reason::ReasonCode;
 use crate::{sha256_hex, PkiError};
 
 pub(crate) mod oid {
@@ -78,13 +79,14 @@ pub enum CsrError {
 }
 
 impl CsrError {
-    pub fn reason_code(&self) -> &'static str {
+    /// The refusal's reason code: decided here, where the error is made, never from its text.
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
-            CsrError::Malformed(_) => "csr_malformed",
-            CsrError::UnsupportedKey(_) => "key_type_not_allowed",
-            CsrError::UnsupportedSignature(_) => "csr_signature_algorithm",
-            CsrError::BadSignature => "csr_signature_invalid",
-            CsrError::KeyTooSmall(_) => "key_too_small",
+            CsrError::Malformed(_) => ReasonCode::CsrMalformed,
+            CsrError::UnsupportedKey(_) => ReasonCode::KeyTypeNotAllowed,
+            CsrError::UnsupportedSignature(_) => ReasonCode::CsrSignatureAlgorithm,
+            CsrError::BadSignature => ReasonCode::CsrSignatureInvalid,
+            CsrError::KeyTooSmall(_) => ReasonCode::KeyTooSmall,
         }
     }
 }
@@ -387,10 +389,10 @@ mod tests {
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
         )
         .unwrap_err();
-        assert_eq!(err.reason_code(), "csr_malformed");
+        assert_eq!(err.reason_code(), ReasonCode::CsrMalformed);
         assert_eq!(
             parse_and_verify_csr("hello").unwrap_err().reason_code(),
-            "csr_malformed"
+            ReasonCode::CsrMalformed
         );
     }
 

@@ -11,10 +11,12 @@ pub mod keys;
 pub mod layout;
 pub mod names;
 pub mod policy;
+pub mod reason;
 pub mod remote;
 pub mod renewal;
 pub mod sign;
 pub mod wire;
+pub mod worker;
 
 pub use error::PkiError;
 
@@ -43,6 +45,12 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
 /// A fresh request id (UUID v4).
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A time as RFC 3339 (`2026-12-03T16:22:27Z`), as every result and audit line writes it.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

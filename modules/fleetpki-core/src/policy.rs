@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::csr::{KeyKind, ParsedCsr};
 use crate::names::SubjectAltName;
+pub use crate::reason::{ReasonCode, Rejection};
 use crate::wire::{CsrMessage, Profile};
 
 /// The worker's own limits on what it reads.
@@ -21,136 +22,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CSR_PEM_BYTES: usize = 16 * 1024;
 /// Tolerated clock difference for request timestamps in the future.
 pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
-
-/// Why a request was not signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReasonCode {
-    MessageTooLarge,
-    MessageMalformed,
-    UnsupportedVersion,
-    CsrTooLarge,
-    CsrMalformed,
-    CsrSignatureAlgorithm,
-    CsrSignatureInvalid,
-    InstanceIdInvalid,
-    InstanceIdMismatch,
-    InstanceNotAllowed,
-    SanNotAllowed,
-    SanUnsupported,
-    KeyTypeNotAllowed,
-    KeyTooSmall,
-    CaRequested,
-    CriticalExtension,
-    LifetimeNotAllowed,
-    ProfileNotAllowed,
-    IdentityProofMissing,
-    IdentityProofInvalid,
-    SenderMismatch,
-    RequestExpired,
-    /// The remote signer (KMS, Private CA) refused this one request, or issued a certificate
-    /// the worker's checks refuse: answered, not retried.
-    SignerRefused,
-}
-
-impl ReasonCode {
-    pub const ALL: [ReasonCode; 23] = [
-        ReasonCode::MessageTooLarge,
-        ReasonCode::MessageMalformed,
-        ReasonCode::UnsupportedVersion,
-        ReasonCode::CsrTooLarge,
-        ReasonCode::CsrMalformed,
-        ReasonCode::CsrSignatureAlgorithm,
-        ReasonCode::CsrSignatureInvalid,
-        ReasonCode::InstanceIdInvalid,
-        ReasonCode::InstanceIdMismatch,
-        ReasonCode::InstanceNotAllowed,
-        ReasonCode::SanNotAllowed,
-        ReasonCode::SanUnsupported,
-        ReasonCode::KeyTypeNotAllowed,
-        ReasonCode::KeyTooSmall,
-        ReasonCode::CaRequested,
-        ReasonCode::CriticalExtension,
-        ReasonCode::LifetimeNotAllowed,
-        ReasonCode::ProfileNotAllowed,
-        ReasonCode::IdentityProofMissing,
-        ReasonCode::IdentityProofInvalid,
-        ReasonCode::SenderMismatch,
-        ReasonCode::RequestExpired,
-        ReasonCode::SignerRefused,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::MessageTooLarge => "message_too_large",
-            ReasonCode::MessageMalformed => "message_malformed",
-            ReasonCode::UnsupportedVersion => "unsupported_version",
-            ReasonCode::CsrTooLarge => "csr_too_large",
-            ReasonCode::CsrMalformed => "csr_malformed",
-            ReasonCode::CsrSignatureAlgorithm => "csr_signature_algorithm",
-            ReasonCode::CsrSignatureInvalid => "csr_signature_invalid",
-            ReasonCode::InstanceIdInvalid => "instance_id_invalid",
-            ReasonCode::InstanceIdMismatch => "instance_id_mismatch",
-            ReasonCode::InstanceNotAllowed => "instance_not_allowed",
-            ReasonCode::SanNotAllowed => "san_not_allowed",
-            ReasonCode::SanUnsupported => "san_unsupported",
-            ReasonCode::KeyTypeNotAllowed => "key_type_not_allowed",
-            ReasonCode::KeyTooSmall => "key_too_small",
-            ReasonCode::CaRequested => "ca_requested",
-            ReasonCode::CriticalExtension => "critical_extension",
-            ReasonCode::LifetimeNotAllowed => "lifetime_not_allowed",
-            ReasonCode::ProfileNotAllowed => "profile_not_allowed",
-            ReasonCode::IdentityProofMissing => "identity_proof_missing",
-            ReasonCode::IdentityProofInvalid => "identity_proof_invalid",
-            ReasonCode::SenderMismatch => "sender_mismatch",
-            ReasonCode::RequestExpired => "request_expired",
-            ReasonCode::SignerRefused => "signer_refused",
-        }
-    }
-
-    /// Requests that could not be processed at all go to the dead-letter queue (an alarm there
-    /// means malformed or poison traffic); the others are policy answers to the node.
-    pub fn is_integrity_failure(self) -> bool {
-        matches!(
-            self,
-            ReasonCode::MessageTooLarge
-                | ReasonCode::MessageMalformed
-                | ReasonCode::UnsupportedVersion
-                | ReasonCode::CsrTooLarge
-                | ReasonCode::CsrMalformed
-                | ReasonCode::CsrSignatureAlgorithm
-                | ReasonCode::CsrSignatureInvalid
-                | ReasonCode::InstanceIdInvalid
-        )
-    }
-}
-
-impl fmt::Display for ReasonCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refusal: the code for machines, the message for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: ReasonCode,
-    pub message: String,
-}
-
-impl Rejection {
-    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
-        Rejection {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
 
 /// How the sender proves it is the instance it claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

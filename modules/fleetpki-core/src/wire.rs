@@ -166,6 +166,12 @@ impl ReplyMessage {
     }
 }
 
+/// The reply queue of an instance: the prefix plus its id (ids are restricted to queue-name
+/// characters by the policy), so the worker derives the address from the verified identity.
+pub fn reply_queue_name(prefix: &str, instance_id: &str) -> String {
+    format!("{prefix}{instance_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

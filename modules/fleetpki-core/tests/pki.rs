@@ -2,7 +2,6 @@
 
 use std::time::SystemTime;
 
-use fleetpki_core::ca::{create_intermediate, create_root, CaSubject};
 use fleetpki_core::certs::{
     check_issued_certificate, load_certificates, parse_certificate, CertRejection, Expectation,
 };
@@ -16,50 +15,8 @@ use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::{CsrMessage, IdentityProof, Profile, ReplyMode, WIRE_VERSION};
 use time::OffsetDateTime;
 
-struct TestCa {
-    dir: std::path::PathBuf,
-    root_pem: String,
-    signer: CaSigner,
-}
-
-fn make_ca(name: &str, spec: KeySpec) -> TestCa {
-    let dir = std::env::temp_dir().join(format!("fleetpki-pki-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let now = OffsetDateTime::now_utc();
-    let subject = |cn: &str| CaSubject {
-        common_name: cn.into(),
-        organization: Some("fleetpki test".into()),
-        lifetime_days: 365,
-    };
-    let root_key = spec.generate().unwrap();
-    let root_pem = create_root(&root_key, &subject("fleetpki Root CA"), now).unwrap();
-    let int_key = spec.generate().unwrap();
-    let int_pem = create_intermediate(
-        &int_key,
-        &subject("fleetpki Intermediate CA"),
-        &root_pem,
-        root_key,
-        now,
-    )
-    .unwrap();
-    std::fs::write(dir.join("int.pem"), &int_pem).unwrap();
-    std::fs::write(dir.join("int.key"), int_key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("chain.pem"), format!("{int_pem}{root_pem}")).unwrap();
-    let signer = CaSigner::load(
-        &dir.join("int.pem"),
-        &dir.join("int.key"),
-        &dir.join("chain.pem"),
-    )
-    .unwrap();
-    TestCa {
-        dir,
-        root_pem,
-        signer,
-    }
-}
-
-const ID: &str = "i-0123456789abcdef0";
+mod util;
+use util::{make_ca, ID};
 
 fn policy() -> Policy {
     Policy::from_json(

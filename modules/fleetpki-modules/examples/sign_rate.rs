@@ -20,7 +20,8 @@ use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::Policy;
 use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::{CsrMessage, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION};
-use fleetpki_modules::ca_sign::{judge_batch, Verdict};
+use fleetpki_core::worker::Verdict;
+use fleetpki_modules::ca_sign::judge_batch;
 use fleetpki_sqs::Received;
 
 fn rate(seconds: f64, threads: usize, op: impl Fn(usize) -> usize + Sync) -> f64 {

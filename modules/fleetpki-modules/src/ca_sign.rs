@@ -6,20 +6,16 @@ use std::io::Write;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
-use fleetpki_core::csr::{parse_and_verify_csr, ParsedCsr};
-use fleetpki_core::policy::{
-    is_valid_instance_id, Grant, Policy, ReasonCode, Rejection, SigningRequest, MAX_BODY_BYTES,
-    MAX_CSR_PEM_BYTES,
-};
+use fleetpki_core::policy::{Policy, ReasonCode, Rejection};
 use fleetpki_core::remote::RemoteSignError;
 use fleetpki_core::sign::{CaSigner, IssuedCertificate, CLOCK_SKEW_ALLOWANCE};
-use fleetpki_core::wire::{
-    CertificateMessage, CsrMessage, RejectionMessage, ReplyMessage, ReplyMode,
-    INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE, WIRE_VERSION,
+use fleetpki_core::wire::{INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE};
+use fleetpki_core::worker::{
+    check, remote_failure, sign_locally, Accepted, Action, AuditRecord, Disposition, Fate, Inbound,
+    Routes, Sent, Verdict,
 };
-use fleetpki_core::PkiError;
 use fleetpki_signers::pca::{template_for, Issuance};
-use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs, SqsError};
+use fleetpki_sqs::{AwsOptions, Received, Sqs, SqsError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -90,6 +86,19 @@ impl Args {
             self.pca_template_arn.clone(),
         )
     }
+}
+
+/// `mtls_ca_sign --reason-codes`: every code a refusal can carry, and whether it goes to the
+/// dead-letter queue (an integrity failure) or only to the node.
+pub fn reason_codes_json() -> Value {
+    Value::Array(
+        ReasonCode::ALL
+            .iter()
+            .map(
+                |code| json!({"code": code.as_str(), "dead_lettered": code.is_integrity_failure()}),
+            )
+            .collect(),
+    )
 }
 
 fn check_range(name: &str, value: i64, low: i64, high: i64) -> Result<(), Failure> {
@@ -239,41 +248,6 @@ pub struct Tally {
     pub retries: Vec<Value>,
 }
 
-/// A certificate signed for a request, and what the audit log names its signer by.
-type Signed = (IssuedCertificate, Option<String>);
-
-/// What the checks decided for one received request.
-pub enum Verdict {
-    /// `signer_ref`: the KMS key ARN, or the Private CA certificate ARN, for the audit log.
-    Sign {
-        message: CsrMessage,
-        issued: IssuedCertificate,
-        signer_ref: Option<String>,
-    },
-    Refuse {
-        message: Option<CsrMessage>,
-        rejection: Rejection,
-    },
-    /// The signer cannot sign now (a disabled KMS key, throttling past the retries): the
-    /// request waits in the queue for a signer that works.
-    Unavailable {
-        message: CsrMessage,
-        error: RemoteSignError,
-    },
-}
-
-/// What became of a request once its answer was published, or could not be.
-enum Fate {
-    Issued(IssuedCertificate),
-    Rejected(Rejection),
-    DeadLettered(Rejection),
-    /// Left in the queue: seen again after the visibility timeout (and dead-lettered by the
-    /// queue's redrive policy if it keeps failing).
-    Retry(String),
-    /// Handed back to the queue at once: the signer is unavailable, not the request at fault.
-    SignerUnavailable(RemoteSignError),
-}
-
 pub struct Worker<'a> {
     sqs: &'a Sqs,
     args: &'a Args,
@@ -286,9 +260,17 @@ pub struct Worker<'a> {
     pub signer_error: Option<RemoteSignError>,
     /// Service mode also writes each audit line to stdout (for journald).
     pub audit_to_stdout: bool,
-    dead_letter_queue: Option<String>,
+    routes: Routes,
     pub tally: Tally,
     pub warnings: Vec<String>,
+}
+
+/// What one request's disposition left for the batch to do, in the order the core gave it.
+struct Settled {
+    disposition: Disposition,
+    record: Option<AuditRecord>,
+    delete: bool,
+    hand_back: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -314,6 +296,13 @@ impl<'a> Worker<'a> {
                 .ok(),
             _ => None,
         };
+        let routes = Routes {
+            csr_queue_url: args.csr_queue_url.clone(),
+            reply_queue_prefix: args.reply_queue_prefix.clone(),
+            shared_cert_queue_url: args.shared_cert_queue_url.clone(),
+            dead_letter_queue_url: dead_letter_queue,
+            chain_pem: backend.chain_pem().to_string(),
+        };
         Ok(Worker {
             sqs,
             args,
@@ -322,7 +311,7 @@ impl<'a> Worker<'a> {
             remote_pool,
             signer_error: None,
             audit_to_stdout: false,
-            dead_letter_queue,
+            routes,
             tally: Tally::default(),
             warnings,
         })
@@ -361,9 +350,10 @@ impl<'a> Worker<'a> {
             .await
     }
 
-    /// Processes received requests: checking and signing run in parallel on the cores; the
-    /// answers go out concurrently (to different per-node queues, so they cannot be batched);
-    /// the CSRs that were answered are deleted in one batch call. Not to be cancelled midway.
+    /// Processes received requests: checking and signing run in parallel on the cores; each
+    /// request's answers go out concurrently (to different per-node queues, so they cannot be
+    /// batched); then, in batch order, the audit lines, the hand-backs and one batch delete of
+    /// the requests that were settled. Not to be cancelled midway.
     pub async fn process(&mut self, batch: &[Received]) -> Result<(), SqsError> {
         if batch.is_empty() {
             return Ok(());
@@ -376,54 +366,33 @@ impl<'a> Worker<'a> {
             Backend::Pca(pca) => issue_batch_through_pca(&self.policy, pca, batch).await,
         };
         let this = &*self;
-        let fates = futures_util::future::join_all(
+        let settled = futures_util::future::join_all(
             batch
                 .iter()
                 .zip(verdicts)
-                .map(|(received, verdict)| this.answer(received, verdict)),
+                .map(|(received, verdict)| this.settle(received, verdict)),
         )
         .await;
         let mut done = Vec::new();
-        for (received, (message, fate, signed)) in batch.iter().zip(fates) {
-            self.record(received, message.as_ref(), &fate, signed.as_ref());
-            match fate {
-                Fate::Retry(warning) => {
-                    self.tally.failed += 1;
-                    self.warnings.push(warning);
-                }
-                Fate::SignerUnavailable(error) => {
-                    self.tally.failed += 1;
-                    self.tally.retries.push(json!({
-                        "message_id": received.message_id,
-                        "instance_id": message.as_ref().map(|m| m.instance_id.clone()),
-                        "request_id": message.as_ref().and_then(|m| m.request_id.clone()),
-                        "reason": format!("signer_unavailable: {error}"),
-                    }));
-                    // Visible again at once: the next drain (or the service, once its probe
-                    // passes) takes it up; a failed hand-back only delays it by the timeout.
-                    let _ = self
-                        .sqs
-                        .hand_back(&self.args.csr_queue_url, &received.receipt_handle)
-                        .await;
-                    self.signer_error = Some(error);
-                }
-                Fate::Issued(issued) => {
-                    self.tally.issued += 1;
-                    self.tally.serials.push(issued.serial_hex);
-                    done.push(received.receipt_handle.clone());
-                }
-                Fate::Rejected(_) => {
-                    self.tally.rejected += 1;
-                    done.push(received.receipt_handle.clone());
-                }
-                Fate::DeadLettered(_) => {
-                    self.tally.dead_lettered += 1;
-                    done.push(received.receipt_handle.clone());
-                }
+        for (received, settled) in batch.iter().zip(settled) {
+            if let Some(record) = settled.record {
+                self.record(record);
             }
+            if settled.hand_back {
+                // Visible again at once: the next drain (or the service, once its probe passes)
+                // takes it up; a failed hand-back only delays it by the visibility timeout.
+                let _ = self
+                    .sqs
+                    .hand_back(&self.args.csr_queue_url, &received.receipt_handle)
+                    .await;
+            }
+            if settled.delete {
+                done.push(received.receipt_handle.clone());
+            }
+            self.count(received, &settled.disposition);
         }
-        // Delete only what was answered; a failed delete means a duplicate answer later,
-        // which the node discards (it no longer waits for that request id).
+        // Delete only what was settled; a failed delete means a duplicate answer later, which
+        // the node discards (it no longer waits for that request id).
         let failed = self
             .sqs
             .delete_batch(&self.args.csr_queue_url, &done)
@@ -437,194 +406,84 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Publishes the answer to one request. The message, and a certificate signed for it even if
-    /// it could not be delivered, are returned for the audit log: every certificate that exists
-    /// under our CA is in the log.
-    async fn answer(
-        &self,
-        received: &Received,
-        verdict: Verdict,
-    ) -> (Option<CsrMessage>, Fate, Option<Signed>) {
-        match verdict {
-            Verdict::Unavailable { message, error } => {
-                (Some(message), Fate::SignerUnavailable(error), None)
-            }
-            Verdict::Sign {
-                message,
-                issued,
-                signer_ref,
-            } => {
-                let signed = Some((issued.clone(), signer_ref));
-                let reply = ReplyMessage::Certificate(CertificateMessage {
-                    instance_id: message.instance_id.clone(),
-                    certificate_pem: issued.certificate_pem.clone(),
-                    ca_chain_pem: self.backend.chain_pem().to_string(),
-                    version: Some(WIRE_VERSION),
-                    request_id: message.request_id.clone(),
-                    serial: Some(issued.serial_hex.clone()),
-                    not_after: Some(rfc3339(issued.not_after)),
-                });
-                let Some(target) = self.reply_target(&message) else {
-                    let missing = Rejection::new(ReasonCode::MessageMalformed, "a seed-format request, and no shared_cert_queue_url is set to answer it on");
-                    let fate = self.dead_letter(received, missing).await;
-                    return (Some(message), fate, signed);
-                };
-                // Seed compatibility: its retrieve_cert.py reads only the untagged fields.
-                let body = if message.is_seed_format() {
-                    seed_body(&reply)
-                } else {
-                    reply.to_json()
-                };
-                let fate = match self
-                    .sqs
-                    .send(
-                        &target,
-                        &body,
-                        &[(INSTANCE_ID_ATTRIBUTE, &message.instance_id)],
-                    )
-                    .await
-                {
-                    Ok(_) => Fate::Issued(issued),
-                    Err(SqsError::QueueMissing(_)) => {
-                        let missing = Rejection::new(
-                            ReasonCode::MessageMalformed,
-                            format!("the reply queue of {} does not exist", message.instance_id),
-                        );
-                        self.dead_letter(received, missing).await
+    /// Performs one request's sends as its disposition asks, and keeps what is left for the
+    /// batch (the audit line, the delete or hand-back) in the order the core gave it.
+    async fn settle(&self, received: &Received, verdict: Verdict) -> Settled {
+        let mut disposition = Disposition::new(verdict, &self.routes, &inbound(received));
+        let (mut record, mut delete, mut hand_back) = (None, false, false);
+        while let Some(action) = disposition.next_action() {
+            match action {
+                Action::Publish {
+                    queue,
+                    body,
+                    instance_id,
+                } => {
+                    let sent = self
+                        .sqs
+                        .send(&queue, &body, &[(INSTANCE_ID_ATTRIBUTE, &instance_id)])
+                        .await;
+                    disposition.sent(sent_result(sent));
+                }
+                Action::DeadLetter { queue, reason } => {
+                    let mut attributes = vec![(REASON_ATTRIBUTE, reason.as_str())];
+                    if let Some(id) = received.attributes.get(INSTANCE_ID_ATTRIBUTE) {
+                        attributes.push((INSTANCE_ID_ATTRIBUTE, id.as_str()));
                     }
-                    Err(e) => Fate::Retry(format!(
-                        "could not publish the certificate for {}: {e}",
-                        message.instance_id
-                    )),
-                };
-                (Some(message), fate, signed)
-            }
-            Verdict::Refuse { message, rejection } => {
-                let fate = self.refuse(received, message.as_ref(), rejection).await;
-                (message, fate, None)
+                    let sent = self.sqs.send(&queue, &received.body, &attributes).await;
+                    disposition.sent(sent_result(sent));
+                }
+                Action::Record(line) => record = Some(*line),
+                Action::Delete => delete = true,
+                Action::HandBack => hand_back = true,
             }
         }
+        Settled {
+            disposition,
+            record,
+            delete,
+            hand_back,
+        }
     }
 
-    /// Answers a refusal: a policy refusal to the node (when it reads rejections), an
-    /// unprocessable message to the dead-letter queue (and to the node, when it is ours).
-    async fn refuse(
-        &self,
-        received: &Received,
-        message: Option<&CsrMessage>,
-        rejection: Rejection,
-    ) -> Fate {
-        let answerable = message.filter(|m| {
-            m.reply_mode() == ReplyMode::PerNode
-                && m.request_id.is_some()
-                && is_valid_instance_id(&m.instance_id)
-        });
-        let mut answered = false;
-        if let Some(m) = answerable {
-            if let Some(target) = self.reply_target(m) {
-                let reply = ReplyMessage::Rejection(RejectionMessage {
-                    instance_id: m.instance_id.clone(),
-                    request_id: m.request_id.clone().unwrap_or_default(),
-                    reason_code: rejection.code.as_str().into(),
-                    message: rejection.message.clone(),
-                });
-                answered = self
-                    .sqs
-                    .send(
-                        &target,
-                        &reply.to_json(),
-                        &[(INSTANCE_ID_ATTRIBUTE, &m.instance_id)],
-                    )
-                    .await
-                    .is_ok();
+    fn count(&mut self, received: &Received, disposition: &Disposition) {
+        let message = disposition.message();
+        match disposition.fate() {
+            Some(Fate::Issued(issued)) => {
+                self.tally.issued += 1;
+                self.tally.serials.push(issued.serial_hex.clone());
             }
-        }
-        if rejection.code.is_integrity_failure() || !answered {
-            return self.dead_letter(received, rejection).await;
-        }
-        Fate::Rejected(rejection)
-    }
-
-    async fn dead_letter(&self, received: &Received, rejection: Rejection) -> Fate {
-        let Some(dlq) = &self.dead_letter_queue else {
-            // Without a DLQ the message stays; the queue's own redrive (if any) decides.
-            return Fate::Retry(format!(
-                "cannot dead-letter message {} ({rejection}): no dead-letter queue",
-                received.message_id
-            ));
-        };
-        let reason = rejection.to_string();
-        let mut attributes = vec![(REASON_ATTRIBUTE, reason.as_str())];
-        if let Some(id) = received.attributes.get(INSTANCE_ID_ATTRIBUTE) {
-            attributes.push((INSTANCE_ID_ATTRIBUTE, id.as_str()));
-        }
-        match self.sqs.send(dlq, &received.body, &attributes).await {
-            Ok(_) => Fate::DeadLettered(rejection),
-            Err(e) => Fate::Retry(format!(
-                "could not dead-letter message {}: {e}",
-                received.message_id
-            )),
+            Some(Fate::Rejected(_)) => self.tally.rejected += 1,
+            Some(Fate::DeadLettered(_)) => self.tally.dead_lettered += 1,
+            Some(Fate::Retry(warning)) => {
+                self.tally.failed += 1;
+                self.warnings.push(warning.clone());
+            }
+            Some(Fate::SignerUnavailable(error)) => {
+                self.tally.failed += 1;
+                self.tally.retries.push(json!({
+                    "message_id": received.message_id,
+                    "instance_id": message.map(|m| m.instance_id.clone()),
+                    "request_id": message.and_then(|m| m.request_id.clone()),
+                    "reason": format!("signer_unavailable: {error}"),
+                }));
+                self.signer_error = Some(error.clone());
+            }
+            None => {}
         }
     }
 
-    /// The queue to answer on, derived from the verified instance id, never from the message:
-    /// a node's reply queue lives beside the CSR queue (same endpoint, account and region), so
-    /// its URL is the CSR queue's with the queue name replaced — no lookup call per node.
-    fn reply_target(&self, message: &CsrMessage) -> Option<String> {
-        if message.reply_mode() == ReplyMode::Shared {
-            return self.args.shared_cert_queue_url.clone();
-        }
-        let (base, _) = self
-            .args
-            .csr_queue_url
-            .trim_end_matches('/')
-            .rsplit_once('/')?;
-        Some(format!(
-            "{base}/{}",
-            reply_queue_name(&self.args.reply_queue_prefix, &message.instance_id)
-        ))
-    }
-
-    /// One JSON line per decision. No key, secret or HMAC is ever written.
-    fn record(
-        &mut self,
-        received: &Received,
-        message: Option<&CsrMessage>,
-        fate: &Fate,
-        signed: Option<&Signed>,
-    ) {
+    /// Writes one audit line (the core's record, with the time and the signer filled in).
+    fn record(&mut self, mut line: AuditRecord) {
         if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
             return;
         }
-        let (decision, rejection) = match fate {
-            Fate::Issued(..) => ("issued", None),
-            Fate::Rejected(r) => ("rejected", Some((r.code.as_str(), r.message.clone()))),
-            Fate::DeadLettered(r) => ("dead_lettered", Some((r.code.as_str(), r.message.clone()))),
-            Fate::Retry(why) => ("retry", Some(("not_delivered", why.clone()))),
-            Fate::SignerUnavailable(e) => ("retry", Some(("signer_unavailable", e.to_string()))),
-        };
-        // A certificate signed but not delivered (the reply could not be sent) is logged too.
-        let issued = signed.map(|(issued, _)| issued);
-        let signer_ref = match signed {
-            Some((_, signer_ref)) => signer_ref.clone(),
-            None => self.backend.signer_ref().map(str::to_string),
-        };
-        let line = json!({
-            "time": rfc3339(time::OffsetDateTime::now_utc()),
-            "message_id": received.message_id,
-            "request_id": message.and_then(|m| m.request_id.clone()),
-            "instance_id": message.map(|m| m.instance_id.clone()),
-            "sender_id": received.sender_id,
-            "decision": decision,
-            "reason_code": rejection.as_ref().map(|r| r.0),
-            "reason": rejection.map(|r| r.1),
-            "signer": self.backend.name(),
-            "signer_ref": signer_ref,
-            "serial": issued.map(|i| i.serial_hex.clone()),
-            "not_after": issued.map(|i| rfc3339(i.not_after)),
-            "csr_sha256": message.map(|m| fleetpki_core::csr::csr_der_sha256(&m.csr_pem)),
-            "certificate_sha256": issued.map(|i| i.sha256.clone()),
-        });
+        line.time = rfc3339(time::OffsetDateTime::now_utc());
+        line.signer = self.backend.name();
+        if line.serial.is_none() {
+            // Nothing was signed: the signer this worker would have used.
+            line.signer_ref = self.backend.signer_ref().map(str::to_string);
+        }
+        let line = serde_json::to_string(&line).unwrap_or_default();
         if self.audit_to_stdout {
             println!("{line}");
         }
@@ -643,6 +502,27 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// What the checks read of a received message.
+fn inbound(received: &Received) -> Inbound<'_> {
+    Inbound {
+        message_id: &received.message_id,
+        body: &received.body,
+        instance_id_attribute: received
+            .attributes
+            .get(INSTANCE_ID_ATTRIBUTE)
+            .map(String::as_str),
+        sender_id: received.sender_id.as_deref(),
+    }
+}
+
+fn sent_result<T>(result: Result<T, SqsError>) -> Sent {
+    match result {
+        Ok(_) => Sent::Delivered,
+        Err(SqsError::QueueMissing(_)) => Sent::QueueMissing,
+        Err(e) => Sent::Failed(e.to_string()),
+    }
+}
+
 /// Judges a batch on all cores (CPU work: parse, verify, policy, sign), on rayon's pool of one
 /// thread per core, kept between batches (spawning threads per batch of 10 cost ~10 %).
 pub fn judge_batch(policy: &Policy, signer: &CaSigner, batch: &[Received]) -> Vec<Verdict> {
@@ -650,145 +530,12 @@ pub fn judge_batch(policy: &Policy, signer: &CaSigner, batch: &[Received]) -> Ve
     batch.par_iter().map(|r| judge(policy, signer, r)).collect()
 }
 
-/// A request that passed every check, waiting for its signature.
-pub struct Accepted {
-    pub message: CsrMessage,
-    pub csr: ParsedCsr,
-    pub grant: Grant,
-}
-
 /// Everything that decides on one request: limits, parsing, proof of possession, policy, and
 /// the signature. No I/O but a remote key's.
 pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict {
-    match check(policy, received) {
-        Ok(accepted) => sign_locally(signer, accepted),
+    match check(policy, &inbound(received), now_unix()) {
+        Ok(accepted) => sign_locally(signer, accepted, time::OffsetDateTime::now_utc()),
         Err(refusal) => refusal,
-    }
-}
-
-/// Limits, parsing, proof of possession and policy: whether a request may be signed.
-/// A refusal is as common an answer as an acceptance, and moved once: not boxed.
-#[allow(clippy::result_large_err)]
-pub fn check(policy: &Policy, received: &Received) -> Result<Accepted, Verdict> {
-    let refuse = |message: Option<CsrMessage>, code, text: String| Verdict::Refuse {
-        message,
-        rejection: Rejection::new(code, text),
-    };
-    if received.body.len() > MAX_BODY_BYTES {
-        return Err(refuse(
-            None,
-            ReasonCode::MessageTooLarge,
-            format!(
-                "the body has {} bytes; at most {MAX_BODY_BYTES}",
-                received.body.len()
-            ),
-        ));
-    }
-    let message: CsrMessage = match serde_json::from_str(&received.body) {
-        Ok(m) => m,
-        Err(e) => {
-            return Err(refuse(
-                None,
-                ReasonCode::MessageMalformed,
-                format!("not a CSR message: {e}"),
-            ))
-        }
-    };
-    if message.version.is_some_and(|v| v != WIRE_VERSION) {
-        return Err(refuse(
-            Some(message),
-            ReasonCode::UnsupportedVersion,
-            format!("wire version {WIRE_VERSION} is supported"),
-        ));
-    }
-    if message.version.is_some() && (message.request_id.is_none() || message.timestamp.is_none()) {
-        // Without them a node cannot match the answer and a replay never expires.
-        return Err(refuse(
-            Some(message),
-            ReasonCode::MessageMalformed,
-            "a version 1 request needs request_id and timestamp".into(),
-        ));
-    }
-    if message.csr_pem.len() > MAX_CSR_PEM_BYTES {
-        return Err(refuse(
-            Some(message),
-            ReasonCode::CsrTooLarge,
-            format!("the CSR PEM exceeds {MAX_CSR_PEM_BYTES} bytes"),
-        ));
-    }
-    let csr = match parse_and_verify_csr(&message.csr_pem) {
-        Ok(csr) => csr,
-        Err(e) => {
-            let code = match e.reason_code() {
-                "csr_signature_invalid" => ReasonCode::CsrSignatureInvalid,
-                "csr_signature_algorithm" => ReasonCode::CsrSignatureAlgorithm,
-                "key_type_not_allowed" => ReasonCode::KeyTypeNotAllowed,
-                "key_too_small" => ReasonCode::KeyTooSmall,
-                _ => ReasonCode::CsrMalformed,
-            };
-            return Err(refuse(Some(message), code, e.to_string()));
-        }
-    };
-    let request = SigningRequest {
-        message: &message,
-        attribute_instance_id: received
-            .attributes
-            .get(INSTANCE_ID_ATTRIBUTE)
-            .map(String::as_str),
-        sender_id: received.sender_id.as_deref(),
-        csr: &csr,
-    };
-    match policy.evaluate(&request, now_unix()) {
-        Ok(grant) => Ok(Accepted {
-            message,
-            csr,
-            grant,
-        }),
-        Err(rejection) => Err(Verdict::Refuse {
-            message: Some(message),
-            rejection,
-        }),
-    }
-}
-
-/// Signs an accepted request with the intermediate's key (a file, or KMS through `Sign`).
-pub fn sign_locally(signer: &CaSigner, accepted: Accepted) -> Verdict {
-    let Accepted {
-        message,
-        csr,
-        grant,
-    } = accepted;
-    match signer.sign(
-        &csr,
-        &message.instance_id,
-        grant.profile,
-        grant.lifetime,
-        time::OffsetDateTime::now_utc(),
-    ) {
-        Ok(issued) => Verdict::Sign {
-            message,
-            issued,
-            signer_ref: signer.key_ref().map(str::to_string),
-        },
-        Err(PkiError::RemoteSign(error)) => remote_failure(message, error),
-        Err(e) => Verdict::Refuse {
-            message: Some(message),
-            rejection: Rejection::new(ReasonCode::CsrMalformed, format!("cannot sign: {e}")),
-        },
-    }
-}
-
-/// A remote signer's error: an outage leaves the request queued; an error about this request is
-/// answered to the node (retrying would only fail again until the queue dead-letters it).
-fn remote_failure(message: CsrMessage, error: RemoteSignError) -> Verdict {
-    if error.is_outage() {
-        Verdict::Unavailable { message, error }
-    } else {
-        let rejection = Rejection::new(ReasonCode::SignerRefused, error.to_string());
-        Verdict::Refuse {
-            message: Some(message),
-            rejection,
-        }
     }
 }
 
@@ -801,8 +548,11 @@ pub async fn issue_batch_through_pca(
     batch: &[Received],
 ) -> Vec<Verdict> {
     use rayon::prelude::*;
-    let checked: Vec<Result<Accepted, Verdict>> =
-        batch.par_iter().map(|r| check(policy, r)).collect();
+    let now = now_unix();
+    let checked: Vec<Result<Accepted, Verdict>> = batch
+        .par_iter()
+        .map(|r| check(policy, &inbound(r), now))
+        .collect();
     futures_util::future::join_all(checked.into_iter().map(|c| async move {
         match c {
             Ok(accepted) => issue_through_pca(backend, accepted).await,
@@ -923,13 +673,5 @@ async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict 
                 format!("Private CA issued {certificate_arn}, which is not published ({why}): check the CA and pca_template_arn"),
             ),
         ),
-    }
-}
-
-/// The seed's certificate message: its three fields plus our optional ones, without `kind`.
-fn seed_body(reply: &ReplyMessage) -> String {
-    match reply {
-        ReplyMessage::Certificate(c) => serde_json::to_string(c).unwrap_or_default(),
-        ReplyMessage::Rejection(_) => reply.to_json(),
     }
 }

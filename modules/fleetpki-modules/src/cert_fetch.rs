@@ -12,8 +12,9 @@ use fleetpki_core::layout::{
     crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE,
 };
 use fleetpki_core::names::parse_names;
+use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE};
-use fleetpki_sqs::{reply_queue_name, AwsOptions, Received, Sqs};
+use fleetpki_sqs::{AwsOptions, Received, Sqs};
 use serde::Deserialize;
 use serde_json::Value;
 

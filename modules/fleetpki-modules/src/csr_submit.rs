@@ -11,10 +11,11 @@ use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, is_valid_instance_id};
 use fleetpki_core::renewal::{decide, RenewBefore, Wanted};
+use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{
     CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION,
 };
-use fleetpki_sqs::{reply_queue_name, AwsOptions, Sqs};
+use fleetpki_sqs::{AwsOptions, Sqs};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

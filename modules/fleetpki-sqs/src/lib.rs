@@ -472,9 +472,3 @@ impl Sqs {
         }
     }
 }
-
-/// The reply queue of an instance: our prefix plus its id (ids are restricted to queue-name
-/// characters by the policy), so the worker derives the address from the verified identity.
-pub fn reply_queue_name(prefix: &str, instance_id: &str) -> String {
-    format!("{prefix}{instance_id}")
-}

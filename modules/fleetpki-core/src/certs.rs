@@ -149,7 +149,10 @@ pub enum CertRejection {
     Untrusted(String),
     #[error("the certificate names {found} differ from the requested {expected}")]
     NamesMismatch { expected: String, found: String },
-    #[error("the certificate's subject CN {found:?} is not this node's instance id {expected}")]
+    #[error(
+        "the certificate's subject CN {} is not this node's instance id {expected}",
+        .found.as_deref().unwrap_or("(none)")
+    )]
     SubjectMismatch {
         expected: String,
         found: Option<String>,
@@ -160,6 +163,13 @@ pub enum CertRejection {
     MissingUsage(&'static str),
     #[error("the certificate is a CA certificate; a node only installs leaves")]
     IsCa,
+    #[error("the certificate expired at {not_after}")]
+    Expired { not_after: String },
+    #[error("the certificate is valid only from {not_before}, {ahead_seconds} s after this node's clock: is the node's clock behind?")]
+    NotYetValid {
+        not_before: String,
+        ahead_seconds: u64,
+    },
 }
 
 impl CertRejection {
@@ -172,7 +182,54 @@ impl CertRejection {
             CertRejection::SubjectMismatch { .. } => "certificate_subject_mismatch",
             CertRejection::MissingUsage(_) => "certificate_usage_missing",
             CertRejection::IsCa => "certificate_is_ca",
+            CertRejection::Expired { .. } => "certificate_expired",
+            CertRejection::NotYetValid { .. } => "certificate_not_yet_valid",
         }
+    }
+}
+
+/// webpki's reason for refusing the path, in words (its own Display is its Debug output).
+fn path_refusal(error: webpki::Error, profile: Profile) -> CertRejection {
+    use webpki::Error as E;
+    let at = |t: UnixTime| {
+        time::OffsetDateTime::from_unix_timestamp(t.as_secs() as i64)
+            .map(crate::rfc3339)
+            .unwrap_or_else(|_| format!("{} s after 1970", t.as_secs()))
+    };
+    let untrusted = |why: &str| CertRejection::Untrusted(why.to_string());
+    match error {
+        E::CertExpired { not_after, .. } => CertRejection::Expired {
+            not_after: at(not_after),
+        },
+        E::CertNotValidYet { time, not_before } => CertRejection::NotYetValid {
+            not_before: at(not_before),
+            ahead_seconds: not_before.as_secs().saturating_sub(time.as_secs()),
+        },
+        E::RequiredEkuNotFoundContext(_) => CertRejection::MissingUsage(profile.as_str()),
+        E::UnknownIssuer => {
+            untrusted("it is not issued by the pinned CA, through the chain it came with")
+        }
+        E::InvalidSignatureForPublicKey => untrusted("a signature in its chain does not verify"),
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            untrusted("its chain uses a signature algorithm this node does not accept")
+        }
+        E::CaUsedAsEndEntity => untrusted("a CA certificate is used as the end entity"),
+        E::EndEntityUsedAsCa => untrusted("a leaf certificate is used as a CA in its chain"),
+        E::PathLenConstraintViolated => untrusted("its chain breaks a CA's path length limit"),
+        E::NameConstraintViolation => untrusted("its names break a CA's name constraints"),
+        E::CertRevoked => untrusted("a certificate in its chain is revoked"),
+        E::CertDistrusted => untrusted("a certificate in its chain is distrusted"),
+        E::UnsupportedCriticalExtension => {
+            untrusted("it has a critical extension this node does not know")
+        }
+        E::MaximumPathDepthExceeded
+        | E::MaximumPathBuildCallsExceeded
+        | E::MaximumSignatureChecksExceeded
+        | E::MaximumNameConstraintComparisonsExceeded => {
+            untrusted("its chain is too long or complex to validate")
+        }
+        _ => untrusted("its chain is malformed or uses a feature this node does not accept"),
     }
 }
 
@@ -235,7 +292,7 @@ pub fn check_issued_certificate(
             None,
             None,
         )
-        .map_err(|e| CertRejection::Untrusted(format!("{e:?}")))?;
+        .map_err(|e| path_refusal(e, expect.profile))?;
     }
     // webpki accepts a leaf without an EKU extension; we require the profile's usages.
     if (expect.profile.server_auth() && !info.server_auth)

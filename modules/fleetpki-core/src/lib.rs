@@ -10,6 +10,7 @@ mod error;
 pub mod keys;
 pub mod layout;
 pub mod names;
+pub mod node;
 pub mod policy;
 pub mod reason;
 pub mod remote;

@@ -185,7 +185,7 @@ fn node_refuses_foreign_ca_other_key_wrong_names_and_profile() {
     let server_only = ca.signer.sign(&csr, ID, Profile::Server, day, now).unwrap();
     assert!(matches!(
         check(&server_only.certificate_pem, ca.signer.chain_pem(), &expect),
-        CertRejection::Untrusted(_) | CertRejection::MissingUsage(_)
+        CertRejection::MissingUsage(_)
     ));
 
     let expired = ca
@@ -194,8 +194,19 @@ fn node_refuses_foreign_ca_other_key_wrong_names_and_profile() {
         .unwrap();
     assert!(matches!(
         check(&expired.certificate_pem, ca.signer.chain_pem(), &expect),
-        CertRejection::Untrusted(_)
+        CertRejection::Expired { .. }
     ));
+    // Signed for a node whose clock is an hour behind the CA's (notBefore is 5 minutes back).
+    let early = ca
+        .signer
+        .sign(&csr, ID, Profile::Mtls, day, now + time::Duration::hours(1))
+        .unwrap();
+    let rejection = check(&early.certificate_pem, ca.signer.chain_pem(), &expect);
+    let CertRejection::NotYetValid { ahead_seconds, .. } = &rejection else {
+        panic!("{rejection:?}");
+    };
+    assert!((3000..=3300).contains(ahead_seconds), "{ahead_seconds}");
+    assert!(rejection.to_string().contains("clock"), "{rejection}");
 
     assert!(matches!(
         check("garbage", ca.signer.chain_pem(), &expect),

@@ -12,8 +12,8 @@ use fleetpki_core::layout::{
     crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE,
 };
 use fleetpki_core::names::parse_names;
-use fleetpki_core::wire::reply_queue_name;
-use fleetpki_core::wire::{ReplyMessage, ReplyMode, INSTANCE_ID_ATTRIBUTE};
+use fleetpki_core::node::{judge_reply, Pending, Reply, ReplyDecision};
+use fleetpki_core::wire::{reply_queue_name, ReplyMode, INSTANCE_ID_ATTRIBUTE};
 use fleetpki_sqs::{AwsOptions, Received, Sqs};
 use serde::Deserialize;
 use serde_json::Value;
@@ -210,6 +210,21 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             return Ok(outcome);
         }
 
+        let fetch = Fetch {
+            sqs: &sqs,
+            queue_url: &queue_url,
+            layout: &layout,
+            request: &pending,
+            key_pem: &key_pem,
+            perms: &perms,
+            pending: Pending {
+                instance_id: &args.instance_id,
+                request_id: &pending.request_id,
+                reply_mode: args.reply_mode,
+                expect: &expect,
+                anchors: &anchors,
+            },
+        };
         let started = Instant::now();
         let deadline = Duration::from_secs(if args.wait { args.timeout as u64 } else { 0 });
         let mut warnings = Vec::new();
@@ -220,7 +235,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             let wait = if args.wait { (left.as_secs_f64().ceil() as i32).clamp(1, 20) } else { 1 };
             let messages = sqs.receive(&queue_url, 10, wait, Some(VISIBILITY_SECONDS)).await.map_err(|e| with_calls(e.into(), &sqs))?;
             for message in &messages {
-                match handle(&sqs, &queue_url, &args, &pending, &layout, &key_pem, &perms, &expect, &anchors, message).await {
+                match fetch.handle(message).await {
                     Ok(Handled::Installed(outcome)) => {
                         let mut outcome = paths(outcome).with("sqs_calls", calls_json(sqs.calls()));
                         outcome.warnings = warnings;
@@ -305,105 +320,63 @@ async fn resolve_queue(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    sqs: &Sqs,
-    queue_url: &str,
-    args: &Args,
-    pending: &PendingRequest,
-    layout: &Layout,
-    key_pem: &str,
-    perms: &FilePerms,
-    expect: &Expectation<'_>,
-    anchors: &[rustls_pki_types::CertificateDer<'static>],
-    message: &Received,
-) -> Result<Handled, Failure> {
-    // On the seed's shared queue, other nodes' messages are handed back at once.
-    if args.reply_mode == ReplyMode::Shared
-        && message.attributes.get(INSTANCE_ID_ATTRIBUTE) != Some(&args.instance_id)
-    {
-        sqs.hand_back(queue_url, &message.receipt_handle).await?;
-        return Ok(Handled::Ignored(None));
-    }
-    // Everything else on our queue is answered (installed, refused) or discarded: our queue is
-    // only ours, and a message we cannot use would otherwise come back forever.
-    let ignore = |why: String| Ok(Handled::Ignored(Some(why)));
-    let reply = match ReplyMessage::from_json(&message.body) {
-        Ok(reply) => reply,
-        Err(e) => {
-            sqs.delete(queue_url, &message.receipt_handle).await?;
-            return ignore(format!(
-                "discarded an unreadable message {}: {e}",
-                message.message_id
-            ));
-        }
-    };
-    let for_pending = match reply.request_id() {
-        Some(id) => id == pending.request_id,
-        // A seed worker's answer carries no request id: the key check below still binds it.
-        None => args.reply_mode == ReplyMode::Shared,
-    };
-    if !for_pending {
-        sqs.delete(queue_url, &message.receipt_handle).await?;
-        return ignore(format!(
-            "discarded an answer to request {:?}, not the pending request {}",
-            reply.request_id(),
-            pending.request_id
-        ));
-    }
-    match reply {
-        ReplyMessage::Rejection(rejection) => {
-            if rejection.instance_id != args.instance_id {
-                sqs.delete(queue_url, &message.receipt_handle).await?;
-                return ignore(format!(
-                    "discarded a rejection addressed to {}",
-                    rejection.instance_id
-                ));
+/// One pending request being fetched: what performing the node core's decisions needs.
+struct Fetch<'a> {
+    sqs: &'a Sqs,
+    queue_url: &'a str,
+    layout: &'a Layout,
+    request: &'a PendingRequest,
+    key_pem: &'a str,
+    perms: &'a FilePerms,
+    pending: Pending<'a>,
+}
+
+impl Fetch<'_> {
+    /// Performs what the node core decided for one received message.
+    async fn handle(&self, message: &Received) -> Result<Handled, Failure> {
+        let reply = Reply {
+            message_id: &message.message_id,
+            body: &message.body,
+            instance_id_attribute: message
+                .attributes
+                .get(INSTANCE_ID_ATTRIBUTE)
+                .map(String::as_str),
+        };
+        let receipt = &message.receipt_handle;
+        match judge_reply(&self.pending, &reply, SystemTime::now()) {
+            ReplyDecision::HandBack => {
+                self.sqs.hand_back(self.queue_url, receipt).await?;
+                Ok(Handled::Ignored(None))
             }
-            layout.clear_pending_request()?;
-            sqs.delete(queue_url, &message.receipt_handle).await?;
-            Ok(Handled::Rejected(format!(
-                "the CA refused request {}: {} ({}). Fix the request or the signing policy, then submit again",
-                pending.request_id, rejection.reason_code, rejection.message
-            )))
-        }
-        ReplyMessage::Certificate(certificate) => {
-            match check_issued_certificate(
-                &certificate.certificate_pem,
-                &certificate.ca_chain_pem,
-                anchors,
-                expect,
-                SystemTime::now(),
-            ) {
-                Err(refusal) => {
-                    sqs.delete(queue_url, &message.receipt_handle).await?;
-                    ignore(format!(
-                        "refused a certificate for request {} ({}): {refusal}",
-                        pending.request_id,
-                        refusal.reason_code()
-                    ))
+            ReplyDecision::Discard { warning } => {
+                self.sqs.delete(self.queue_url, receipt).await?;
+                Ok(Handled::Ignored(Some(warning)))
+            }
+            ReplyDecision::Refused { msg, .. } => {
+                self.layout.clear_pending_request()?;
+                self.sqs.delete(self.queue_url, receipt).await?;
+                Ok(Handled::Rejected(msg))
+            }
+            ReplyDecision::Install { info, chain_pem } => {
+                crash_point(1);
+                // Staged beside the pending key before its message is deleted: from here on, an
+                // interrupted run is completed by the next one without SQS.
+                self.layout.stage_answer(&info.pem(), &chain_pem)?;
+                crash_point(2);
+                let mut warnings = Vec::new();
+                if let Err(e) = self.sqs.delete(self.queue_url, receipt).await {
+                    warnings.push(format!("could not delete the answer from the queue (it will be discarded when seen again): {e}"));
                 }
-                Ok(info) => {
-                    crash_point(1);
-                    // Stage the answer beside the pending key before deleting its message: from
-                    // here on, an interrupted run is completed by the next one without SQS.
-                    layout.stage_answer(&info.pem(), &certificate.ca_chain_pem)?;
-                    crash_point(2);
-                    let mut warnings = Vec::new();
-                    if let Err(e) = sqs.delete(queue_url, &message.receipt_handle).await {
-                        warnings.push(format!("could not delete the answer from the queue (it will be discarded when seen again): {e}"));
-                    }
-                    let mut outcome = install(
-                        layout,
-                        pending,
-                        &info,
-                        key_pem,
-                        &certificate.ca_chain_pem,
-                        perms,
-                    )?;
-                    outcome.warnings = warnings;
-                    Ok(Handled::Installed(outcome))
-                }
+                let mut outcome = install(
+                    self.layout,
+                    self.request,
+                    &info,
+                    self.key_pem,
+                    &chain_pem,
+                    self.perms,
+                )?;
+                outcome.warnings = warnings;
+                Ok(Handled::Installed(outcome))
             }
         }
     }

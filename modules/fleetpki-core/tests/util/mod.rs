@@ -12,6 +12,8 @@ pub const ID: &str = "i-0123456789abcdef0";
 pub struct TestCa {
     pub dir: std::path::PathBuf,
     pub root_pem: String,
+    /// The root's key (PEM), for tests that make certificates of their own under it.
+    pub root_key_pem: String,
     pub signer: CaSigner,
 }
 
@@ -28,6 +30,7 @@ pub fn make_ca(name: &str, spec: KeySpec) -> TestCa {
     };
     let root_key = spec.generate().unwrap();
     let root_pem = create_root(&root_key, &subject("fleetpki Root CA"), now).unwrap();
+    let root_key_pem = root_key.serialize_pem();
     let int_key = spec.generate().unwrap();
     let int_pem = create_intermediate(
         &int_key,
@@ -49,6 +52,7 @@ pub fn make_ca(name: &str, spec: KeySpec) -> TestCa {
     TestCa {
         dir,
         root_pem,
+        root_key_pem,
         signer,
     }
 }

@@ -1,0 +1,122 @@
+//! The node's decision about one message on its reply queue, without I/O: `mtls_cert_fetch`
+//! receives, asks [`judge_reply`], and performs what it returns. Nothing here touches SQS or the
+//! install layout.
+
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+
+use crate::certs::{check_issued_certificate, CertificateInfo, Expectation};
+use crate::wire::{ReplyMessage, ReplyMode};
+
+/// What the node knows while a request is pending.
+pub struct Pending<'a> {
+    pub instance_id: &'a str,
+    pub request_id: &'a str,
+    /// Where answers arrive: the node's own queue, or the seed's shared queue.
+    pub reply_mode: ReplyMode,
+    /// The pending key, names and profile the certificate must match.
+    pub expect: &'a Expectation<'a>,
+    /// The pinned CA certificates: the only trust anchors.
+    pub anchors: &'a [CertificateDer<'static>],
+}
+
+/// One received message, as the node sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<'a> {
+    pub message_id: &'a str,
+    pub body: &'a str,
+    /// The `InstanceId` message attribute.
+    pub instance_id_attribute: Option<&'a str>,
+}
+
+/// What the node must do with one message.
+#[derive(Debug)]
+pub enum ReplyDecision {
+    /// Another node's answer on the shared queue: make it visible again at once for its owner.
+    HandBack,
+    /// Not usable here (unreadable, for another request or instance, a certificate the checks
+    /// refuse): delete it — the node's queue is only its own, and a message left there would
+    /// come back forever — and warn with `warning`.
+    Discard { warning: String },
+    /// The CA refused the pending request: end the request, delete the message, and fail the
+    /// task with `msg`.
+    Refused { reason_code: String, msg: String },
+    /// A certificate that passed every check. In this order: stage it beside the pending key
+    /// (from then on an interrupted run is completed without SQS), delete the message, install.
+    Install {
+        info: Box<CertificateInfo>,
+        chain_pem: String,
+    },
+}
+
+/// Decides what to do with `reply` while `pending` waits for its answer, at time `now`.
+pub fn judge_reply(pending: &Pending<'_>, reply: &Reply<'_>, now: SystemTime) -> ReplyDecision {
+    // On the seed's shared queue, other nodes' messages are handed back at once.
+    if pending.reply_mode == ReplyMode::Shared
+        && reply.instance_id_attribute != Some(pending.instance_id)
+    {
+        return ReplyDecision::HandBack;
+    }
+    let discard = |warning: String| ReplyDecision::Discard { warning };
+    let message = match ReplyMessage::from_json(reply.body) {
+        Ok(message) => message,
+        Err(e) => {
+            return discard(format!(
+                "discarded an unreadable message {}: {e}",
+                reply.message_id
+            ))
+        }
+    };
+    let for_pending = match message.request_id() {
+        Some(id) => id == pending.request_id,
+        // A seed worker's answer carries no request id: the key check below still binds it.
+        None => pending.reply_mode == ReplyMode::Shared,
+    };
+    if !for_pending {
+        return discard(match message.request_id() {
+            Some(id) => format!(
+                "discarded an answer to request {id}, not the pending request {}",
+                pending.request_id
+            ),
+            None => format!(
+                "discarded an answer without a request id, not the pending request {}",
+                pending.request_id
+            ),
+        });
+    }
+    match message {
+        ReplyMessage::Rejection(rejection) => {
+            if rejection.instance_id != pending.instance_id {
+                return discard(format!(
+                    "discarded a rejection addressed to {}",
+                    rejection.instance_id
+                ));
+            }
+            ReplyDecision::Refused {
+                msg: format!(
+                    "the CA refused request {}: {} ({}). Fix the request or the signing policy, then submit again",
+                    pending.request_id, rejection.reason_code, rejection.message
+                ),
+                reason_code: rejection.reason_code,
+            }
+        }
+        ReplyMessage::Certificate(certificate) => match check_issued_certificate(
+            &certificate.certificate_pem,
+            &certificate.ca_chain_pem,
+            pending.anchors,
+            pending.expect,
+            now,
+        ) {
+            Ok(info) => ReplyDecision::Install {
+                info: Box::new(info),
+                chain_pem: certificate.ca_chain_pem,
+            },
+            Err(refusal) => discard(format!(
+                "refused a certificate for request {} ({}): {refusal}",
+                pending.request_id,
+                refusal.reason_code()
+            )),
+        },
+    }
+}

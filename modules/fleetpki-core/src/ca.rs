@@ -97,7 +97,7 @@ pub fn intermediate_csr(key: &impl SigningKey, subject: &CaSubject) -> Result<St
     params.distinguished_name = dn;
     let csr = params
         .serialize_request(key)
-        .map_err(crate::sign::remote_or_build)?;
+        .map_err(crate::remote::remote_or_build)?;
     csr.pem().map_err(|e| PkiError::Build(e.to_string()))
 }
 

@@ -111,7 +111,7 @@ pub(crate) fn sign(
         })
         .collect::<Result<Vec<_>, PkiError>>()?;
     let params = CertificateRevocationListParams {
-        this_update: now - crate::sign::CLOCK_SKEW_ALLOWANCE,
+        this_update: now - crate::CLOCK_SKEW_ALLOWANCE,
         next_update: now + lifetime,
         crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
         issuing_distribution_point: None,
@@ -125,7 +125,7 @@ pub(crate) fn sign(
     };
     let crl = params
         .signed_by(issuer)
-        .map_err(crate::sign::remote_or_build)?;
+        .map_err(crate::remote::remote_or_build)?;
     crl.pem().map_err(|e| PkiError::Build(e.to_string()))
 }
 

@@ -104,6 +104,9 @@ pub struct NodeLock {
     _lock: nix::fcntl::Flock<File>,
 }
 
+/// How long a run waits for another (Ansible or the renewal timer) to release the node's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,

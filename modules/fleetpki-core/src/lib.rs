@@ -21,6 +21,9 @@ pub mod worker;
 
 pub use error::PkiError;
 
+/// How far notBefore and a CRL's thisUpdate are backdated, for clocks a little behind the CA's.
+pub const CLOCK_SKEW_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -202,3 +202,11 @@ impl SigningKey for RemoteSigningKey {
         })
     }
 }
+
+/// A remote key's failure keeps its reason (KMS error code); anything else is a build error.
+pub(crate) fn remote_or_build(e: rcgen::Error) -> PkiError {
+    match (&e, RemoteSigningKey::take_error()) {
+        (rcgen::Error::RemoteKeyError, Some(remote)) => PkiError::RemoteSign(remote),
+        _ => PkiError::Build(e.to_string()),
+    }
+}

@@ -17,8 +17,7 @@ use crate::remote::{RemoteKey, RemoteSigningKey};
 use crate::wire::Profile;
 use crate::{random_bytes, sha256_hex, PkiError};
 
-/// How far notBefore is backdated, for nodes whose clocks run a little behind the CA's.
-pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
+pub use crate::CLOCK_SKEW_ALLOWANCE;
 
 /// The intermediate's private key: a file on this host, or a remote key (AWS KMS).
 pub enum CaKey {
@@ -211,21 +210,13 @@ impl CaSigner {
             .map_err(|e| PkiError::Build(e.to_string()))?;
         let cert = params
             .signed_by(&public_key, &self.issuer)
-            .map_err(remote_or_build)?;
+            .map_err(crate::remote::remote_or_build)?;
         Ok(IssuedCertificate {
             certificate_pem: cert.pem(),
             serial_hex: crate::hex(&serial),
             not_after: params.not_after,
             sha256: sha256_hex(cert.der()),
         })
-    }
-}
-
-/// A remote key's failure keeps its reason (KMS error code); anything else is a build error.
-pub(crate) fn remote_or_build(e: rcgen::Error) -> PkiError {
-    match (&e, RemoteSigningKey::take_error()) {
-        (rcgen::Error::RemoteKeyError, Some(remote)) => PkiError::RemoteSign(remote),
-        _ => PkiError::Build(e.to_string()),
     }
 }
 

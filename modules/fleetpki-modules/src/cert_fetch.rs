@@ -9,7 +9,8 @@ use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, 
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
 use fleetpki_core::keys::{load_private_key, public_key_spki};
 use fleetpki_core::layout::{
-    crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE,
+    crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE,
+    KEY_FILE, LOCK_WAIT,
 };
 use fleetpki_core::names::parse_names;
 use fleetpki_core::node::{judge_reply, Pending, Reply, ReplyDecision};
@@ -22,9 +23,6 @@ use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
-
-/// How long to wait for another run (Ansible or the renewal timer) to release the node's lock.
-pub const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// How long a received message stays hidden while we look at it.
 const VISIBILITY_SECONDS: i32 = 30;

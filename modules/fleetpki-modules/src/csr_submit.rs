@@ -135,7 +135,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let _lock = if invocation.check_mode {
         None
     } else {
-        Some(layout.lock(crate::cert_fetch::LOCK_WAIT)?)
+        Some(layout.lock(fleetpki_core::layout::LOCK_WAIT)?)
     };
 
     // 1. Decide from local state alone (check mode relies on this: no receive, no send).

@@ -13,6 +13,7 @@ use fleetpki_sqs::Sqs;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::ca_sign::{load_policy, spec, Args, Worker, NAME};
+use crate::signer::OpenError;
 
 fn log(text: &str) {
     eprintln!("mtls_ca_sign: {text}");
@@ -52,9 +53,7 @@ fn run(config_path: &str) -> Result<(), String> {
     let backend = loop {
         match args.open_backend() {
             Ok(backend) => break backend,
-            Err(f)
-                if f.values.contains_key("kms_calls") || f.values.contains_key("acmpca_calls") =>
-            {
+            Err(OpenError::Unavailable(f)) => {
                 log(&format!(
                     "signer unavailable at start ({}); retrying in {} s",
                     f.msg,
@@ -63,7 +62,7 @@ fn run(config_path: &str) -> Result<(), String> {
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
-            Err(f) => return Err(f.msg),
+            Err(OpenError::Invalid(f)) => return Err(f.msg),
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 
 use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, now_unix, runtime};
-use crate::signer::{signer_options, Backend, PcaBackend, SignerArgs, AWS_KMS, AWS_PCA, FILE};
+use crate::signer::{
+    signer_options, Backend, OpenError, PcaBackend, SignerArgs, AWS_KMS, AWS_PCA, FILE,
+};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
 
@@ -76,7 +78,7 @@ pub struct Args {
 
 impl Args {
     /// Opens the signer the options name (checking a KMS key before any request is taken).
-    pub fn open_backend(&self) -> Result<Backend, Failure> {
+    pub fn open_backend(&self) -> Result<Backend, OpenError> {
         Backend::open(
             &self.signer,
             &self.aws,
@@ -209,14 +211,17 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
 /// key, a Private CA that is not ACTIVE): nothing left the queue, so nothing was counted
 /// against the requests' receive counts. Said in the words of a failure in mid-drain, with the
 /// same (empty) result keys, so a playbook handles both alike.
-fn signer_unavailable_at_start(args: &Args, failure: Failure) -> Failure {
-    let aws_answered =
-        failure.values.contains_key("kms_calls") || failure.values.contains_key("acmpca_calls");
+fn signer_unavailable_at_start(args: &Args, error: OpenError) -> Failure {
     // Not an AWS answer (a missing file, a key that is not the certificate's): said as it is.
-    let msg = if aws_answered {
-        format!("the signer is unavailable: {}; no request was taken from the queue: they wait there for the next run", failure.msg)
-    } else {
-        failure.msg
+    let (failure, msg) = match error {
+        OpenError::Unavailable(f) => {
+            let msg = format!("the signer is unavailable: {}; no request was taken from the queue: they wait there for the next run", f.msg);
+            (f, msg)
+        }
+        OpenError::Invalid(f) => {
+            let msg = f.msg.clone();
+            (f, msg)
+        }
     };
     let mut out = Failure::new(msg);
     out.values = failure.values;

@@ -82,6 +82,39 @@ pub fn refuse_foreign_options(signer: &str, given: &[(&str, bool)]) -> Result<()
     Ok(())
 }
 
+/// Why the signer could not be opened: decided where it happened, so a caller never has to
+/// guess from the failure's contents.
+#[derive(Debug)]
+pub enum OpenError {
+    /// KMS or Private CA said the signer cannot sign now (a disabled or missing key, a denied
+    /// `kms:Sign`, a CA not ACTIVE), or could not be reached: nothing was taken from the queue,
+    /// and waiting may be enough.
+    Unavailable(Failure),
+    /// Anything else (a missing file, an option that does not apply, a key that is not the
+    /// certificate's): waiting will not help.
+    Invalid(Failure),
+}
+
+impl From<OpenError> for Failure {
+    fn from(e: OpenError) -> Failure {
+        match e {
+            OpenError::Unavailable(f) | OpenError::Invalid(f) => f,
+        }
+    }
+}
+
+impl From<Failure> for OpenError {
+    fn from(f: Failure) -> OpenError {
+        OpenError::Invalid(f)
+    }
+}
+
+impl From<fleetpki_core::PkiError> for OpenError {
+    fn from(e: fleetpki_core::PkiError) -> OpenError {
+        OpenError::Invalid(e.into())
+    }
+}
+
 /// The CA worker's signer.
 pub enum Backend {
     /// The key signs here: a key file, or a KMS key through `Sign` (with its client's runtime).
@@ -113,7 +146,7 @@ impl Backend {
         key_path: Option<&str>,
         chain_path: &str,
         pca_template_arn: Option<String>,
-    ) -> Result<Backend, Failure> {
+    ) -> Result<Backend, OpenError> {
         match args.signer.as_str() {
             AWS_KMS => {
                 refuse_foreign_options(
@@ -132,13 +165,18 @@ impl Backend {
                 let public = runtime
                     .block_on(kms.public_key(key_id))
                     .map_err(|e| {
-                        Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls()))
+                        OpenError::Unavailable(
+                            Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls())),
+                        )
                     })?
                     .ok_or_else(|| {
-                        Failure::new(
-                            fleetpki_signers::SignerError::KeyNotFound(key_id.into()).to_string(),
+                        OpenError::Unavailable(
+                            Failure::new(
+                                fleetpki_signers::SignerError::KeyNotFound(key_id.into())
+                                    .to_string(),
+                            )
+                            .with("kms_calls", calls_json(kms.calls())),
                         )
-                        .with("kms_calls", calls_json(kms.calls()))
                     })?;
                 let key = Arc::new(
                     KmsKey::new(kms, &public, runtime).map_err(|e| Failure::new(e.to_string()))?,
@@ -152,10 +190,10 @@ impl Backend {
                 // One probe signature before any request is taken: GetPublicKey alone would miss
                 // a missing kms:Sign permission, found only after receiving (a receive count each run).
                 if let Err(e) = key.probe() {
-                    return Err(
+                    return Err(OpenError::Unavailable(
                         Failure::new(format!("KMS Sign with {}: {e}", public.key_arn))
                             .with("kms_calls", calls_json(key.calls())),
-                    );
+                    ));
                 }
                 Ok(Backend::Local {
                     signer,
@@ -184,9 +222,9 @@ impl Backend {
                 let pca = Pca::new(&config);
                 // A CA that cannot issue is found out before any request is taken from the queue.
                 if let Err(e) = runtime.block_on(pca.probe(&arn)) {
-                    return Err(
-                        Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls()))
-                    );
+                    return Err(OpenError::Unavailable(
+                        Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls())),
+                    ));
                 }
                 Ok(Backend::Pca(PcaBackend {
                     pca,

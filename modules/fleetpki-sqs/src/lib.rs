@@ -1,11 +1,13 @@
 //! SQS for fleetpki.mtls: a client built from amazon.aws-style options, the few queue operations
 //! the modules need, and a count of every call made (so a run's cost is visible).
 
+mod aws_error;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName,
@@ -14,6 +16,7 @@ use aws_sdk_sqs::Client;
 use serde::Deserialize;
 
 pub use aws_config::SdkConfig;
+pub use aws_error::AwsErrorKind;
 
 /// amazon.aws's connection options. Unset ones fall back to the SDK's default chain
 /// (environment, shared config and credentials files, instance profile).
@@ -33,12 +36,12 @@ pub enum SqsError {
     NoRegion,
     #[error("access_key and secret_key must be given together")]
     PartialCredentials,
-    #[error("SQS {operation} on {target} failed: {detail}{hint}")]
+    #[error("SQS {operation} on {target} failed: {detail}{}", .kind.hint())]
     Call {
         operation: &'static str,
         target: String,
         detail: String,
-        hint: &'static str,
+        kind: AwsErrorKind,
     },
     #[error("the queue {0} does not exist: create it first (see README: queues)")]
     QueueMissing(String),
@@ -92,21 +95,6 @@ pub struct Sqs {
     calls: CallCounter,
 }
 
-fn hint_for(detail: &str) -> &'static str {
-    if detail.contains("dispatch failure") || detail.contains("connect") {
-        ". Check endpoint_url / network access to SQS"
-    } else if detail.contains("credentials")
-        || detail.contains("InvalidClientTokenId")
-        || detail.contains("SignatureDoesNotMatch")
-    {
-        ". Check the AWS credentials (access_key/secret_key, profile, or the instance profile)"
-    } else if detail.contains("AccessDenied") {
-        ". The IAM policy of this identity does not allow this call (see README: IAM)"
-    } else {
-        ""
-    }
-}
-
 /// The SDK configuration from amazon.aws-style options: the same for SQS, KMS and ACM PCA.
 pub async fn load_config(options: &AwsOptions) -> Result<aws_config::SdkConfig, SqsError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -152,17 +140,26 @@ impl Sqs {
         self.calls.snapshot()
     }
 
-    fn fail<E: std::error::Error + 'static>(
-        operation: &'static str,
-        target: &str,
-        error: E,
-    ) -> SqsError {
-        let detail = DisplayErrorContext(&error).to_string();
+    /// A request that could not even be built (a value the SDK refuses).
+    fn unbuilt(operation: &'static str, target: &str, error: BuildError) -> SqsError {
         SqsError::Call {
             operation,
             target: target.to_string(),
-            hint: hint_for(&detail),
-            detail,
+            kind: AwsErrorKind::Other,
+            detail: error.to_string(),
+        }
+    }
+
+    fn fail<E, R>(operation: &'static str, target: &str, error: SdkError<E, R>) -> SqsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        SqsError::Call {
+            operation,
+            target: target.to_string(),
+            kind: AwsErrorKind::of(&error),
+            detail: DisplayErrorContext(&error).to_string(),
         }
     }
 
@@ -184,7 +181,7 @@ impl Sqs {
                 .data_type("String")
                 .string_value(*value)
                 .build()
-                .map_err(|e| Self::fail("SendMessage", queue_url, e))?;
+                .map_err(|e| Self::unbuilt("SendMessage", queue_url, e))?;
             request = request.message_attributes(*name, attribute);
         }
         let out = request.send().await.map_err(|e| {
@@ -286,7 +283,7 @@ impl Sqs {
                     .id(i.to_string())
                     .receipt_handle(handle)
                     .build()
-                    .map_err(|e| Self::fail("DeleteMessageBatch", queue_url, e))
+                    .map_err(|e| Self::unbuilt("DeleteMessageBatch", queue_url, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let out = self

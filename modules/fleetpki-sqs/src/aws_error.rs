@@ -1,0 +1,181 @@
+//! What kind of failure an AWS call met, decided once where the SDK's error enters, from its
+//! error kind and the service's error code (as amazon.aws's `module_utils/retries.py` does),
+//! never from the text of a formatted error.
+
+use std::error::Error;
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+
+/// The kind of an AWS call's failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// No credentials were found (module options, environment, profile, instance profile).
+    NoCredentials,
+    /// AWS refused the credentials (unknown key id, bad signature, expired token).
+    BadCredentials,
+    /// The identity may not make this call.
+    AccessDenied,
+    /// AWS throttled the call.
+    Throttling,
+    /// The endpoint could not be reached, or did not answer in time.
+    Unreachable,
+    /// What the call named does not exist.
+    NotFound,
+    /// Any other answer of the service, or a request that could not be built.
+    Other,
+}
+
+impl AwsErrorKind {
+    /// Classifies an SDK error.
+    pub fn of<E, R>(error: &SdkError<E, R>) -> AwsErrorKind
+    where
+        E: ProvideErrorMetadata + Error + 'static,
+        R: std::fmt::Debug,
+    {
+        match error {
+            SdkError::ServiceError(_) => error.code().map_or(AwsErrorKind::Other, Self::from_code),
+            SdkError::DispatchFailure(failure) => {
+                // The credentials are resolved just before the request is sent: their absence
+                // is reported as a failure to dispatch it.
+                let connector = failure.as_connector_error();
+                if connector.is_some_and(|c| caused_by::<CredentialsError>(c)) {
+                    AwsErrorKind::NoCredentials
+                } else {
+                    AwsErrorKind::Unreachable
+                }
+            }
+            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => AwsErrorKind::Unreachable,
+            _ => AwsErrorKind::Other,
+        }
+    }
+
+    /// Classifies a service's error code (SQS, KMS and ACM PCA spell some differently).
+    pub fn from_code(code: &str) -> AwsErrorKind {
+        match code {
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                AwsErrorKind::AccessDenied
+            }
+            "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "InvalidAccessKeyId"
+            | "MissingAuthenticationToken"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidSecurity" => AwsErrorKind::BadCredentials,
+            "Throttling"
+            | "ThrottlingException"
+            | "ThrottledException"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "RequestLimitExceeded"
+            | "TooManyRequestsException"
+            | "KMSRequestThrottled" => AwsErrorKind::Throttling,
+            "AWS.SimpleQueueService.NonExistentQueue"
+            | "QueueDoesNotExist"
+            | "NotFoundException"
+            | "ResourceNotFoundException" => AwsErrorKind::NotFound,
+            _ => AwsErrorKind::Other,
+        }
+    }
+
+    /// What to do about it, for the messages ("" when the error says it all).
+    pub fn hint(self) -> &'static str {
+        match self {
+            AwsErrorKind::NoCredentials => ". No AWS credentials were found: set access_key/secret_key or profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or give the host an instance profile",
+            AwsErrorKind::BadCredentials => ". AWS refused the credentials: check access_key/secret_key or the profile, and renew an expired session token",
+            AwsErrorKind::AccessDenied => ". The IAM policy of this identity does not allow this call (see README: IAM)",
+            AwsErrorKind::Throttling => ". AWS throttled the calls: run again later, or with fewer hosts at once",
+            AwsErrorKind::Unreachable => ". Check endpoint_url / network access to AWS",
+            AwsErrorKind::NotFound | AwsErrorKind::Other => "",
+        }
+    }
+}
+
+/// Whether `error` or one of its sources is a `T`.
+fn caused_by<T: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<T>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_sqs::operation::send_message::SendMessageError;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+
+    type Sdk = SdkError<SendMessageError, Response>;
+
+    fn service(code: &str) -> Sdk {
+        let error = SendMessageError::generic(ErrorMetadata::builder().code(code).build());
+        SdkError::service_error(
+            error,
+            Response::new(StatusCode::try_from(400).unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn missing_credentials_are_not_a_network_problem() {
+        let missing = CredentialsError::not_loaded("no providers in chain provided credentials");
+        let error: Sdk = SdkError::dispatch_failure(ConnectorError::other(Box::new(missing), None));
+        assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::NoCredentials);
+    }
+
+    #[test]
+    fn a_refused_connection_is_unreachable() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error: Sdk = SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::Unreachable);
+        let timeout: Sdk = SdkError::timeout_error(Box::new(std::io::Error::other("timed out")));
+        assert_eq!(AwsErrorKind::of(&timeout), AwsErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn service_answers_are_classified_by_their_code() {
+        for (code, kind) in [
+            ("AccessDenied", AwsErrorKind::AccessDenied),
+            ("AccessDeniedException", AwsErrorKind::AccessDenied),
+            ("InvalidClientTokenId", AwsErrorKind::BadCredentials),
+            ("SignatureDoesNotMatch", AwsErrorKind::BadCredentials),
+            ("ExpiredToken", AwsErrorKind::BadCredentials),
+            ("ThrottlingException", AwsErrorKind::Throttling),
+            ("RequestThrottled", AwsErrorKind::Throttling),
+            (
+                "AWS.SimpleQueueService.NonExistentQueue",
+                AwsErrorKind::NotFound,
+            ),
+            ("NotFoundException", AwsErrorKind::NotFound),
+            ("InvalidParameterValue", AwsErrorKind::Other),
+        ] {
+            assert_eq!(AwsErrorKind::of(&service(code)), kind, "{code}");
+        }
+    }
+
+    #[test]
+    fn each_kind_that_needs_one_has_its_own_hint() {
+        let hints = [
+            AwsErrorKind::NoCredentials,
+            AwsErrorKind::BadCredentials,
+            AwsErrorKind::AccessDenied,
+            AwsErrorKind::Throttling,
+            AwsErrorKind::Unreachable,
+        ]
+        .map(AwsErrorKind::hint);
+        for (i, hint) in hints.iter().enumerate() {
+            assert!(hint.starts_with(". ") && hint.len() > 20, "{hint}");
+            assert!(!hints[..i].contains(hint), "{hint} twice");
+        }
+        assert!(AwsErrorKind::NoCredentials.hint().contains("credentials"));
+        assert!(!AwsErrorKind::NoCredentials.hint().contains("network"));
+    }
+}

@@ -579,3 +579,11 @@ fn pca_intermediate(
     facts.calls = Some(("acmpca_calls", calls_json(pca.calls())));
     result.map_err(|failure| failure.with("acmpca_calls", calls_json(pca.calls())))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_of_the_spec_reaches_args() {
+        crate::common::assert_args_cover_spec::<super::Args>(&super::spec());
+    }
+}

@@ -279,3 +279,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("crl_number", state.crl_number),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_of_the_spec_reaches_args() {
+        crate::common::assert_args_cover_spec::<super::Args>(&super::spec());
+    }
+}

@@ -680,3 +680,11 @@ async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict 
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_of_the_spec_reaches_args() {
+        crate::common::assert_args_cover_spec::<super::Args>(&super::spec());
+    }
+}

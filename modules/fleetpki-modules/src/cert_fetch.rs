@@ -379,3 +379,11 @@ impl Fetch<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_of_the_spec_reaches_args() {
+        crate::common::assert_args_cover_spec::<super::Args>(&super::spec());
+    }
+}

@@ -79,3 +79,53 @@ pub fn now_unix() -> i64 {
 }
 
 pub use fleetpki_core::rfc3339;
+
+/// Tests of each module: every option of its spec (the one definition the docs are checked
+/// against) reaches a field of its `Args` struct of the same name. serde ignores unknown keys,
+/// so an option without a field would otherwise be accepted and silently dropped.
+#[cfg(test)]
+pub(crate) fn assert_args_cover_spec<A>(spec: &ansible_module::ArgumentSpec)
+where
+    A: serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use ansible_module::{ElementType, OptionType};
+    let mut args = serde_json::Map::new();
+    for (i, option) in spec.options.iter().enumerate() {
+        let probe = format!("probe-{}", option.name);
+        // A value of the option's type that is not its default, so it must come from the input.
+        let value = match (option.kind, option.choices.as_slice()) {
+            (_, [first, ..]) => option
+                .choices
+                .iter()
+                .find(|c| Some(*c) != option.default.as_ref())
+                .unwrap_or(first)
+                .clone(),
+            (OptionType::Bool, _) => {
+                Value::Bool(option.default.as_ref().and_then(Value::as_bool) != Some(true))
+            }
+            (OptionType::Int, _) => Value::from(7_000 + i as i64),
+            (OptionType::Dict, _) => serde_json::json!({ "probe": probe }),
+            (OptionType::List(ElementType::Int), _) => serde_json::json!([7_000 + i as i64]),
+            (OptionType::List(ElementType::Str), _) => serde_json::json!([probe]),
+            (OptionType::Str | OptionType::Path | OptionType::Raw, _) => Value::from(probe),
+        };
+        args.insert(option.name.to_string(), value);
+    }
+    let parsed: A = serde_json::from_value(Value::Object(args))
+        .unwrap_or_else(|e| panic!("the spec's options do not deserialize into the struct: {e}"));
+    let shown = format!("{parsed:?}");
+    for option in &spec.options {
+        assert!(
+            shown.contains(&format!("{}: ", option.name)),
+            "option {} has no field of that name: {shown}",
+            option.name
+        );
+        if matches!(option.kind, OptionType::Str | OptionType::Path) && option.choices.is_empty() {
+            assert!(
+                shown.contains(&format!("probe-{}", option.name)),
+                "option {} does not reach its field: {shown}",
+                option.name
+            );
+        }
+    }
+}

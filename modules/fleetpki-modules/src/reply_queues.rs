@@ -74,3 +74,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("sqs_calls", calls_json(sqs.calls())))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_of_the_spec_reaches_args() {
+        crate::common::assert_args_cover_spec::<super::Args>(&super::spec());
+    }
+}

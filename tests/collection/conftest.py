@@ -10,11 +10,9 @@ built already in target/release (`cargo build --release --locked`; scripts/test 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import tarfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,6 @@ import pytest
 from collection_helpers import (
     BUILD_COLLECTION,
     MODULES,
-    SQS_ENV_KEYS,
-    SQS_SERVER,
     VENV_BIN,
     assert_run_ok,
     describe_run,
@@ -33,6 +29,9 @@ from collection_helpers import (
     run,
     tool,
 )
+
+# The SQS fixtures shared with tests/integration (collection_helpers puts it on sys.path).
+from sqs_fixtures import Queues, queues, sqs, sqs_server  # noqa: F401  (fixtures used by name)
 
 
 def pytest_configure(config):
@@ -140,84 +139,6 @@ def ansible_env(ansible_home, collections_path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # SQS
 # --------------------------------------------------------------------------------------------
-
-
-def parse_env_file(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            words = shlex.split(value)
-            out[key] = words[0] if words else ""
-    return out
-
-
-@dataclass
-class SqsServer:
-    dir: Path
-    endpoint: str
-    env: dict[str, str]  # the five AWS_* variables a module needs
-
-
-@pytest.fixture(scope="session")
-def sqs_server(tmp_path_factory) -> SqsServer:
-    """One moto server for the session, started and stopped through scripts/sqs-server."""
-    run_dir = tmp_path_factory.mktemp("sqs")
-
-    def sqs_cmd(action: str) -> subprocess.CompletedProcess:
-        return run([str(SQS_SERVER), action, str(run_dir)], env=dict(os.environ), timeout=60)
-
-    try:
-        start = sqs_cmd("start")
-        if start.returncode != 0:
-            log = run_dir / "sqs.log"
-            pytest.fail(
-                f"scripts/sqs-server start failed:\n{describe_run(start)}\n"
-                f"{log.read_text(errors='replace')[-3000:] if log.exists() else ''}",
-                pytrace=False,
-            )
-        values = parse_env_file(run_dir / "sqs.env")
-        yield SqsServer(dir=run_dir, endpoint=values["AWS_ENDPOINT_URL_SQS"], env={k: values[k] for k in SQS_ENV_KEYS})
-    finally:
-        stop = sqs_cmd("stop")
-        if stop.returncode != 0:
-            print(f"scripts/sqs-server stop failed: {stop.stdout}{stop.stderr}")
-
-
-@pytest.fixture(scope="session")
-def sqs(sqs_server):
-    """A boto3 client on the moto server (region of sqs.env), for inspecting queues."""
-    return helpers.sqs_admin.make_client(sqs_server.endpoint, sqs_server.env["AWS_REGION"])
-
-
-@dataclass
-class Queues:
-    prefix: str
-    csr: str
-    dlq: str
-    shared: str
-    reply_prefix: str
-
-    def all_urls(self, client) -> list[str]:
-        """Every queue of this test, per-node reply queues included."""
-        return helpers.queues_with_prefix(client, self.prefix)
-
-    def depths(self, client) -> dict[str, dict[str, int]]:
-        return helpers.snapshot_queues(client, self.prefix)
-
-
-@pytest.fixture
-def queues(sqs) -> Queues:
-    """A fresh, uniquely named queue set per test (CSR queue with DLQ, shared queue, reply prefix)."""
-    prefix = f"c{uuid.uuid4().hex[:10]}"
-    urls = helpers.sqs_admin.create_prefixed(sqs, prefix)
-    yield Queues(prefix, urls["csr_queue_url"], urls["csr_dlq_url"], urls["shared_cert_queue_url"], f"{prefix}-reply-")
-    for url in helpers.queues_with_prefix(sqs, prefix):
-        try:
-            sqs.delete_queue(QueueUrl=url)
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_inside_the_window_the_fleet_renews_once_outside_it_nothing_moves(make_f
         helpers.assert_openssl_verifies(current / "cert.pem", fleet.root_ca, current / "chain.pem", "sslclient")
 
     # renew_before 1h: outside the window; nothing is sent, installed or reloaded.
-    csr_before = fleet.queues.depths(sqs)
+    csr_before = fleet.queues.snapshot(sqs)
     third = fleet.site(*one_day, "-e", "mtls_client_renew_before=1h")
     recap3 = play_recap(third.stdout)
     assert_no_failure(third, recap3, hosts)
@@ -47,4 +47,4 @@ def test_inside_the_window_the_fleet_renews_once_outside_it_nothing_moves(make_f
     assert not changed, f"a run outside the window changed something: {changed}\n{describe_run(third)}"
     assert serials(fleet) == renewed
     assert not any(fleet.marker(h).exists() for h in fleet.nodes), "a host reloaded outside its window"
-    assert fleet.queues.depths(sqs) == csr_before, "a request was sent outside the window"
+    assert fleet.queues.snapshot(sqs) == csr_before, "a request was sent outside the window"

@@ -58,7 +58,7 @@ def test_site_converges_then_changes_nothing(make_fleet, sqs):
         fleet.marker(host).unlink()
 
     # Nothing is left in flight: CSR queue drained, answers consumed, nothing dead-lettered.
-    depths = fleet.queues.depths(sqs)
+    depths = fleet.queues.snapshot(sqs)
     assert all(sum(d.values()) == 0 for d in depths.values()), f"messages left after the first run: {depths}"
     reply_queues = [u for u in depths if "-reply-" in u]
     assert len(reply_queues) == NODES, f"expected one reply queue per node: {sorted(depths)}"
@@ -69,7 +69,7 @@ def test_site_converges_then_changes_nothing(make_fleet, sqs):
     changed = {h: r["changed"] for h, r in recap2.items() if r["changed"]}
     assert not changed, f"the second run changed something: {changed}\n{describe_run(second)}"
     assert not any(fleet.marker(h).exists() for h in fleet.nodes), "the reload handler ran on the second run"
-    depths2 = fleet.queues.depths(sqs)
+    depths2 = fleet.queues.snapshot(sqs)
     assert all(sum(d.values()) == 0 for d in depths2.values()), f"the second run left messages: {depths2}"
 
 
@@ -95,5 +95,5 @@ def test_check_mode_on_a_fresh_fleet_changes_nothing(make_fleet, sqs):
     assert not any(fleet.marker(h).exists() for h in fleet.nodes), "--check ran the reload handler"
     # No queue created (no per-node reply queue) and every queue empty, by GetQueueAttributes.
     assert sorted(fleet.queues.all_urls(sqs)) == before_queues, "--check created queues"
-    depths = fleet.queues.depths(sqs)
+    depths = fleet.queues.snapshot(sqs)
     assert all(sum(d.values()) == 0 for d in depths.values()), f"--check left messages: {depths}"

@@ -7,10 +7,7 @@ The module binaries must be built first (`scripts/build`; scripts/test does both
 from __future__ import annotations
 
 import json
-import shlex
 import signal
-import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +15,9 @@ from typing import Any
 import pytest
 
 import helpers
-from helpers import REPO_ROOT
 
-SQS_SERVER = REPO_ROOT / "scripts" / "sqs-server"
-SQS_ENV_KEYS = (
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_EC2_METADATA_DISABLED",
-)
+# The SQS fixtures shared with tests/collection.
+from sqs_fixtures import Queues, queues, sqs, sqs_server  # noqa: F401  (fixtures used by name)
 
 
 def pytest_configure(config):
@@ -45,108 +35,10 @@ def pytest_configure(config):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SqsServer:
-    dir: Path
-    endpoint: str
-    env: dict[str, str]  # what a module binary needs (the five AWS_* variables)
-    default_queues: dict[str, str]  # FLEETPKI_* from sqs.env (the queues scripts/sqs-server made)
-
-
-def _parse_env_file(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line.startswith("export "):
-            continue
-        key, _, value = line[len("export ") :].partition("=")
-        words = shlex.split(value)
-        out[key] = words[0] if words else ""
-    return out
-
-
-@pytest.fixture(scope="session")
-def sqs_server(tmp_path_factory) -> SqsServer:
-    """One moto server for the session, started and stopped through scripts/sqs-server."""
-    run_dir = tmp_path_factory.mktemp("sqs")
-
-    def sqs_server_cmd(action: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(SQS_SERVER), action, str(run_dir)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    # The stop is in `finally` from the start on: an interrupt (Ctrl-C, SIGTERM) while the server
-    # is starting must not leave it behind. `stop` is a no-op when nothing was started.
-    try:
-        start = sqs_server_cmd("start")
-        if start.returncode != 0:
-            log_file = run_dir / "sqs.log"
-            log = log_file.read_text(errors="replace") if log_file.exists() else ""
-            pytest.fail(
-                f"scripts/sqs-server start failed (rc {start.returncode}):\n{start.stdout}{start.stderr}"
-                f"\nlog:\n{log[-3000:]}",
-                pytrace=False,
-            )
-        values = _parse_env_file(run_dir / "sqs.env")
-        yield SqsServer(
-            dir=run_dir,
-            endpoint=values["AWS_ENDPOINT_URL_SQS"],
-            env={k: values[k] for k in SQS_ENV_KEYS},
-            default_queues={k: v for k, v in values.items() if k.startswith("FLEETPKI_")},
-        )
-    finally:
-        stop = sqs_server_cmd("stop")
-        if stop.returncode != 0:
-            print(f"scripts/sqs-server stop failed: {stop.stdout}{stop.stderr}")
-
-
 @pytest.fixture(scope="session")
 def sqs_env(sqs_server) -> dict[str, str]:
     return dict(sqs_server.env)
 
-
-@pytest.fixture(scope="session")
-def sqs(sqs_server):
-    """A boto3 SQS client on the moto server, for inspecting queues."""
-    return helpers.sqs_admin.make_client(sqs_server.endpoint, sqs_server.env["AWS_REGION"])
-
-
-@dataclass
-class Queues:
-    prefix: str  # every queue of this test is named prefix-...
-    csr: str
-    dlq: str
-    shared: str
-    reply_prefix: str  # reply_queue_prefix option: per-node queues are reply_prefix + instance id
-
-    def snapshot(self, client) -> dict[str, dict[str, int]]:
-        """All of this test's queues (including per-node reply queues) with their counts."""
-        return helpers.snapshot_queues(client, self.prefix)
-
-
-@pytest.fixture
-def queues(sqs) -> Queues:
-    """A fresh, uniquely named set of queues per test: tests never see each other's messages."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    urls = helpers.sqs_admin.create_prefixed(sqs, prefix)
-    q = Queues(
-        prefix=prefix,
-        csr=urls["csr_queue_url"],
-        dlq=urls["csr_dlq_url"],
-        shared=urls["shared_cert_queue_url"],
-        reply_prefix=f"{prefix}-reply-",
-    )
-    yield q
-    # Keep moto small: drop this test's queues (reply queues included).
-    for url in helpers.queues_with_prefix(sqs, prefix):
-        try:
-            sqs.delete_queue(QueueUrl=url)
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
 
 
 # --------------------------------------------------------------------------------------------

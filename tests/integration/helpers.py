@@ -94,6 +94,11 @@ def parse_single_json(stdout: str, what: str = "module") -> dict[str, Any]:
     return value
 
 
+# The top-level keys each module returned in this test session (test_return_keys.py compares
+# them with the modules' documented RETURN).
+RETURNED_KEYS: dict[str, set[str]] = {}
+
+
 def run_args_file(
     name: str, args_file: Path | str, env: dict[str, str] | None = None, timeout: float = MODULE_TIMEOUT
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess]:
@@ -117,6 +122,7 @@ def run_args_file(
     # A Rust panic (rc 101, or 134 with panic=abort) must have been turned into failed JSON already.
     assert proc.returncode not in (101, 134), f"{name} panicked (rc {proc.returncode}): {proc.stderr}"
     assert "panicked at" not in proc.stderr, f"{name} panicked: {proc.stderr}"
+    RETURNED_KEYS.setdefault(name, set()).update(result)
     return result, proc
 
 

@@ -47,36 +47,49 @@ impl RemoteAlgorithm {
 
 /// Why a remote signature could not be had. `code` is the backend's error name
 /// (`DisabledException`, `AccessDeniedException`, ...), for the audit log and the task result.
+/// Whether it is about the signer or about one request is decided where the error is made (the
+/// signer backends classify their service's answers), never from the code afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct RemoteSignError {
     pub code: String,
     pub message: String,
+    pub scope: RemoteErrorScope,
 }
 
-/// Errors about one request, not about the signer: answered to the node (`signer_refused`),
-/// never retried — a retry would fail the same way until the queue dead-letters it unanswered.
-const REQUEST_ERRORS: &[&str] = &[
-    "MessageTooLarge",
-    "UnexpectedCertificate",
-    "MalformedCSRException",
-    "InvalidArgsException",
-    "MalformedCertificateException",
-];
+/// What a remote signer's error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteErrorScope {
+    /// The signer cannot sign now (disabled or missing key, access denied, throttling past the
+    /// retries, a CA not ACTIVE, no connection): the request waits in the queue.
+    Signer,
+    /// This one request cannot be signed: answered to the node (`signer_refused`), never
+    /// retried — a retry would fail the same way until the queue dead-letters it unanswered.
+    Request,
+}
 
 impl RemoteSignError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An outage of the signer.
+    pub fn outage(code: impl Into<String>, message: impl Into<String>) -> Self {
         RemoteSignError {
             code: code.into(),
             message: message.into(),
+            scope: RemoteErrorScope::Signer,
         }
     }
 
-    /// Whether the signer cannot sign now (disabled or missing key, access denied, throttling
-    /// past the retries, a CA not ACTIVE, no connection): the request waits in the queue. Any
-    /// other error is about the request itself.
+    /// A refusal of this one request.
+    pub fn refused(code: impl Into<String>, message: impl Into<String>) -> Self {
+        RemoteSignError {
+            code: code.into(),
+            message: message.into(),
+            scope: RemoteErrorScope::Request,
+        }
+    }
+
+    /// Whether the request waits for the signer (an outage) rather than being answered.
     pub fn is_outage(&self) -> bool {
-        !REQUEST_ERRORS.contains(&self.code.as_str())
+        self.scope == RemoteErrorScope::Signer
     }
 }
 
@@ -172,7 +185,7 @@ impl RemoteSigningKey {
         UnparsedPublicKey::new(self.algorithm.verification(), &self.public_key)
             .verify(message, &signature)
             .map_err(|_| {
-                RemoteSignError::new(
+                RemoteSignError::outage(
                     "SignatureMismatch",
                     format!(
                         "the signature of {} does not verify with the CA certificate's public key: the key id points at another key",

@@ -55,7 +55,7 @@ impl RemoteKey for FakeKms {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteSignError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.disabled.load(Ordering::SeqCst) {
-            return Err(RemoteSignError::new(
+            return Err(RemoteSignError::outage(
                 "DisabledException",
                 "arn:aws:kms:eu-west-1:123456789012:key/test is disabled.",
             ));
@@ -287,33 +287,8 @@ fn a_crl_is_signed_through_the_remote_key() {
 
 #[test]
 fn outages_wait_in_the_queue_and_request_errors_are_answered() {
-    let outages = [
-        "DisabledException",
-        "AccessDeniedException",
-        "ThrottlingException",
-        "KMSInvalidStateException",
-        "NotFoundException",
-        "InvalidStateException",
-        "ConnectionError",
-        "RequestInProgressException",
-    ];
-    for code in outages {
-        assert!(
-            RemoteSignError::new(code, "x").is_outage(),
-            "{code} is an outage"
-        );
-    }
-    for code in [
-        "MessageTooLarge",
-        "UnexpectedCertificate",
-        "MalformedCSRException",
-        "InvalidArgsException",
-    ] {
-        assert!(
-            !RemoteSignError::new(code, "x").is_outage(),
-            "{code} is about the request"
-        );
-    }
+    assert!(RemoteSignError::outage("DisabledException", "x").is_outage());
+    assert!(!RemoteSignError::refused("MalformedCSRException", "x").is_outage());
 }
 
 #[test]

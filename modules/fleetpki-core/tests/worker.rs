@@ -326,7 +326,7 @@ fn rows() -> Vec<(&'static str, ReasonCode, Route, Input)> {
             "the remote signer refuses this CSR",
             SignerRefused,
             Node,
-            Input::SignerSays(RemoteSignError::new("MalformedCSRException", "Private CA cannot read the CSR")),
+            Input::SignerSays(RemoteSignError::refused("MalformedCSRException", "Private CA cannot read the CSR")),
         ),
     ]
 }
@@ -647,7 +647,7 @@ fn a_signer_outage_records_and_hands_the_request_back() {
     let ca = make_ca("worker-outage", KeySpec::EcP256);
     let outage = remote_failure(
         message(node_csr()),
-        RemoteSignError::new("DisabledException", "the key is disabled"),
+        RemoteSignError::outage("DisabledException", "the key is disabled"),
     );
     assert!(matches!(outage, Verdict::Unavailable { .. }));
     let (actions, d) = settle(&routes(&ca), outage, delivered);

@@ -673,7 +673,7 @@ async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict 
         }
         Err(why) => remote_failure(
             message,
-            RemoteSignError::new(
+            RemoteSignError::refused(
                 "UnexpectedCertificate",
                 format!("Private CA issued {certificate_arn}, which is not published ({why}): check the CA and pca_template_arn"),
             ),

@@ -290,7 +290,7 @@ impl Backend {
                 let key = key.clone();
                 tokio::task::spawn_blocking(move || key.probe())
                     .await
-                    .unwrap_or_else(|e| Err(RemoteSignError::new("ProbeFailed", e.to_string())))
+                    .unwrap_or_else(|e| Err(RemoteSignError::outage("ProbeFailed", e.to_string())))
             }
             Backend::Local { kms: None, .. } => Ok(()),
             Backend::Pca(p) => {

@@ -157,7 +157,7 @@ impl Kms {
             .await
             .map_err(|e| {
                 let (code, text) = error_parts(&e);
-                RemoteSignError::new(
+                crate::remote_error(
                     code.clone(),
                     format!("KMS Sign with {key_id}: {text}{}", hint_for(&code)),
                 )
@@ -166,7 +166,7 @@ impl Kms {
             .signature()
             .map(|b| b.as_ref().to_vec())
             .ok_or_else(|| {
-                RemoteSignError::new("EmptySignature", "KMS Sign returned no signature")
+                RemoteSignError::outage("EmptySignature", "KMS Sign returned no signature")
             })?;
         Ok((out.key_id().unwrap_or(key_id).to_string(), signature))
     }

@@ -55,6 +55,19 @@ where
     }
 }
 
+/// A remote signer's error from the service's error code, classified here where the SDK's error
+/// enters: Private CA's refusals of the CSR or its arguments are about this one request (the
+/// node is answered `signer_refused`); anything else is an outage of the signer (the request
+/// waits in the queue).
+pub(crate) fn remote_error(code: String, message: String) -> RemoteSignError {
+    match code.as_str() {
+        "MalformedCSRException" | "InvalidArgsException" | "MalformedCertificateException" => {
+            RemoteSignError::refused(code, message)
+        }
+        _ => RemoteSignError::outage(code, message),
+    }
+}
+
 /// What to do about an error code, for the messages.
 pub(crate) fn hint_for(code: &str) -> &'static str {
     match code {
@@ -114,7 +127,7 @@ impl BlockingRuntime {
         self.handle
             .spawn(future)
             .await
-            .unwrap_or_else(|e| Err(RemoteSignError::new("TaskFailed", e.to_string())))
+            .unwrap_or_else(|e| Err(RemoteSignError::outage("TaskFailed", e.to_string())))
     }
 }
 
@@ -123,6 +136,34 @@ impl Drop for BlockingRuntime {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remote_error;
+
+    #[test]
+    fn private_ca_refusing_the_csr_is_about_the_request_and_the_rest_are_outages() {
+        for code in [
+            "MalformedCSRException",
+            "InvalidArgsException",
+            "MalformedCertificateException",
+        ] {
+            assert!(!remote_error(code.into(), "x".into()).is_outage(), "{code}");
+        }
+        for code in [
+            "DisabledException",
+            "AccessDeniedException",
+            "ThrottlingException",
+            "KMSInvalidStateException",
+            "NotFoundException",
+            "InvalidStateException",
+            "ConnectionError",
+            "RequestInProgressException",
+        ] {
+            assert!(remote_error(code.into(), "x".into()).is_outage(), "{code}");
         }
     }
 }

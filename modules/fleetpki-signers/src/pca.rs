@@ -119,11 +119,11 @@ impl Pca {
         let state = self
             .describe(ca_arn)
             .await
-            .map_err(|e| RemoteSignError::new("DescribeFailed", e.to_string()))?;
+            .map_err(|e| RemoteSignError::outage("DescribeFailed", e.to_string()))?;
         if state.status == CertificateAuthorityStatus::Active.as_str() {
             Ok(())
         } else {
-            Err(RemoteSignError::new(
+            Err(RemoteSignError::outage(
                 "InvalidStateException",
                 format!("the Private CA {ca_arn} is {}", state.status),
             ))
@@ -194,7 +194,7 @@ impl Pca {
     ) -> Result<(String, String), RemoteSignError> {
         let failed = |operation: &str, code: String, text: String| {
             let hint = hint_for(&code);
-            RemoteSignError::new(
+            crate::remote_error(
                 code,
                 format!("ACM PCA {operation} on {ca_arn}: {text}{hint}"),
             )
@@ -209,7 +209,7 @@ impl Pca {
                 .r#type(ValidityPeriodType::Absolute)
                 .value(unix)
                 .build()
-                .map_err(|e| RemoteSignError::new("InvalidRequest", e.to_string()))
+                .map_err(|e| RemoteSignError::outage("InvalidRequest", e.to_string()))
         };
         self.calls.add("IssueCertificate");
         let issued = self
@@ -238,7 +238,7 @@ impl Pca {
             .certificate_arn()
             .map(str::to_string)
             .ok_or_else(|| {
-                RemoteSignError::new(
+                RemoteSignError::outage(
                     "EmptyResponse",
                     "IssueCertificate returned no certificate ARN",
                 )
@@ -259,7 +259,7 @@ impl Pca {
             {
                 Ok(out) => {
                     let pem = out.certificate().map(str::to_string).ok_or_else(|| {
-                        RemoteSignError::new(
+                        RemoteSignError::outage(
                             "EmptyResponse",
                             "GetCertificate returned no certificate",
                         )

@@ -16,24 +16,56 @@ pub enum KeySpec {
     Rsa(u32),
 }
 
+/// The `type` option of the modules that make keys (community.crypto's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum KeyType {
+    #[serde(rename = "ECC")]
+    Ecc,
+    #[serde(rename = "RSA")]
+    Rsa,
+}
+
+impl KeyType {
+    pub const ALL: [KeyType; 2] = [KeyType::Ecc, KeyType::Rsa];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Ecc => "ECC",
+            KeyType::Rsa => "RSA",
+        }
+    }
+}
+
+/// The `curve` option (with `type: ECC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Curve {
+    Secp256r1,
+    Secp384r1,
+}
+
+impl Curve {
+    pub const ALL: [Curve; 2] = [Curve::Secp256r1, Curve::Secp384r1];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Curve::Secp256r1 => "secp256r1",
+            Curve::Secp384r1 => "secp384r1",
+        }
+    }
+}
+
 impl KeySpec {
-    /// From community.crypto-style options; `size` only matters for RSA.
-    pub fn from_options(kind: &str, curve: &str, size: u32) -> Result<Self, PkiError> {
-        let bad = |detail: String| PkiError::KeyGeneration {
-            what: kind.to_string(),
-            detail,
-        };
+    /// From community.crypto-style options; `curve` only matters for ECC, `size` for RSA.
+    pub fn from_options(kind: KeyType, curve: Curve, size: u32) -> Result<Self, PkiError> {
         match (kind, curve) {
-            ("ECC", "secp256r1") => Ok(KeySpec::EcP256),
-            ("ECC", "secp384r1") => Ok(KeySpec::EcP384),
-            ("ECC", other) => Err(bad(format!(
-                "unsupported curve {other}: use secp256r1 or secp384r1"
-            ))),
-            ("RSA", _) if matches!(size, 2048 | 3072 | 4096) => Ok(KeySpec::Rsa(size)),
-            ("RSA", _) => Err(bad(format!(
-                "unsupported RSA size {size}: use 2048, 3072 or 4096"
-            ))),
-            (other, _) => Err(bad(format!("unsupported key type {other}: use ECC or RSA"))),
+            (KeyType::Ecc, Curve::Secp256r1) => Ok(KeySpec::EcP256),
+            (KeyType::Ecc, Curve::Secp384r1) => Ok(KeySpec::EcP384),
+            (KeyType::Rsa, _) if matches!(size, 2048 | 3072 | 4096) => Ok(KeySpec::Rsa(size)),
+            (KeyType::Rsa, _) => Err(PkiError::KeyGeneration {
+                what: kind.as_str().to_string(),
+                detail: format!("unsupported RSA size {size}: use 2048, 3072 or 4096"),
+            }),
         }
     }
 
@@ -104,17 +136,26 @@ mod tests {
     #[test]
     fn options_map_to_specs_and_bad_ones_are_named() {
         assert_eq!(
-            KeySpec::from_options("ECC", "secp384r1", 0).unwrap(),
+            KeySpec::from_options(KeyType::Ecc, Curve::Secp384r1, 0).unwrap(),
             KeySpec::EcP384
         );
         assert_eq!(
-            KeySpec::from_options("RSA", "secp256r1", 3072).unwrap(),
+            KeySpec::from_options(KeyType::Rsa, Curve::Secp256r1, 3072).unwrap(),
             KeySpec::Rsa(3072)
         );
-        let err = KeySpec::from_options("RSA", "", 1024)
+        let err = KeySpec::from_options(KeyType::Rsa, Curve::Secp256r1, 1024)
             .unwrap_err()
             .to_string();
         assert!(err.contains("1024"), "{err}");
+        // The option values read back as the variants they name.
+        for kind in KeyType::ALL {
+            let read: KeyType = serde_json::from_value(serde_json::json!(kind.as_str())).unwrap();
+            assert_eq!(read, kind);
+        }
+        for curve in Curve::ALL {
+            let read: Curve = serde_json::from_value(serde_json::json!(curve.as_str())).unwrap();
+            assert_eq!(read, curve);
+        }
     }
 
     #[test]

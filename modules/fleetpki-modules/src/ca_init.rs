@@ -14,7 +14,7 @@ use fleetpki_core::ca::{
     CaSubject,
 };
 use fleetpki_core::certs::parse_certificate;
-use fleetpki_core::keys::{load_private_key, public_key_spki, KeySpec};
+use fleetpki_core::keys::{load_private_key, public_key_spki, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::remote::RemoteSigningKey;
 use fleetpki_signers::kms::{Kms, KmsKey};
@@ -26,7 +26,8 @@ use serde_json::Value;
 use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, file_options, key_perms};
 use crate::signer::{
-    aws_runtime, refuse_foreign_options, signer_options, SignerArgs, AWS_KMS, AWS_PCA, FILE,
+    aws_runtime, refuse_foreign_options, signer_options, SignerArgs, SignerKind, AWS_KMS, AWS_PCA,
+    FILE,
 };
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_init";
@@ -49,13 +50,13 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("organization_name", OptionType::Str))
         .option(
             OptionSpec::new("type", OptionType::Str)
-                .choices(["ECC", "RSA"])
-                .default("ECC"),
+                .choices(KeyType::ALL.map(KeyType::as_str))
+                .default(KeyType::Ecc.as_str()),
         )
         .option(
             OptionSpec::new("curve", OptionType::Str)
-                .choices(["secp256r1", "secp384r1"])
-                .default("secp256r1"),
+                .choices(Curve::ALL.map(Curve::as_str))
+                .default(Curve::Secp256r1.as_str()),
         )
         .option(
             OptionSpec::new("size", OptionType::Int)
@@ -65,7 +66,11 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("root_lifetime_days", OptionType::Int).default(3650))
         .option(OptionSpec::new("intermediate_lifetime_days", OptionType::Int).default(1825))
         .options(file_options())
-        .options(signer_options(&[FILE, AWS_KMS, AWS_PCA]))
+        .options(signer_options(&[
+            SignerKind::File,
+            SignerKind::AwsKms,
+            SignerKind::AwsPca,
+        ]))
         .option(
             OptionSpec::new("kms_key_spec", OptionType::Str)
                 .choices(["ECC_NIST_P256", "ECC_NIST_P384"])
@@ -88,8 +93,8 @@ struct Args {
     intermediate_common_name: String,
     organization_name: Option<String>,
     #[serde(rename = "type")]
-    key_type: String,
-    curve: String,
+    key_type: KeyType,
+    curve: Curve,
     size: u32,
     root_lifetime_days: u32,
     intermediate_lifetime_days: u32,
@@ -129,7 +134,7 @@ fn write(path: &str, contents: &str, perms: &FilePerms) -> Result<(), Failure> {
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
-    let spec = KeySpec::from_options(&args.key_type, &args.curve, args.size)?;
+    let spec = KeySpec::from_options(args.key_type, args.curve, args.size)?;
     let key_perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let public = FilePerms::public_like(&key_perms);
     let check = invocation.check_mode;
@@ -212,8 +217,8 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         Ok(key)
     };
     let mut remote = RemoteFacts::default();
-    let intermediate_pem = match args.signer.signer.as_str() {
-        AWS_KMS => kms_intermediate(
+    let intermediate_pem = match args.signer.signer {
+        SignerKind::AwsKms => kms_intermediate(
             &args,
             &public,
             &root_pem,
@@ -223,7 +228,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             &mut created,
             &mut remote,
         )?,
-        AWS_PCA => Some(pca_intermediate(
+        SignerKind::AwsPca => Some(pca_intermediate(
             &args,
             &public,
             &root_pem,
@@ -233,7 +238,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             &mut created,
             &mut remote,
         )?),
-        _ => Some(file_intermediate(
+        SignerKind::File => Some(file_intermediate(
             &args,
             &spec,
             &key_perms,
@@ -250,7 +255,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         if let Some(arn) = &remote.kms_key_arn {
             outcome = outcome.with("kms_key_arn", arn.as_str());
         }
-        if args.signer.signer == AWS_KMS {
+        if args.signer.signer == SignerKind::AwsKms {
             outcome = outcome.with("kms_key_created", remote.kms_key_created);
         }
         if let Some(arn) = &args.signer.certificate_authority_arn {

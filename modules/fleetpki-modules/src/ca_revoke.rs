@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::{aws_options, rfc3339};
-use crate::signer::{signer_options, Backend, SignerArgs, AWS_KMS, FILE};
+use crate::signer::{signer_options, Backend, SignerArgs, SignerKind, AWS_KMS, FILE};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_revoke";
 
@@ -53,7 +53,7 @@ pub fn spec() -> ArgumentSpec {
         )
         .option(OptionSpec::new("crl_lifetime_days", OptionType::Int).default(7))
         .option(OptionSpec::new("crl_renew_before", OptionType::Str).default("2d"))
-        .options(signer_options(&[FILE, AWS_KMS]))
+        .options(signer_options(&[SignerKind::File, SignerKind::AwsKms]))
         .options(aws_options())
         .required_if("signer", FILE, &["ownca_privatekey_path"])
         .required_if("signer", AWS_KMS, &["kms_key_id"])

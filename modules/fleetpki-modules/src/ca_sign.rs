@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, now_unix, runtime};
 use crate::signer::{
-    signer_options, Backend, OpenError, PcaBackend, SignerArgs, AWS_KMS, AWS_PCA, FILE,
+    signer_options, Backend, OpenError, PcaBackend, SignerArgs, SignerKind, AWS_KMS, AWS_PCA, FILE,
 };
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
@@ -43,7 +43,11 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("max_requests", OptionType::Int).default(0))
         .option(OptionSpec::new("visibility_timeout", OptionType::Int).default(60))
         .option(OptionSpec::new("audit_log_path", OptionType::Path))
-        .options(signer_options(&[FILE, AWS_KMS, AWS_PCA]))
+        .options(signer_options(&[
+            SignerKind::File,
+            SignerKind::AwsKms,
+            SignerKind::AwsPca,
+        ]))
         .option(OptionSpec::new("pca_template_arn", OptionType::Str))
         .options(aws_options())
         .mutually_exclusive(&["policy", "policy_path"])
@@ -226,7 +230,7 @@ fn signer_unavailable_at_start(args: &Args, error: OpenError) -> Failure {
     let mut out = Failure::new(msg);
     out.values = failure.values;
     for (key, value) in [
-        ("signer", json!(args.signer.signer)),
+        ("signer", json!(args.signer.signer.as_str())),
         ("issued", json!(0)),
         ("rejected", json!(0)),
         ("dead_lettered", json!(0)),

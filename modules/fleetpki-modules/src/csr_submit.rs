@@ -6,7 +6,7 @@ use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
 use fleetpki_core::csr::build_csr;
-use fleetpki_core::keys::{load_private_key, KeySpec};
+use fleetpki_core::keys::{load_private_key, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, is_valid_instance_id};
@@ -34,13 +34,13 @@ pub fn spec() -> ArgumentSpec {
         )
         .option(
             OptionSpec::new("type", OptionType::Str)
-                .choices(["ECC", "RSA"])
-                .default("ECC"),
+                .choices(KeyType::ALL.map(KeyType::as_str))
+                .default(KeyType::Ecc.as_str()),
         )
         .option(
             OptionSpec::new("curve", OptionType::Str)
-                .choices(["secp256r1", "secp384r1"])
-                .default("secp256r1"),
+                .choices(Curve::ALL.map(Curve::as_str))
+                .default(Curve::Secp256r1.as_str()),
         )
         .option(
             OptionSpec::new("size", OptionType::Int)
@@ -54,8 +54,8 @@ pub fn spec() -> ArgumentSpec {
         )
         .option(
             OptionSpec::new("key_rotation", OptionType::Str)
-                .choices(["rotate", "reuse"])
-                .default("rotate"),
+                .choices(KeyRotation::ALL.map(KeyRotation::as_str))
+                .default(KeyRotation::Rotate.as_str()),
         )
         .option(OptionSpec::new("renew_before", OptionType::Str).default("33%"))
         .option(OptionSpec::new("resubmit_after", OptionType::Str).default("1h"))
@@ -72,6 +72,25 @@ pub fn spec() -> ArgumentSpec {
         .options(aws_options())
 }
 
+/// The `key_rotation` option: a new key with each certificate, or the installed one again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KeyRotation {
+    Rotate,
+    Reuse,
+}
+
+impl KeyRotation {
+    const ALL: [KeyRotation; 2] = [KeyRotation::Rotate, KeyRotation::Reuse];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            KeyRotation::Rotate => "rotate",
+            KeyRotation::Reuse => "reuse",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Args {
     instance_id: String,
@@ -79,12 +98,12 @@ struct Args {
     csr_queue_url: String,
     subject_alt_name: Vec<String>,
     #[serde(rename = "type")]
-    key_type: String,
-    curve: String,
+    key_type: KeyType,
+    curve: Curve,
     size: u32,
     /// Not `profile`: that is amazon.aws's AWS profile option.
     certificate_profile: Profile,
-    key_rotation: String,
+    key_rotation: KeyRotation,
     renew_before: String,
     resubmit_after: String,
     force: bool,
@@ -127,7 +146,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             ))
         }
     };
-    let key_spec = KeySpec::from_options(&args.key_type, &args.curve, args.size)?;
+    let key_spec = KeySpec::from_options(args.key_type, args.curve, args.size)?;
     let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let layout = Layout::new(&args.path);
 
@@ -185,8 +204,8 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if let (Some(pair), false) = (&installed, invocation.check_mode) {
         layout.discard_pending_key_if_live(&pair.key_pem)?;
     }
-    let existing_key = match (&args.key_rotation[..], &installed) {
-        ("reuse", Some(pair)) => Some(pair.key_pem.clone()),
+    let existing_key = match (args.key_rotation, &installed) {
+        (KeyRotation::Reuse, Some(pair)) => Some(pair.key_pem.clone()),
         // In check mode the stale copy of the live key is not removed: never count it as new.
         (_, Some(pair))
             if layout

@@ -17,19 +17,39 @@ use serde_json::Value;
 
 use crate::common::calls_json;
 
-pub const FILE: &str = "file";
-pub const AWS_KMS: &str = "aws_kms";
-pub const AWS_PCA: &str = "aws_pca";
+/// The `signer` option's choices: the one definition its spec, checks and results derive from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignerKind {
+    File,
+    AwsKms,
+    AwsPca,
+}
+
+impl SignerKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SignerKind::File => "file",
+            SignerKind::AwsKms => "aws_kms",
+            SignerKind::AwsPca => "aws_pca",
+        }
+    }
+}
+
+/// The choices as the spec's `required_if` and the messages name them.
+pub const FILE: &str = SignerKind::File.as_str();
+pub const AWS_KMS: &str = SignerKind::AwsKms.as_str();
+pub const AWS_PCA: &str = SignerKind::AwsPca.as_str();
 
 /// The `signer` option and the options each backend needs.
-pub fn signer_options(choices: &[&'static str]) -> Vec<OptionSpec> {
+pub fn signer_options(choices: &[SignerKind]) -> Vec<OptionSpec> {
     let mut options = vec![
         OptionSpec::new("signer", OptionType::Str)
-            .choices(choices.iter().copied())
+            .choices(choices.iter().map(|c| c.as_str()))
             .default(FILE),
         OptionSpec::new("kms_key_id", OptionType::Str),
     ];
-    if choices.contains(&AWS_PCA) {
+    if choices.contains(&SignerKind::AwsPca) {
         options.push(
             OptionSpec::new("certificate_authority_arn", OptionType::Str).aliases(&["pca_arn"]),
         );
@@ -39,7 +59,7 @@ pub fn signer_options(choices: &[&'static str]) -> Vec<OptionSpec> {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignerArgs {
-    pub signer: String,
+    pub signer: SignerKind,
     pub kms_key_id: Option<String>,
     #[serde(default)]
     pub certificate_authority_arn: Option<String>,
@@ -147,8 +167,8 @@ impl Backend {
         chain_path: &str,
         pca_template_arn: Option<String>,
     ) -> Result<Backend, OpenError> {
-        match args.signer.as_str() {
-            AWS_KMS => {
+        match args.signer {
+            SignerKind::AwsKms => {
                 refuse_foreign_options(
                     AWS_KMS,
                     &[
@@ -200,7 +220,7 @@ impl Backend {
                     kms: Some(key),
                 })
             }
-            AWS_PCA => {
+            SignerKind::AwsPca => {
                 refuse_foreign_options(
                     AWS_PCA,
                     &[
@@ -236,7 +256,7 @@ impl Backend {
                     runtime,
                 }))
             }
-            _ => {
+            SignerKind::File => {
                 refuse_foreign_options(
                     FILE,
                     &[
@@ -308,6 +328,20 @@ impl Backend {
             Backend::Local { kms: Some(key), .. } => Some(("kms_calls", calls_json(key.calls()))),
             Backend::Local { kms: None, .. } => None,
             Backend::Pca(p) => Some(("acmpca_calls", calls_json(p.pca.calls()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SignerKind;
+
+    #[test]
+    fn the_signer_choices_read_back_as_themselves() {
+        for kind in [SignerKind::File, SignerKind::AwsKms, SignerKind::AwsPca] {
+            let read: SignerKind =
+                serde_json::from_value(serde_json::json!(kind.as_str())).unwrap();
+            assert_eq!(read, kind);
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_aws::AwsOptions;
 use fleetpki_core::ca::{
     certify_intermediate_csr, create_intermediate, create_root, intermediate_csr, is_signed_by,
     CaSubject,
@@ -19,7 +20,6 @@ use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::remote::RemoteSigningKey;
 use fleetpki_signers::kms::{Kms, KmsKey};
 use fleetpki_signers::pca::Pca;
-use fleetpki_sqs::AwsOptions;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -13,10 +13,10 @@ use std::time::Duration;
 use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
+use fleetpki_aws::AwsOptions;
 use fleetpki_core::crl::{normalize_serial, parse_crl, reissue_reason, Reason, Revocation};
 use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::renewal::RenewBefore;
-use fleetpki_sqs::AwsOptions;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_aws::AwsOptions;
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
 use fleetpki_core::policy::{Policy, ReasonCode, Rejection};
 use fleetpki_core::remote::RemoteSignError;
@@ -15,7 +16,7 @@ use fleetpki_core::worker::{
     Routes, Sent, Verdict,
 };
 use fleetpki_signers::pca::{template_for, Issuance};
-use fleetpki_sqs::{AwsOptions, Received, Sqs, SqsError};
+use fleetpki_sqs::{Received, Sqs, SqsError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

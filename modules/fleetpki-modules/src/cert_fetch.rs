@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
+use fleetpki_aws::AwsOptions;
 use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
 use fleetpki_core::keys::{load_private_key, public_key_spki};
 use fleetpki_core::layout::{
@@ -15,7 +16,7 @@ use fleetpki_core::layout::{
 use fleetpki_core::names::parse_names;
 use fleetpki_core::node::{judge_reply, Pending, Reply, ReplyDecision};
 use fleetpki_core::wire::{reply_queue_name, ReplyMode, INSTANCE_ID_ATTRIBUTE};
-use fleetpki_sqs::{AwsOptions, Received, Sqs};
+use fleetpki_sqs::{Received, Sqs};
 use serde::Deserialize;
 use serde_json::Value;
 

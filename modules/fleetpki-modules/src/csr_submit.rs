@@ -5,6 +5,7 @@
 use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
+use fleetpki_aws::AwsOptions;
 use fleetpki_core::csr::build_csr;
 use fleetpki_core::keys::{load_private_key, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{Layout, PendingRequest};
@@ -15,7 +16,7 @@ use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{
     CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION,
 };
-use fleetpki_sqs::{AwsOptions, Sqs};
+use fleetpki_sqs::Sqs;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
-use fleetpki_sqs::{AwsOptions, Sqs};
+use fleetpki_aws::AwsOptions;
+use fleetpki_sqs::Sqs;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ansible_module::{Failure, OptionSpec, OptionType};
+use fleetpki_aws::{load_config, AwsOptions, SdkConfig};
 use fleetpki_core::certs::{parse_certificate, CertificateInfo};
 use fleetpki_core::remote::{algorithm_for_spki, RemoteAlgorithm, RemoteSignError};
 use fleetpki_core::sign::CaSigner;
 use fleetpki_signers::kms::{Kms, KmsKey};
 use fleetpki_signers::pca::Pca;
 use fleetpki_signers::BlockingRuntime;
-use fleetpki_sqs::{load_config, AwsOptions, SdkConfig};
 use serde::Deserialize;
 use serde_json::Value;
 

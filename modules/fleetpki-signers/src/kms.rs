@@ -7,8 +7,8 @@ use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use aws_sdk_kms::Client;
+use fleetpki_aws::SdkConfig;
 use fleetpki_core::remote::{algorithm_for_spki, RemoteAlgorithm, RemoteKey, RemoteSignError};
-use fleetpki_sqs::SdkConfig;
 
 use crate::{error_parts, hint_for, BlockingRuntime, CallCounter, SignerError};
 

@@ -6,8 +6,8 @@ pub mod kms;
 pub mod pca;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
+pub use fleetpki_aws::CallCounter;
 pub use fleetpki_core::remote::RemoteSignError;
-pub use fleetpki_sqs::CallCounter;
 
 /// Errors of the setup calls (creating or describing keys and CAs), each with what to do.
 #[derive(Debug, thiserror::Error)]

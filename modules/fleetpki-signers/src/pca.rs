@@ -11,9 +11,9 @@ use aws_sdk_acmpca::types::{
     CertificateAuthorityStatus, SigningAlgorithm, Validity, ValidityPeriodType,
 };
 use aws_sdk_acmpca::Client;
+use fleetpki_aws::SdkConfig;
 use fleetpki_core::remote::{RemoteAlgorithm, RemoteSignError};
 use fleetpki_core::wire::Profile;
-use fleetpki_sqs::SdkConfig;
 
 use crate::{error_parts, hint_for, CallCounter, SignerError};
 

@@ -1,41 +1,21 @@
 //! SQS for fleetpki.mtls: a client built from amazon.aws-style options, the few queue operations
 //! the modules need, and a count of every call made (so a run's cost is visible).
 
-mod aws_error;
-
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
-use serde::Deserialize;
 
-pub use aws_config::SdkConfig;
-pub use aws_error::AwsErrorKind;
-
-/// amazon.aws's connection options. Unset ones fall back to the SDK's default chain
-/// (environment, shared config and credentials files, instance profile).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct AwsOptions {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub profile: Option<String>,
-    pub access_key: Option<String>,
-    pub secret_key: Option<String>,
-    pub session_token: Option<String>,
-}
+use fleetpki_aws::{load_config, AwsConfigError, AwsErrorKind, AwsOptions, CallCounter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqsError {
-    #[error("no AWS region: set the region option or AWS_REGION (or a region in the AWS profile)")]
-    NoRegion,
-    #[error("access_key and secret_key must be given together")]
-    PartialCredentials,
+    #[error(transparent)]
+    Config(#[from] AwsConfigError),
     #[error("SQS {operation} on {target} failed: {detail}{}", .kind.hint())]
     Call {
         operation: &'static str,
@@ -45,27 +25,6 @@ pub enum SqsError {
     },
     #[error("the queue {0} does not exist: create it first (see README: queues)")]
     QueueMissing(String),
-}
-
-/// Counts calls by operation; shared by clones of a client (the worker's tasks).
-#[derive(Debug, Clone, Default)]
-pub struct CallCounter(Arc<Mutex<BTreeMap<&'static str, u64>>>);
-
-impl CallCounter {
-    pub fn add(&self, operation: &'static str) {
-        if let Ok(mut map) = self.0.lock() {
-            *map.entry(operation).or_default() += 1;
-        }
-    }
-    /// A snapshot: operation name → count, plus `total`.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        let map = self.0.lock().map(|m| m.clone()).unwrap_or_default();
-        let total = map.values().sum();
-        let mut out: BTreeMap<String, u64> =
-            map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        out.insert("total".into(), total);
-        out
-    }
 }
 
 /// A received message, reduced to what the modules use.
@@ -93,38 +52,6 @@ pub struct QueueDepth {
 pub struct Sqs {
     client: Client,
     calls: CallCounter,
-}
-
-/// The SDK configuration from amazon.aws-style options: the same for SQS, KMS and ACM PCA.
-pub async fn load_config(options: &AwsOptions) -> Result<aws_config::SdkConfig, SqsError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(profile) = &options.profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(region) = &options.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(endpoint) = &options.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    match (&options.access_key, &options.secret_key) {
-        (Some(access), Some(secret)) => {
-            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                access,
-                secret,
-                options.session_token.clone(),
-                None,
-                "module-options",
-            ));
-        }
-        (None, None) => {}
-        _ => return Err(SqsError::PartialCredentials),
-    }
-    let config = loader.load().await;
-    if config.region().is_none() {
-        return Err(SqsError::NoRegion);
-    }
-    Ok(config)
 }
 
 impl Sqs {

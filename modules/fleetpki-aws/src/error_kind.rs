@@ -5,7 +5,8 @@
 use std::error::Error;
 
 use aws_credential_types::provider::error::CredentialsError;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// The kind of an AWS call's failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

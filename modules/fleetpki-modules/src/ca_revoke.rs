@@ -147,7 +147,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         &args.ca_chain_path,
         None,
     )?;
-    let Backend::Local { signer, .. } = &backend else {
+    let Backend::SigningKey { signer, .. } = &backend else {
         return Err(Failure::new(
             "AWS Private CA publishes its own CRL: revoke with `aws acm-pca revoke-certificate`",
         ));

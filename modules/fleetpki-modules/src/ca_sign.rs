@@ -299,7 +299,7 @@ impl<'a> Worker<'a> {
             warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
         }
         let remote_pool = match backend {
-            Backend::Local { kms: Some(_), .. } => rayon::ThreadPoolBuilder::new()
+            Backend::SigningKey { kms: Some(_), .. } => rayon::ThreadPoolBuilder::new()
                 .num_threads(args.batch_size.clamp(1, 10) as usize)
                 .thread_name(|i| format!("kms-sign-{i}"))
                 .build()
@@ -369,11 +369,11 @@ impl<'a> Worker<'a> {
             return Ok(());
         }
         let verdicts = match self.backend {
-            Backend::Local { signer, .. } => match &self.remote_pool {
+            Backend::SigningKey { signer, .. } => match &self.remote_pool {
                 Some(pool) => pool.install(|| judge_batch(&self.policy, signer, batch)),
                 None => judge_batch(&self.policy, signer, batch),
             },
-            Backend::Pca(pca) => issue_batch_through_pca(&self.policy, pca, batch).await,
+            Backend::PrivateCa(pca) => issue_batch_through_pca(&self.policy, pca, batch).await,
         };
         let this = &*self;
         let settled = futures_util::future::join_all(

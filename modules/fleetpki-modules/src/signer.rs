@@ -137,13 +137,14 @@ impl From<fleetpki_core::PkiError> for OpenError {
 
 /// The CA worker's signer.
 pub enum Backend {
-    /// The key signs here: a key file, or a KMS key through `Sign` (with its client's runtime).
-    Local {
+    /// We build and sign each certificate with the intermediate's key: a key file, or a KMS key
+    /// through `Sign` (`kms`, with its client's runtime).
+    SigningKey {
         signer: CaSigner,
         kms: Option<Arc<KmsKey>>,
     },
-    /// AWS Private CA issues; `ca` is its certificate (written by mtls_ca_init).
-    Pca(PcaBackend),
+    /// AWS Private CA issues each certificate; `ca` is its certificate (from mtls_ca_init).
+    PrivateCa(PcaBackend),
 }
 
 pub struct PcaBackend {
@@ -215,7 +216,7 @@ impl Backend {
                             .with("kms_calls", calls_json(key.calls())),
                     ));
                 }
-                Ok(Backend::Local {
+                Ok(Backend::SigningKey {
                     signer,
                     kms: Some(key),
                 })
@@ -246,7 +247,7 @@ impl Backend {
                         Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls())),
                     ));
                 }
-                Ok(Backend::Pca(PcaBackend {
+                Ok(Backend::PrivateCa(PcaBackend {
                     pca,
                     arn,
                     ca,
@@ -275,45 +276,45 @@ impl Backend {
                     Path::new(key_path),
                     Path::new(chain_path),
                 )?;
-                Ok(Backend::Local { signer, kms: None })
+                Ok(Backend::SigningKey { signer, kms: None })
             }
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Local { kms: Some(_), .. } => AWS_KMS,
-            Backend::Local { kms: None, .. } => FILE,
-            Backend::Pca(_) => AWS_PCA,
+            Backend::SigningKey { kms: Some(_), .. } => AWS_KMS,
+            Backend::SigningKey { kms: None, .. } => FILE,
+            Backend::PrivateCa(_) => AWS_PCA,
         }
     }
 
     /// What the audit log names the signer by: the KMS key ARN, or the Private CA's ARN.
     pub fn signer_ref(&self) -> Option<&str> {
         match self {
-            Backend::Local { signer, .. } => signer.key_ref(),
-            Backend::Pca(p) => Some(&p.arn),
+            Backend::SigningKey { signer, .. } => signer.key_ref(),
+            Backend::PrivateCa(p) => Some(&p.arn),
         }
     }
 
     pub fn chain_pem(&self) -> &str {
         match self {
-            Backend::Local { signer, .. } => signer.chain_pem(),
-            Backend::Pca(p) => &p.chain_pem,
+            Backend::SigningKey { signer, .. } => signer.chain_pem(),
+            Backend::PrivateCa(p) => &p.chain_pem,
         }
     }
 
     /// Whether the signer works now. Blocking: call it off the module's runtime.
     pub async fn probe(&self) -> Result<(), RemoteSignError> {
         match self {
-            Backend::Local { kms: Some(key), .. } => {
+            Backend::SigningKey { kms: Some(key), .. } => {
                 let key = key.clone();
                 tokio::task::spawn_blocking(move || key.probe())
                     .await
                     .unwrap_or_else(|e| Err(RemoteSignError::outage("ProbeFailed", e.to_string())))
             }
-            Backend::Local { kms: None, .. } => Ok(()),
-            Backend::Pca(p) => {
+            Backend::SigningKey { kms: None, .. } => Ok(()),
+            Backend::PrivateCa(p) => {
                 let (pca, arn) = (p.pca.clone(), p.arn.clone());
                 p.runtime
                     .spawn_on(async move { pca.probe(&arn).await })
@@ -325,9 +326,11 @@ impl Backend {
     /// The calls made to the signer's AWS service, as a result key and value.
     pub fn calls(&self) -> Option<(&'static str, Value)> {
         match self {
-            Backend::Local { kms: Some(key), .. } => Some(("kms_calls", calls_json(key.calls()))),
-            Backend::Local { kms: None, .. } => None,
-            Backend::Pca(p) => Some(("acmpca_calls", calls_json(p.pca.calls()))),
+            Backend::SigningKey { kms: Some(key), .. } => {
+                Some(("kms_calls", calls_json(key.calls())))
+            }
+            Backend::SigningKey { kms: None, .. } => None,
+            Backend::PrivateCa(p) => Some(("acmpca_calls", calls_json(p.pca.calls()))),
         }
     }
 }

@@ -180,6 +180,123 @@ pub fn remote_failure(message: CsrMessage, error: RemoteSignError) -> Verdict {
     }
 }
 
+/// What AWS Private CA is asked to issue for an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcaIssuance {
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    /// Private CA returns the same certificate for a repeated token within minutes: bound to
+    /// the request id and the CSR, so a node reusing a request id with a new key cannot get the
+    /// old certificate.
+    pub idempotency_token: String,
+}
+
+/// The issuance to ask Private CA for, or why not: its templates copy the CSR's subject, so a
+/// CSR whose subject is not exactly `CN=<instance id>` is refused before anything is sent.
+pub fn plan_pca_issuance(
+    accepted: &Accepted,
+    ca_not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<PcaIssuance, Rejection> {
+    let (message, csr) = (&accepted.message, &accepted.csr);
+    if csr.subject_attributes != 1
+        || csr.common_name.as_deref() != Some(message.instance_id.as_str())
+    {
+        return Err(Rejection::new(
+            ReasonCode::InstanceIdMismatch,
+            format!(
+                "with AWS Private CA the CSR's subject must be exactly CN={} (Private CA copies the subject into the certificate); it has {} attribute(s) and CN {}",
+                message.instance_id,
+                csr.subject_attributes,
+                csr.common_name.as_deref().unwrap_or("(none)"),
+            ),
+        ));
+    }
+    let not_after = (now + accepted.grant.lifetime).min(ca_not_after);
+    let token = crate::sha256_hex(
+        format!(
+            "{}\n{}",
+            message.request_id.as_deref().unwrap_or_default(),
+            csr.sha256
+        )
+        .as_bytes(),
+    );
+    Ok(PcaIssuance {
+        not_before_unix: (now - crate::CLOCK_SKEW_ALLOWANCE).unix_timestamp(),
+        not_after_unix: not_after.unix_timestamp(),
+        idempotency_token: token[..36].to_string(),
+    })
+}
+
+/// Whether the certificate Private CA issued (`certificate_arn`, `pem`) may be published: it is
+/// checked as the node will check it (key, names, usages, chain to `chain_pem`'s root), plus
+/// its subject and the lifetime granted. What fails is refused (`signer_refused`), not
+/// published.
+pub fn accept_pca_certificate(
+    accepted: Accepted,
+    issuance: &PcaIssuance,
+    certificate_arn: String,
+    pem: String,
+    chain_pem: &str,
+    now: std::time::SystemTime,
+) -> Verdict {
+    let Accepted {
+        message,
+        csr,
+        grant,
+    } = accepted;
+    let anchors = crate::certs::load_certificates(chain_pem)
+        .into_iter()
+        .last()
+        .into_iter()
+        .collect::<Vec<_>>();
+    let expect = crate::certs::Expectation {
+        instance_id: &message.instance_id,
+        spki_der: &csr.spki_der,
+        names: &csr.names,
+        profile: grant.profile,
+    };
+    let checked = crate::certs::check_issued_certificate(&pem, chain_pem, &anchors, &expect, now)
+        .map_err(|why| why.to_string())
+        .and_then(|info| {
+            if info.subject_attributes != 1 {
+                Err(format!(
+                    "its subject has {} attributes, not only CN",
+                    info.subject_attributes
+                ))
+            } else if info.not_after.unix_timestamp() > issuance.not_after_unix + 60 {
+                Err(format!(
+                    "it is valid until {}, beyond the {} granted",
+                    crate::rfc3339(info.not_after),
+                    OffsetDateTime::from_unix_timestamp(issuance.not_after_unix)
+                        .map(crate::rfc3339)
+                        .unwrap_or_default()
+                ))
+            } else {
+                Ok(info)
+            }
+        });
+    match checked {
+        Ok(info) => Verdict::Sign {
+            message,
+            issued: IssuedCertificate {
+                certificate_pem: pem,
+                serial_hex: info.serial_hex,
+                not_after: info.not_after,
+                sha256: info.sha256,
+            },
+            signer_ref: Some(certificate_arn),
+        },
+        Err(why) => remote_failure(
+            message,
+            RemoteSignError::refused(
+                "UnexpectedCertificate",
+                format!("Private CA issued {certificate_arn}, which is not published ({why}): check the CA and pca_template_arn"),
+            ),
+        ),
+    }
+}
+
 /// Where a worker answers: derived from its options and the verified instance id, never from
 /// an address in the request.
 #[derive(Debug, Clone)]

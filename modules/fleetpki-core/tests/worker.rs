@@ -12,7 +12,8 @@ use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, Policy, Reason
 use fleetpki_core::remote::RemoteSignError;
 use fleetpki_core::wire::{CsrMessage, IdentityProof, Profile, ReplyMessage, ReplyMode};
 use fleetpki_core::worker::{
-    check, remote_failure, sign_locally, Action, Disposition, Fate, Inbound, Routes, Sent, Verdict,
+    accept_pca_certificate, check, plan_pca_issuance, remote_failure, sign_locally, Accepted,
+    Action, Disposition, Fate, Inbound, Routes, Sent, Verdict,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, KeyPair,
@@ -740,4 +741,122 @@ fn the_reply_queue_is_derived_from_the_verified_instance_id() {
         unreachable!()
     };
     assert_eq!(queue, REPLY_QUEUE);
+}
+
+/// A request of this node with `csr`, accepted by the default policy.
+fn accepted(csr: String) -> Accepted {
+    let r = request(body(csr, |_| {}));
+    let inbound = Inbound {
+        message_id: "m",
+        body: &r.body,
+        instance_id_attribute: Some(ID),
+        sender_id: None,
+    };
+    check(&r.policy, &inbound, now()).unwrap_or_else(|v| panic!("refused: {v:?}"))
+}
+
+#[test]
+fn private_ca_is_asked_only_for_a_subject_of_exactly_the_instance_id() {
+    let far = OffsetDateTime::now_utc() + time::Duration::days(365);
+    let with_org = accepted(tweaked_csr(|p| {
+        p.distinguished_name
+            .push(DnType::OrganizationName, "someone else");
+    }));
+    let refused = plan_pca_issuance(&with_org, far, OffsetDateTime::now_utc()).unwrap_err();
+    assert_eq!(refused.code, ReasonCode::InstanceIdMismatch, "{refused}");
+    assert!(!refused.message.contains("Some("), "{refused}");
+
+    // The token is bound to the request id and the CSR: the same request id with another key
+    // asks for another certificate.
+    let now = OffsetDateTime::now_utc();
+    let a = plan_pca_issuance(&accepted(node_csr()), far, now).unwrap();
+    let b = plan_pca_issuance(&accepted(node_csr()), far, now).unwrap();
+    assert_ne!(a.idempotency_token, b.idempotency_token);
+    assert_eq!(a.idempotency_token.len(), 36);
+    // Never beyond the CA's own end.
+    let soon = now + time::Duration::hours(1);
+    assert_eq!(
+        plan_pca_issuance(&accepted(node_csr()), soon, now)
+            .unwrap()
+            .not_after_unix,
+        soon.unix_timestamp()
+    );
+}
+
+#[test]
+fn what_private_ca_issued_is_published_only_if_the_node_would_accept_it() {
+    let ca = make_ca("worker-pca", KeySpec::EcP256);
+    let now = OffsetDateTime::now_utc();
+    let far = now + time::Duration::days(365);
+    let sign = |request: &Accepted, key_csr: &str, lifetime: Duration| {
+        let csr = fleetpki_core::csr::parse_and_verify_csr(key_csr).unwrap();
+        ca.signer
+            .sign(&csr, ID, request.grant.profile, lifetime, now)
+            .unwrap()
+            .certificate_pem
+    };
+    let arn = "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/x/certificate/y";
+
+    let request = accepted(node_csr());
+    let issuance = plan_pca_issuance(&request, far, now).unwrap();
+    let pem = sign(
+        &request,
+        &request.message.csr_pem.clone(),
+        request.grant.lifetime,
+    );
+    let verdict = accept_pca_certificate(
+        request,
+        &issuance,
+        arn.into(),
+        pem,
+        ca.signer.chain_pem(),
+        std::time::SystemTime::now(),
+    );
+    assert!(
+        matches!(&verdict, Verdict::Sign { signer_ref: Some(r), .. } if r == arn),
+        "{verdict:?}"
+    );
+
+    // A certificate for another key than the CSR's: refused, never published.
+    let request = accepted(node_csr());
+    let issuance = plan_pca_issuance(&request, far, now).unwrap();
+    let pem = sign(&request, &node_csr(), request.grant.lifetime);
+    let verdict = accept_pca_certificate(
+        request,
+        &issuance,
+        arn.into(),
+        pem,
+        ca.signer.chain_pem(),
+        std::time::SystemTime::now(),
+    );
+    let Verdict::Refuse { rejection, .. } = &verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(rejection.code, ReasonCode::SignerRefused);
+    assert!(
+        rejection.message.contains("UnexpectedCertificate")
+            || rejection.message.contains("not published"),
+        "{rejection}"
+    );
+
+    // Valid for longer than granted: refused.
+    let request = accepted(node_csr());
+    let issuance = plan_pca_issuance(&request, now + time::Duration::hours(1), now).unwrap();
+    let pem = sign(
+        &request,
+        &request.message.csr_pem.clone(),
+        Duration::from_secs(30 * 86_400),
+    );
+    let verdict = accept_pca_certificate(
+        request,
+        &issuance,
+        arn.into(),
+        pem,
+        ca.signer.chain_pem(),
+        std::time::SystemTime::now(),
+    );
+    let Verdict::Refuse { rejection, .. } = &verdict else {
+        panic!("{verdict:?}")
+    };
+    assert!(rejection.message.contains("beyond"), "{rejection}");
 }

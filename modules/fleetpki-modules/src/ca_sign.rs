@@ -6,14 +6,13 @@ use std::io::Write;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_aws::AwsOptions;
-use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
-use fleetpki_core::policy::{Policy, ReasonCode, Rejection};
+use fleetpki_core::policy::{Policy, ReasonCode};
 use fleetpki_core::remote::RemoteSignError;
-use fleetpki_core::sign::{CaSigner, IssuedCertificate, CLOCK_SKEW_ALLOWANCE};
+use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::{INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE};
 use fleetpki_core::worker::{
-    check, remote_failure, sign_locally, Accepted, Action, AuditRecord, Disposition, Fate, Inbound,
-    Routes, Sent, Verdict,
+    accept_pca_certificate, check, plan_pca_issuance, remote_failure, sign_locally, Accepted,
+    Action, AuditRecord, Disposition, Fate, Inbound, Routes, Sent, Verdict,
 };
 use fleetpki_signers::pca::{template_for, Issuance};
 use fleetpki_sqs::{Received, Sqs, SqsError};
@@ -572,117 +571,52 @@ pub async fn issue_batch_through_pca(
     .await
 }
 
-/// One issuance by Private CA. Its templates copy the CSR's subject, so a CSR whose subject is
-/// not exactly `CN=<instance id>` is refused first; what comes back is checked like a node
-/// checks it (key, names, usages, chain to our root), plus its subject and lifetime, before
-/// anyone sees it.
+/// One issuance by Private CA: what to ask for, and whether what comes back may be published,
+/// are the core's (`plan_pca_issuance`, `accept_pca_certificate`); here only the calls.
 async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict {
-    let Accepted {
-        message,
-        csr,
-        grant,
-    } = accepted;
-    if csr.subject_attributes != 1
-        || csr.common_name.as_deref() != Some(message.instance_id.as_str())
-    {
-        let text = format!(
-            "with AWS Private CA the CSR's subject must be exactly CN={} (Private CA copies the subject into the certificate); it has {} attribute(s), CN {:?}",
-            message.instance_id,
-            csr.subject_attributes,
-            csr.common_name.as_deref().unwrap_or_default(),
-        );
-        return Verdict::Refuse {
-            message: Some(message),
-            rejection: Rejection::new(ReasonCode::InstanceIdMismatch, text),
-        };
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let not_after = (now + grant.lifetime).min(backend.ca.not_after);
+    let issuance = match plan_pca_issuance(
+        &accepted,
+        backend.ca.not_after,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(issuance) => issuance,
+        Err(rejection) => {
+            return Verdict::Refuse {
+                message: Some(accepted.message),
+                rejection,
+            }
+        }
+    };
     let (pca, arn, algorithm) = (backend.pca.clone(), backend.arn.clone(), backend.algorithm);
     let template = backend
         .template_arn
         .clone()
-        .unwrap_or_else(|| template_for(grant.profile).to_string());
-    let csr_pem = message.csr_pem.clone();
-    // Private CA returns the same certificate for a repeated token within minutes: bind it to
-    // the CSR too, so a node reusing a request id with a new key cannot get the old certificate.
-    let token = fleetpki_core::sha256_hex(
-        format!(
-            "{}\n{}",
-            message.request_id.as_deref().unwrap_or_default(),
-            csr.sha256
-        )
-        .as_bytes(),
-    )[..36]
-        .to_string();
-    let (not_before_unix, not_after_unix) = (
-        (now - CLOCK_SKEW_ALLOWANCE).unix_timestamp(),
-        not_after.unix_timestamp(),
-    );
+        .unwrap_or_else(|| template_for(accepted.grant.profile).to_string());
+    let csr_pem = accepted.message.csr_pem.clone();
+    let asked = issuance.clone();
     let issued = backend
         .runtime
         .spawn_on(async move {
             let request = Issuance {
                 csr_pem: &csr_pem,
-                not_before_unix,
-                not_after_unix,
+                not_before_unix: asked.not_before_unix,
+                not_after_unix: asked.not_after_unix,
                 template_arn: &template,
-                idempotency_token: &token,
+                idempotency_token: &asked.idempotency_token,
             };
             pca.issue(&arn, algorithm, &request).await
         })
         .await;
-    let (certificate_arn, pem) = match issued {
-        Ok(issued) => issued,
-        Err(error) => return remote_failure(message, error),
-    };
-    let anchors = load_certificates(&backend.chain_pem)
-        .into_iter()
-        .last()
-        .into_iter()
-        .collect::<Vec<_>>();
-    let expect = Expectation {
-        instance_id: &message.instance_id,
-        spki_der: &csr.spki_der,
-        names: &csr.names,
-        profile: grant.profile,
-    };
-    let checked = check_issued_certificate(
-        &pem,
-        &backend.chain_pem,
-        &anchors,
-        &expect,
-        std::time::SystemTime::now(),
-    )
-    .map_err(|why| why.to_string())
-    .and_then(|info| {
-        if info.subject_attributes != 1 {
-            Err(format!(
-                "its subject has {} attributes, not only CN",
-                info.subject_attributes
-            ))
-        } else if info.not_after.unix_timestamp() > not_after_unix + 60 {
-            Err(format!(
-                "it is valid until {}, beyond the {} granted",
-                rfc3339(info.not_after),
-                rfc3339(not_after)
-            ))
-        } else {
-            Ok(info)
-        }
-    });
-    match checked {
-        Ok(info) => {
-            let issued = IssuedCertificate { certificate_pem: pem, serial_hex: info.serial_hex, not_after: info.not_after, sha256: info.sha256 };
-            Verdict::Sign { message, issued, signer_ref: Some(certificate_arn) }
-        }
-        Err(why) => remote_failure(
-            message,
-            RemoteSignError::refused(
-                "UnexpectedCertificate",
-                format!("Private CA issued {certificate_arn}, which is not published ({why}): check the CA and pca_template_arn"),
-            ),
+    match issued {
+        Ok((certificate_arn, pem)) => accept_pca_certificate(
+            accepted,
+            &issuance,
+            certificate_arn,
+            pem,
+            &backend.chain_pem,
+            std::time::SystemTime::now(),
         ),
+        Err(error) => remote_failure(accepted.message, error),
     }
 }
 

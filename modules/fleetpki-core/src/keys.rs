@@ -16,6 +16,9 @@ pub enum KeySpec {
     Rsa(u32),
 }
 
+/// The RSA key sizes the modules make and the `size` option offers.
+pub const RSA_SIZES: [u32; 3] = [2048, 3072, 4096];
+
 /// The `type` option of the modules that make keys (community.crypto's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum KeyType {
@@ -61,7 +64,7 @@ impl KeySpec {
         match (kind, curve) {
             (KeyType::Ecc, Curve::Secp256r1) => Ok(KeySpec::EcP256),
             (KeyType::Ecc, Curve::Secp384r1) => Ok(KeySpec::EcP384),
-            (KeyType::Rsa, _) if matches!(size, 2048 | 3072 | 4096) => Ok(KeySpec::Rsa(size)),
+            (KeyType::Rsa, _) if RSA_SIZES.contains(&size) => Ok(KeySpec::Rsa(size)),
             (KeyType::Rsa, _) => Err(PkiError::KeyGeneration {
                 what: kind.as_str().to_string(),
                 detail: format!("unsupported RSA size {size}: use 2048, 3072 or 4096"),

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::rfc3339;
-use crate::common::{aws_options, calls_json, file_options, key_perms};
+use crate::common::{aws_options, calls_json, file_options, key_options, key_perms};
 use crate::signer::{
     aws_runtime, refuse_foreign_options, signer_options, SignerArgs, SignerKind, AWS_KMS, AWS_PCA,
     FILE,
@@ -48,21 +48,7 @@ pub fn spec() -> ArgumentSpec {
                 .default("fleetpki Intermediate CA"),
         )
         .option(OptionSpec::new("organization_name", OptionType::Str))
-        .option(
-            OptionSpec::new("type", OptionType::Str)
-                .choices(KeyType::ALL.map(KeyType::as_str))
-                .default(KeyType::Ecc.as_str()),
-        )
-        .option(
-            OptionSpec::new("curve", OptionType::Str)
-                .choices(Curve::ALL.map(Curve::as_str))
-                .default(Curve::Secp256r1.as_str()),
-        )
-        .option(
-            OptionSpec::new("size", OptionType::Int)
-                .choices([2048, 3072, 4096])
-                .default(3072),
-        )
+        .options(key_options(3072))
         .option(OptionSpec::new("root_lifetime_days", OptionType::Int).default(3650))
         .option(OptionSpec::new("intermediate_lifetime_days", OptionType::Int).default(1825))
         .options(file_options())

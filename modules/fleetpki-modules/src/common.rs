@@ -25,6 +25,23 @@ pub fn aws_options() -> Vec<OptionSpec> {
 }
 
 /// community.crypto's file options for a private key.
+/// The key options of the modules that make keys (community.crypto's `type`, `curve`, `size`),
+/// from the core's one definition of each; `default_size` is the RSA size when none is given.
+pub fn key_options(default_size: u32) -> Vec<OptionSpec> {
+    use fleetpki_core::keys::{Curve, KeyType, RSA_SIZES};
+    vec![
+        OptionSpec::new("type", OptionType::Str)
+            .choices(KeyType::ALL.map(KeyType::as_str))
+            .default(KeyType::Ecc.as_str()),
+        OptionSpec::new("curve", OptionType::Str)
+            .choices(Curve::ALL.map(Curve::as_str))
+            .default(Curve::Secp256r1.as_str()),
+        OptionSpec::new("size", OptionType::Int)
+            .choices(RSA_SIZES)
+            .default(default_size),
+    ]
+}
+
 pub fn file_options() -> Vec<OptionSpec> {
     vec![
         OptionSpec::new("owner", OptionType::Str),

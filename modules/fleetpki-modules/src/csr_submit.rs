@@ -20,7 +20,9 @@ use fleetpki_sqs::Sqs;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::common::{aws_options, calls_json, file_options, key_perms, now_unix, rfc3339, runtime};
+use crate::common::{
+    aws_options, calls_json, file_options, key_options, key_perms, now_unix, rfc3339, runtime,
+};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_csr_submit";
 
@@ -33,21 +35,7 @@ pub fn spec() -> ArgumentSpec {
             OptionSpec::new("subject_alt_name", OptionType::List(ElementType::Str))
                 .default(json!([])),
         )
-        .option(
-            OptionSpec::new("type", OptionType::Str)
-                .choices(KeyType::ALL.map(KeyType::as_str))
-                .default(KeyType::Ecc.as_str()),
-        )
-        .option(
-            OptionSpec::new("curve", OptionType::Str)
-                .choices(Curve::ALL.map(Curve::as_str))
-                .default(Curve::Secp256r1.as_str()),
-        )
-        .option(
-            OptionSpec::new("size", OptionType::Int)
-                .choices([2048, 3072, 4096])
-                .default(2048),
-        )
+        .options(key_options(2048))
         .option(
             OptionSpec::new("certificate_profile", OptionType::Str)
                 .choices(["mtls", "server", "client"])

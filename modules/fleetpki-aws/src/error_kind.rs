@@ -39,11 +39,15 @@ impl AwsErrorKind {
             SdkError::DispatchFailure(failure) => {
                 // The credentials are resolved just before the request is sent: their absence
                 // is reported as a failure to dispatch it.
-                let connector = failure.as_connector_error();
-                if connector.is_some_and(|c| caused_by::<CredentialsError>(c)) {
-                    AwsErrorKind::NoCredentials
-                } else {
-                    AwsErrorKind::Unreachable
+                let credentials = failure
+                    .as_connector_error()
+                    .and_then(|c| source_of_type::<CredentialsError>(c));
+                match credentials {
+                    Some(CredentialsError::CredentialsNotLoaded(_)) => AwsErrorKind::NoCredentials,
+                    Some(CredentialsError::ProviderTimedOut(_)) | None => AwsErrorKind::Unreachable,
+                    // A provider that failed (an expired SSO session, an assume-role refused, a
+                    // broken profile): credentials exist, but are not usable.
+                    Some(_) => AwsErrorKind::BadCredentials,
                 }
             }
             SdkError::TimeoutError(_) | SdkError::ResponseError(_) => AwsErrorKind::Unreachable,
@@ -95,16 +99,16 @@ impl AwsErrorKind {
     }
 }
 
-/// Whether `error` or one of its sources is a `T`.
-fn caused_by<T: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
+/// The first of `error` and its sources that is a `T`.
+fn source_of_type<'a, T: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a T> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<T>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
         current = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -130,6 +134,16 @@ mod tests {
         let missing = CredentialsError::not_loaded("no providers in chain provided credentials");
         let error: Sdk = SdkError::dispatch_failure(ConnectorError::other(Box::new(missing), None));
         assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::NoCredentials);
+    }
+
+    #[test]
+    fn a_provider_that_fails_is_not_missing_credentials() {
+        let failed = CredentialsError::provider_error("the SSO session has expired");
+        let error: Sdk = SdkError::dispatch_failure(ConnectorError::other(Box::new(failed), None));
+        assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::BadCredentials);
+        let slow = CredentialsError::provider_timed_out(std::time::Duration::from_secs(5));
+        let error: Sdk = SdkError::dispatch_failure(ConnectorError::other(Box::new(slow), None));
+        assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::Unreachable);
     }
 
     #[test]

@@ -307,6 +307,10 @@ pub struct Routes {
     pub dead_letter_queue_url: Option<String>,
     /// The chain published with every certificate (intermediate, then root).
     pub chain_pem: String,
+    /// What the audit log names the signer by: `file`, `aws_kms` or `aws_pca`, and the KMS key
+    /// ARN or the Private CA's ARN (a certificate issued by Private CA names its own ARN).
+    pub signer: &'static str,
+    pub signer_ref: Option<String>,
 }
 
 impl Routes {
@@ -383,11 +387,10 @@ impl Fate {
     }
 }
 
-/// One audit line (JSON). No key, secret or HMAC is ever in it. `time`, `signer` and a
-/// `signer_ref` the verdict did not name are the caller's to fill in.
+/// One audit line. No key, secret or HMAC is ever in it. The time is the caller's clock, given
+/// when the line is written ([`AuditRecord::to_json_line`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
-    pub time: String,
     pub message_id: String,
     pub request_id: Option<String>,
     pub instance_id: Option<String>,
@@ -403,6 +406,17 @@ pub struct AuditRecord {
     pub not_after: Option<String>,
     pub csr_sha256: Option<String>,
     pub certificate_sha256: Option<String>,
+}
+
+impl AuditRecord {
+    /// The JSON line, with `time`, keys in alphabetical order (as the log has always had them).
+    pub fn to_json_line(&self, time: &str) -> String {
+        let mut line = serde_json::to_value(self).unwrap_or_default();
+        if let Some(fields) = line.as_object_mut() {
+            fields.insert("time".into(), time.into());
+        }
+        line.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,6 +457,9 @@ pub struct Disposition {
     message_id: String,
     sender_id: Option<String>,
     chain_pem: String,
+    signer: &'static str,
+    /// The worker's signer, for the lines of requests nothing was signed for.
+    default_signer_ref: Option<String>,
     fate: Option<Fate>,
 }
 
@@ -460,6 +477,8 @@ impl Disposition {
             message_id: inbound.message_id.to_string(),
             sender_id: inbound.sender_id.map(str::to_string),
             chain_pem: routes.chain_pem.clone(),
+            signer: routes.signer,
+            default_signer_ref: routes.signer_ref.clone(),
             fate: None,
         };
         match verdict {
@@ -631,18 +650,17 @@ impl Disposition {
                 }
             }
             Stage::DeadLetter => {
-                let rejection = self.rejection.clone();
-                self.fate = match (result, rejection) {
-                    (Sent::Delivered, Some(r)) => Some(Fate::DeadLettered(r)),
-                    (Sent::QueueMissing, _) => Some(Fate::Retry(format!(
-                        "could not dead-letter message {}: the dead-letter queue does not exist",
+                let queue = self.dead_letter_queue.as_deref().unwrap_or_default();
+                self.fate = match result {
+                    Sent::Delivered => self.rejection.clone().map(Fate::DeadLettered),
+                    Sent::QueueMissing => Some(Fate::Retry(format!(
+                        "could not dead-letter message {}: the dead-letter queue {queue} does not exist",
                         self.message_id
                     ))),
-                    (Sent::Failed(e), _) => Some(Fate::Retry(format!(
+                    Sent::Failed(e) => Some(Fate::Retry(format!(
                         "could not dead-letter message {}: {e}",
                         self.message_id
                     ))),
-                    (Sent::Delivered, None) => None,
                 };
                 self.stage = Stage::Record;
             }
@@ -677,7 +695,6 @@ impl Disposition {
         let message = self.message.as_ref();
         let issued = self.issued.as_ref();
         AuditRecord {
-            time: String::new(),
             message_id: self.message_id.clone(),
             request_id: message.and_then(|m| m.request_id.clone()),
             instance_id: message.map(|m| m.instance_id.clone()),
@@ -685,8 +702,13 @@ impl Disposition {
             decision: self.fate.as_ref().map_or("retry", Fate::decision),
             reason_code,
             reason,
-            signer: "",
-            signer_ref: self.signer_ref.clone(),
+            signer: self.signer,
+            // Nothing signed: the signer this worker would have used.
+            signer_ref: if issued.is_some() {
+                self.signer_ref.clone()
+            } else {
+                self.default_signer_ref.clone()
+            },
             serial: issued.map(|i| i.serial_hex.clone()),
             not_after: issued.map(|i| crate::rfc3339(i.not_after)),
             csr_sha256: message.map(|m| csr_der_sha256(&m.csr_pem)),

@@ -39,8 +39,12 @@ fn routes(ca: &TestCa) -> Routes {
         shared_cert_queue_url: None,
         dead_letter_queue_url: Some(DLQ.into()),
         chain_pem: ca.signer.chain_pem().to_string(),
+        signer: "aws_kms",
+        signer_ref: Some(KEY_ARN.into()),
     }
 }
+
+const KEY_ARN: &str = "arn:aws:kms:eu-west-1:123456789012:key/worker-test";
 
 fn policy(extra: &str) -> Policy {
     Policy::from_json(&format!(
@@ -859,4 +863,62 @@ fn what_private_ca_issued_is_published_only_if_the_node_would_accept_it() {
         panic!("{verdict:?}")
     };
     assert!(rejection.message.contains("beyond"), "{rejection}");
+}
+
+#[test]
+fn the_audit_line_keeps_its_keys_in_alphabetical_order_and_names_the_signer() {
+    let ca = make_ca("worker-audit", KeySpec::EcP256);
+    let (actions, _) = settle(&routes(&ca), signed(&ca), delivered);
+    let Action::Record(signed_line) = &actions[1] else {
+        unreachable!()
+    };
+    let line = signed_line.to_json_line("2026-12-03T16:00:00Z");
+    let keys: Vec<String> = line
+        .trim_matches(|c| c == '{' || c == '}')
+        .split(",\"")
+        .map(|kv| {
+            kv.trim_start_matches('"')
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "{line}");
+    assert_eq!(
+        sorted,
+        [
+            "certificate_sha256",
+            "csr_sha256",
+            "decision",
+            "instance_id",
+            "message_id",
+            "not_after",
+            "reason",
+            "reason_code",
+            "request_id",
+            "sender_id",
+            "serial",
+            "signer",
+            "signer_ref",
+            "time",
+        ]
+    );
+    let fields: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(fields["time"], "2026-12-03T16:00:00Z");
+    assert_eq!(fields["signer"], "aws_kms");
+    // A file signer's verdict names no key: the signed line says so rather than the default.
+    assert_eq!(fields["signer_ref"], serde_json::Value::Null);
+
+    // Nothing signed: the line names the worker's signer.
+    let refusal = verdict(&ca, Input::Request(request("not json".into())));
+    let (actions, _) = settle(&routes(&ca), refusal, delivered);
+    let Action::Record(refused) = &actions[1] else {
+        unreachable!()
+    };
+    let fields: serde_json::Value = serde_json::from_str(&refused.to_json_line("t")).unwrap();
+    assert_eq!(fields["signer_ref"], KEY_ARN);
+    assert_eq!(fields["serial"], serde_json::Value::Null);
 }

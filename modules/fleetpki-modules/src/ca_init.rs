@@ -78,8 +78,7 @@ struct Args {
     root_common_name: String,
     intermediate_common_name: String,
     organization_name: Option<String>,
-    #[serde(rename = "type")]
-    key_type: KeyType,
+    r#type: KeyType,
     curve: Curve,
     size: u32,
     root_lifetime_days: u32,
@@ -120,7 +119,7 @@ fn write(path: &str, contents: &str, perms: &FilePerms) -> Result<(), Failure> {
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
-    let spec = KeySpec::from_options(args.key_type, args.curve, args.size)?;
+    let spec = KeySpec::from_options(args.r#type, args.curve, args.size)?;
     let key_perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let public = FilePerms::public_like(&key_perms);
     let check = invocation.check_mode;

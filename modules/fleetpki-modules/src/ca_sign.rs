@@ -274,12 +274,12 @@ pub struct Worker<'a> {
     pub warnings: Vec<String>,
 }
 
-/// What one request's disposition left for the batch to do, in the order the core gave it.
+/// One request once its disposition has run: whether it joins the batch delete, and the
+/// warnings its audit line met.
 struct Settled {
     disposition: Disposition,
-    record: Option<AuditRecord>,
     delete: bool,
-    hand_back: bool,
+    warnings: Vec<String>,
 }
 
 impl<'a> Worker<'a> {
@@ -311,6 +311,8 @@ impl<'a> Worker<'a> {
             shared_cert_queue_url: args.shared_cert_queue_url.clone(),
             dead_letter_queue_url: dead_letter_queue,
             chain_pem: backend.chain_pem().to_string(),
+            signer: backend.name(),
+            signer_ref: backend.signer_ref().map(str::to_string),
         };
         Ok(Worker {
             sqs,
@@ -360,9 +362,10 @@ impl<'a> Worker<'a> {
     }
 
     /// Processes received requests: checking and signing run in parallel on the cores; each
-    /// request's answers go out concurrently (to different per-node queues, so they cannot be
-    /// batched); then, in batch order, the audit lines, the hand-backs and one batch delete of
-    /// the requests that were settled. Not to be cancelled midway.
+    /// request's actions are performed in the core's order, concurrently with the other
+    /// requests' (their answers go to different per-node queues, so they cannot be batched);
+    /// the requests the core deletes are deleted in one batch call at the end, after every
+    /// other action of the batch. Not to be cancelled midway.
     pub async fn process(&mut self, batch: &[Received]) -> Result<(), SqsError> {
         if batch.is_empty() {
             return Ok(());
@@ -384,17 +387,7 @@ impl<'a> Worker<'a> {
         .await;
         let mut done = Vec::new();
         for (received, settled) in batch.iter().zip(settled) {
-            if let Some(record) = settled.record {
-                self.record(record);
-            }
-            if settled.hand_back {
-                // Visible again at once: the next drain (or the service, once its probe passes)
-                // takes it up; a failed hand-back only delays it by the visibility timeout.
-                let _ = self
-                    .sqs
-                    .hand_back(&self.args.csr_queue_url, &received.receipt_handle)
-                    .await;
-            }
+            self.warnings.extend(settled.warnings);
             if settled.delete {
                 done.push(received.receipt_handle.clone());
             }
@@ -415,11 +408,11 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Performs one request's sends as its disposition asks, and keeps what is left for the
-    /// batch (the audit line, the delete or hand-back) in the order the core gave it.
+    /// Performs one request's actions in the order its disposition gives them; only the delete
+    /// is left for the batch call.
     async fn settle(&self, received: &Received, verdict: Verdict) -> Settled {
         let mut disposition = Disposition::new(verdict, &self.routes, &inbound(received));
-        let (mut record, mut delete, mut hand_back) = (None, false, false);
+        let (mut delete, mut warnings) = (false, Vec::new());
         while let Some(action) = disposition.next_action() {
             match action {
                 Action::Publish {
@@ -441,16 +434,23 @@ impl<'a> Worker<'a> {
                     let sent = self.sqs.send(&queue, &received.body, &attributes).await;
                     disposition.sent(sent_result(sent));
                 }
-                Action::Record(line) => record = Some(*line),
+                // Synchronous: no other request's action runs between its write and the next.
+                Action::Record(line) => warnings.extend(self.record(&line)),
                 Action::Delete => delete = true,
-                Action::HandBack => hand_back = true,
+                Action::HandBack => {
+                    // Visible again at once: the next drain (or the service, once its probe
+                    // passes) takes it up; a failed hand-back only delays it by the timeout.
+                    let _ = self
+                        .sqs
+                        .hand_back(&self.args.csr_queue_url, &received.receipt_handle)
+                        .await;
+                }
             }
         }
         Settled {
             disposition,
-            record,
             delete,
-            hand_back,
+            warnings,
         }
     }
 
@@ -481,33 +481,25 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Writes one audit line (the core's record, with the time and the signer filled in).
-    fn record(&mut self, mut line: AuditRecord) {
+    /// Writes one audit line, stamped with this worker's clock; returns a warning if it could
+    /// not be written.
+    fn record(&self, line: &AuditRecord) -> Option<String> {
         if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
-            return;
+            return None;
         }
-        line.time = rfc3339(time::OffsetDateTime::now_utc());
-        line.signer = self.backend.name();
-        if line.serial.is_none() {
-            // Nothing was signed: the signer this worker would have used.
-            line.signer_ref = self.backend.signer_ref().map(str::to_string);
-        }
-        let line = serde_json::to_string(&line).unwrap_or_default();
+        let line = line.to_json_line(&rfc3339(time::OffsetDateTime::now_utc()));
         if self.audit_to_stdout {
             println!("{line}");
         }
-        let Some(path) = &self.args.audit_log_path else {
-            return;
-        };
+        let path = self.args.audit_log_path.as_ref()?;
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = written {
-            self.warnings
-                .push(format!("cannot write the audit log {path}: {e}"));
-        }
+        written
+            .err()
+            .map(|e| format!("cannot write the audit log {path}: {e}"))
     }
 }
 

@@ -216,7 +216,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             request: &pending,
             key_pem: &key_pem,
             perms: &perms,
-            pending: Pending {
+            awaited: Pending {
                 instance_id: &args.instance_id,
                 request_id: &pending.request_id,
                 reply_mode: args.reply_mode,
@@ -324,10 +324,12 @@ struct Fetch<'a> {
     sqs: &'a Sqs,
     queue_url: &'a str,
     layout: &'a Layout,
+    /// The request as the layout keeps it (its id, names, profile).
     request: &'a PendingRequest,
     key_pem: &'a str,
     perms: &'a FilePerms,
-    pending: Pending<'a>,
+    /// What the node core checks an answer against.
+    awaited: Pending<'a>,
 }
 
 impl Fetch<'_> {
@@ -342,7 +344,7 @@ impl Fetch<'_> {
                 .map(String::as_str),
         };
         let receipt = &message.receipt_handle;
-        match judge_reply(&self.pending, &reply, SystemTime::now()) {
+        match judge_reply(&self.awaited, &reply, SystemTime::now()) {
             ReplyDecision::HandBack => {
                 self.sqs.hand_back(self.queue_url, receipt).await?;
                 Ok(Handled::Ignored(None))

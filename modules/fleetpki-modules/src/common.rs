@@ -24,7 +24,6 @@ pub fn aws_options() -> Vec<OptionSpec> {
     ]
 }
 
-/// community.crypto's file options for a private key.
 /// The key options of the modules that make keys (community.crypto's `type`, `curve`, `size`),
 /// from the core's one definition of each; `default_size` is the RSA size when none is given.
 pub fn key_options(default_size: u32) -> Vec<OptionSpec> {
@@ -42,6 +41,7 @@ pub fn key_options(default_size: u32) -> Vec<OptionSpec> {
     ]
 }
 
+/// community.crypto's file options for a private key.
 pub fn file_options() -> Vec<OptionSpec> {
     vec![
         OptionSpec::new("owner", OptionType::Str),
@@ -132,12 +132,18 @@ where
         .unwrap_or_else(|e| panic!("the spec's options do not deserialize into the struct: {e}"));
     let shown = format!("{parsed:?}");
     for option in &spec.options {
+        // A field of that name, not one that only ends with it (`mode` in `reply_mode`).
+        let field = |before: &str| format!("{before}{}: ", option.name);
         assert!(
-            shown.contains(&format!("{}: ", option.name)),
+            shown.contains(&field("{ ")) || shown.contains(&field(", ")),
             "option {} has no field of that name: {shown}",
             option.name
         );
-        if matches!(option.kind, OptionType::Str | OptionType::Path) && option.choices.is_empty() {
+        let textual = matches!(
+            option.kind,
+            OptionType::Str | OptionType::Path | OptionType::Raw
+        );
+        if textual && option.choices.is_empty() {
             assert!(
                 shown.contains(&format!("probe-{}", option.name)),
                 "option {} does not reach its field: {shown}",

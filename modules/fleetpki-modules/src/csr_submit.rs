@@ -86,8 +86,7 @@ struct Args {
     path: String,
     csr_queue_url: String,
     subject_alt_name: Vec<String>,
-    #[serde(rename = "type")]
-    key_type: KeyType,
+    r#type: KeyType,
     curve: Curve,
     size: u32,
     /// Not `profile`: that is amazon.aws's AWS profile option.
@@ -135,7 +134,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             ))
         }
     };
-    let key_spec = KeySpec::from_options(args.key_type, args.curve, args.size)?;
+    let key_spec = KeySpec::from_options(args.r#type, args.curve, args.size)?;
     let perms = key_perms(&args.mode, args.owner.clone(), args.group.clone())?;
     let layout = Layout::new(&args.path);
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ansible_module::{Failure, OptionSpec, OptionType};
-use fleetpki_aws::{load_config, AwsOptions, SdkConfig};
+use fleetpki_aws::{load_config, AwsErrorKind, AwsOptions, SdkConfig};
 use fleetpki_core::certs::{parse_certificate, CertificateInfo};
 use fleetpki_core::remote::{algorithm_for_spki, RemoteAlgorithm, RemoteSignError};
 use fleetpki_core::sign::CaSigner;
@@ -115,6 +115,27 @@ pub enum OpenError {
     Invalid(Failure),
 }
 
+impl OpenError {
+    /// A signer setup call failed: misconfigured when AWS found no usable credentials (waiting
+    /// will not bring them), else unavailable.
+    fn from_signer(error: &fleetpki_signers::SignerError, failure: Failure) -> OpenError {
+        match error.aws_kind() {
+            Some(AwsErrorKind::NoCredentials | AwsErrorKind::BadCredentials) => {
+                OpenError::Invalid(failure)
+            }
+            _ => OpenError::Unavailable(failure),
+        }
+    }
+
+    /// The call counts of the signer's service, in either case.
+    fn with_calls(self, key: &str, calls: Value) -> OpenError {
+        match self {
+            OpenError::Unavailable(f) => OpenError::Unavailable(f.with(key, calls)),
+            OpenError::Invalid(f) => OpenError::Invalid(f.with(key, calls)),
+        }
+    }
+}
+
 impl From<OpenError> for Failure {
     fn from(e: OpenError) -> Failure {
         match e {
@@ -186,9 +207,8 @@ impl Backend {
                 let public = runtime
                     .block_on(kms.public_key(key_id))
                     .map_err(|e| {
-                        OpenError::Unavailable(
-                            Failure::new(e.to_string()).with("kms_calls", calls_json(kms.calls())),
-                        )
+                        OpenError::from_signer(&e, Failure::new(e.to_string()))
+                            .with_calls("kms_calls", calls_json(kms.calls()))
                     })?
                     .ok_or_else(|| {
                         OpenError::Unavailable(

@@ -57,7 +57,7 @@ impl Kms {
         E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        let (code, message) = error_parts(error);
+        let (code, message, kind) = error_parts(error);
         SignerError::Call {
             service: "KMS",
             operation,
@@ -65,6 +65,7 @@ impl Kms {
             hint: hint_for(&code),
             code,
             message,
+            kind,
         }
     }
 
@@ -156,7 +157,7 @@ impl Kms {
             .send()
             .await
             .map_err(|e| {
-                let (code, text) = error_parts(&e);
+                let (code, text, _) = error_parts(&e);
                 crate::remote_error(
                     code.clone(),
                     format!("KMS Sign with {key_id}: {text}{}", hint_for(&code)),

@@ -6,7 +6,7 @@ pub mod kms;
 pub mod pca;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
-pub use fleetpki_aws::CallCounter;
+pub use fleetpki_aws::{AwsErrorKind, CallCounter};
 pub use fleetpki_core::remote::RemoteSignError;
 
 /// Errors of the setup calls (creating or describing keys and CAs), each with what to do.
@@ -20,6 +20,7 @@ pub enum SignerError {
         code: String,
         message: String,
         hint: &'static str,
+        kind: AwsErrorKind,
     },
     #[error("the KMS key {0} does not exist: create it, or give an alias (alias/...) that mtls_ca_init may create")]
     KeyNotFound(String),
@@ -31,13 +32,27 @@ pub enum SignerError {
     Runtime(std::io::Error),
 }
 
-/// The error code and message of an SDK error: the service's own (`DisabledException`) when it
-/// answered, else what went wrong on the way (connection, timeout).
-pub(crate) fn error_parts<E, R>(error: &aws_sdk_kms::error::SdkError<E, R>) -> (String, String)
+impl SignerError {
+    /// The kind of the AWS call's failure, for an error that came from a call.
+    pub fn aws_kind(&self) -> Option<AwsErrorKind> {
+        match self {
+            SignerError::Call { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// The error code, message and kind of an SDK error: the service's own code
+/// (`DisabledException`) when it answered, else a name for what went wrong on the way (no
+/// credentials, refused credentials, no connection), from [`AwsErrorKind`].
+pub(crate) fn error_parts<E, R>(
+    error: &aws_sdk_kms::error::SdkError<E, R>,
+) -> (String, String, AwsErrorKind)
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
+    let kind = AwsErrorKind::of(error);
     // AWS messages end with a period; ours append ". What to do" after them.
     match error.code() {
         Some(code) => (
@@ -47,10 +62,17 @@ where
                 .unwrap_or("")
                 .trim_end_matches('.')
                 .to_string(),
+            kind,
         ),
         None => (
-            "ConnectionError".into(),
+            match kind {
+                AwsErrorKind::NoCredentials => "NoCredentials",
+                AwsErrorKind::BadCredentials => "InvalidCredentials",
+                _ => "ConnectionError",
+            }
+            .into(),
             aws_sdk_kms::error::DisplayErrorContext(error).to_string(),
+            kind,
         ),
     }
 }
@@ -76,7 +98,9 @@ pub(crate) fn hint_for(code: &str) -> &'static str {
         "NotFoundException" | "ResourceNotFoundException" => ". Check the key id / CA ARN and the region",
         "KMSInvalidStateException" | "InvalidStateException" => ". The key or CA is not in a usable state (pending deletion, disabled, expired)",
         "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException" => ". The account's request quota was exceeded after retries: lower the worker's batch concurrency or ask for a quota increase",
-        "ConnectionError" => ". Check endpoint_url / network access to AWS",
+        "ConnectionError" => AwsErrorKind::Unreachable.hint(),
+        "NoCredentials" => AwsErrorKind::NoCredentials.hint(),
+        "InvalidCredentials" => AwsErrorKind::BadCredentials.hint(),
         _ => "",
     }
 }
@@ -142,7 +166,37 @@ impl Drop for BlockingRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::remote_error;
+    use super::{error_parts, hint_for, remote_error, AwsErrorKind};
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_kms::error::{ConnectorError, SdkError};
+    use aws_sdk_kms::operation::sign::SignError;
+    use aws_smithy_runtime_api::http::Response;
+
+    #[test]
+    fn a_signer_call_without_credentials_is_named_so_not_a_connection_error() {
+        let missing = CredentialsError::not_loaded("no providers in chain provided credentials");
+        let error: SdkError<SignError, Response> =
+            SdkError::dispatch_failure(ConnectorError::other(Box::new(missing), None));
+        let (code, _, kind) = error_parts(&error);
+        assert_eq!(
+            (code.as_str(), kind),
+            ("NoCredentials", AwsErrorKind::NoCredentials)
+        );
+        assert!(
+            hint_for(&code).contains("credentials"),
+            "{}",
+            hint_for(&code)
+        );
+
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error: SdkError<SignError, Response> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        let (code, _, kind) = error_parts(&error);
+        assert_eq!(
+            (code.as_str(), kind),
+            ("ConnectionError", AwsErrorKind::Unreachable)
+        );
+    }
 
     #[test]
     fn private_ca_refusing_the_csr_is_about_the_request_and_the_rest_are_outages() {

@@ -81,7 +81,7 @@ impl Pca {
         E: aws_sdk_acmpca::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        let (code, message) = error_parts(error);
+        let (code, message, kind) = error_parts(error);
         SignerError::Call {
             service: "ACM PCA",
             operation,
@@ -89,6 +89,7 @@ impl Pca {
             hint: hint_for(&code),
             code,
             message,
+            kind,
         }
     }
 
@@ -114,7 +115,8 @@ impl Pca {
         })
     }
 
-    /// Whether the CA issues now (a service's probe after a failure).
+    /// Whether the CA issues now (checked before any request is taken, and a service's probe
+    /// after a failure).
     pub async fn probe(&self, ca_arn: &str) -> Result<(), RemoteSignError> {
         let state = self
             .describe(ca_arn)
@@ -231,7 +233,7 @@ impl Pca {
             .send()
             .await
             .map_err(|e| {
-                let (code, text) = error_parts(&e);
+                let (code, text, _) = error_parts(&e);
                 failed("IssueCertificate", code, text)
             })?;
         let certificate_arn = issued
@@ -284,7 +286,7 @@ impl Pca {
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
-                    let (code, text) = error_parts(&e);
+                    let (code, text, _) = error_parts(&e);
                     return Err(failed("GetCertificate", code, text));
                 }
             }

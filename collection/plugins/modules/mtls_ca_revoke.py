@@ -6,7 +6,10 @@
 # Documentation only. The module itself is the Rust binary "mtls_ca_revoke" next to this
 # file (built from modules/ in the source tree); Ansible runs the extension-less binary.
 
-from __future__ import annotations
+# Python 2 boilerplate that ansible-test 2.16 still asks of every module file.
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
 
 DOCUMENTATION = r"""
 module: mtls_ca_revoke

@@ -57,16 +57,7 @@ impl Kms {
         E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        let (code, message, kind) = error_parts(error);
-        SignerError::Call {
-            service: "KMS",
-            operation,
-            target: target.to_string(),
-            hint: hint_for(&code),
-            code,
-            message,
-            kind,
-        }
+        SignerError::call("KMS", operation, target, error)
     }
 
     /// The key's public key, or None when no such key (or alias) exists. Refuses a key that

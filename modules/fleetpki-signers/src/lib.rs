@@ -33,6 +33,29 @@ pub enum SignerError {
 }
 
 impl SignerError {
+    /// A failed SDK call of `service`: its code and message, its kind, and what to do.
+    pub(crate) fn call<E, R>(
+        service: &'static str,
+        operation: &'static str,
+        target: &str,
+        error: &aws_sdk_kms::error::SdkError<E, R>,
+    ) -> SignerError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let (code, message, kind) = error_parts(error);
+        SignerError::Call {
+            service,
+            operation,
+            target: target.to_string(),
+            hint: hint_for(&code),
+            code,
+            message,
+            kind,
+        }
+    }
+
     /// The kind of the AWS call's failure, for an error that came from a call.
     pub fn aws_kind(&self) -> Option<AwsErrorKind> {
         match self {

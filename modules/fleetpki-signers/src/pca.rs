@@ -81,16 +81,7 @@ impl Pca {
         E: aws_sdk_acmpca::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        let (code, message, kind) = error_parts(error);
-        SignerError::Call {
-            service: "ACM PCA",
-            operation,
-            target: target.to_string(),
-            hint: hint_for(&code),
-            code,
-            message,
-            kind,
-        }
+        SignerError::call("ACM PCA", operation, target, error)
     }
 
     pub async fn describe(&self, ca_arn: &str) -> Result<CaState, SignerError> {

@@ -102,11 +102,13 @@ def build_csr(
     key=None,
     extensions: list[tuple[x509.ExtensionType, bool]] = (),
     algorithm=hashes.SHA256(),
+    more_cns: tuple[str, ...] = (),
 ) -> str:
-    """A CSR made with `cryptography` (CN, SANs, extra requested extensions, signature hash)."""
+    """A CSR made with `cryptography` (CN, more CNs after it, SANs, extra requested extensions,
+    signature hash)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in (cn, *more_cns)])
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names(sans)), critical=False)
@@ -468,9 +470,26 @@ CORPUS = [
     Case("attribute-InstanceId-other", "instance_id_mismatch", ANSWER, with_attrs(InstanceId="i-0bbbbbbbbbbbbbbbb")),
     Case(
         "csr-cn-not-instance-id",
-        "instance_id_mismatch",
+        "subject_mismatch",
         ANSWER,
         with_csr(lambda n: build_csr("i-0ccccccccccccccccc", n.sans)),
+    ),
+    # The first CN is this node's, a second names another node.
+    Case(
+        "csr-two-cns",
+        "subject_mismatch",
+        ANSWER,
+        with_csr(lambda n: build_csr(n.instance_id, n.sans, more_cns=("i-0bbbbbbbbbbbbbbbb",))),
+    ),
+    # --- reply routes the policy does not allow: decided before anything is signed ------------
+    Case("reply_mode-per_node-not-allowed", "reply_mode_not_allowed", ANSWER, unchanged, policy={"reply_modes": ["shared"]}),
+    # A shared-mode request cannot be told on its node's own queue: dead-lettered.
+    Case(
+        "reply_mode-shared-not-allowed",
+        "reply_mode_not_allowed",
+        DLQ,
+        set_fields(reply_mode="shared"),
+        policy={"reply_modes": ["per_node"]},
     ),
     Case(
         "instance-not-in-policy",
@@ -629,7 +648,7 @@ ALL_REASON_CODES = {
     "instance_not_allowed", "san_not_allowed", "san_unsupported", "key_type_not_allowed", "key_too_small",
     "ca_requested", "critical_extension", "lifetime_not_allowed", "profile_not_allowed",
     "identity_proof_missing", "identity_proof_invalid", "sender_mismatch", "request_expired",
-    "signer_refused",
+    "signer_refused", "subject_mismatch", "reply_mode_not_allowed",
 }  # fmt: skip
 # Reached only through a remote signer (KMS, Private CA): tests/integration/test_signers.py.
 REMOTE_SIGNER_CODES = {"signer_refused"}

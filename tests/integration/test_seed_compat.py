@@ -167,7 +167,7 @@ def _tampered(csr_pem: str) -> str:
 SEED_REFUSALS = [
     # (id, CN, SANs, CSR transform, reason code)
     ("san-not-allowed", "i-0123456789abcdef1", ["DNS:www.evil.example.com"], None, "san_not_allowed"),
-    ("cn-not-instance-id", "i-0ffffffffffffffff", ["DNS:seed2.fleet.internal"], None, "instance_id_mismatch"),
+    ("cn-not-instance-id", "i-0ffffffffffffffff", ["DNS:seed2.fleet.internal"], None, "subject_mismatch"),
     ("tampered-signature", "i-0123456789abcdef1", ["DNS:seed2.fleet.internal"], _tampered, "csr_signature_invalid"),
 ]
 

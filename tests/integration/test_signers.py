@@ -20,7 +20,7 @@ What is checked:
 - A CRL over 4096 bytes (120 revocations) is signed through KMS as a digest and verifies.
 - aws_pca: mtls_ca_init certifies and imports a SUBORDINATE Private CA; mtls_ca_sign has it issue
   the certificates; they verify; the audit log names the certificate ARNs; PCA calls are counted.
-  A CSR whose subject is more than CN=<instance id> is refused (`instance_id_mismatch`) before any
+  A CSR whose subject is more than CN=<instance id> is refused (`subject_mismatch`) before any
   IssueCertificate; an error about one request (MalformedCSRException) is answered `signer_refused`.
 - serve mode with aws_kms: a key disabled while the service runs leaves the requests queued, each
   received at most once during the outage; re-enabled, they are signed.
@@ -1113,7 +1113,7 @@ def test_pca_refuses_a_csr_whose_subject_is_more_than_the_instance_id(
 ):
     """Private CA copies the CSR's subject into the certificate, so with aws_pca the subject must be
     exactly CN=<instance id>: a CSR for CN=<instance id>, O=admins is refused with
-    `instance_id_mismatch` on the node's reply queue (not dead-lettered, not issued) before any
+    `subject_mismatch` on the node's reply queue (not dead-lettered, not issued) before any
     IssueCertificate; a plain CSR beside it is issued."""
     greedy, plain = make_nodes(pca_ca, queues, run_module, tmp_path, (1, 2))
     submitted = submit_all([greedy])
@@ -1144,13 +1144,13 @@ def test_pca_refuses_a_csr_whose_subject_is_more_than_the_instance_id(
     reply = json.loads(message["Body"])
     assert reply.get("kind") == "rejection" and "certificate_pem" not in reply, reply
     assert reply["request_id"] == body["request_id"] and reply["instance_id"] == greedy.instance_id, reply
-    assert reply["reason_code"] == "instance_id_mismatch", reply
+    assert reply["reason_code"] == "subject_mismatch", reply
     lines = read_audit(audit)
     (refused,) = [line for line in lines if line.get("request_id") == body["request_id"]]
-    assert refused["decision"] == "rejected" and refused["reason_code"] == "instance_id_mismatch", refused
+    assert refused["decision"] == "rejected" and refused["reason_code"] == "subject_mismatch", refused
     assert refused.get("serial") is None and refused.get("certificate_sha256") is None, refused
     result, proc = greedy.fetch(wait=True, timeout=30)
-    assert result.get("failed") is True and "instance_id_mismatch" in (result.get("msg") or ""), describe(result, proc)
+    assert result.get("failed") is True and "subject_mismatch" in (result.get("msg") or ""), describe(result, proc)
     assert not greedy.current.exists(), "a refused request led to an installed certificate"
 
     # The plain CSR (subject CN=<instance id> alone) beside it was issued.

@@ -34,7 +34,7 @@ description:
     (O(certificate_authority_arn)) issue the certificate from the CSR after the policy accepted it; the serial is
     the one Private CA chose. Private CA copies the CSR's subject, so with V(aws_pca) the subject must be exactly
     C(CN=<instance id>); a CSR with more (an C(O=admins) beside the CN) is refused with reason code
-    C(instance_id_mismatch) before Private CA is called. The policy checks, reason codes, audit log and answers
+    C(subject_mismatch) before Private CA is called. The policy checks, reason codes, audit log and answers
     are the same with every signer.
   - "Before it takes any request, the module checks the signer: with V(aws_kms) C(GetPublicKey) (the key exists,
     is enabled, signs and is the key of O(ownca_path)) and one probe C(Sign); with V(aws_pca)

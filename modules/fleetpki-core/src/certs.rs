@@ -173,6 +173,19 @@ pub enum CertRejection {
 }
 
 impl CertRejection {
+    /// Every code [`CertRejection::reason_code`] returns, for docs and tests.
+    pub const REASON_CODES: [&'static str; 9] = [
+        "certificate_malformed",
+        "certificate_key_mismatch",
+        "certificate_untrusted",
+        "certificate_names_mismatch",
+        "certificate_subject_mismatch",
+        "certificate_usage_missing",
+        "certificate_is_ca",
+        "certificate_expired",
+        "certificate_not_yet_valid",
+    ];
+
     pub fn reason_code(&self) -> &'static str {
         match self {
             CertRejection::Malformed(_) => "certificate_malformed",
@@ -313,4 +326,37 @@ pub fn check_issued_certificate(
         });
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod reason_code_tests {
+    use super::CertRejection;
+
+    #[test]
+    fn reason_codes_lists_every_variant_once() {
+        let each = [
+            CertRejection::Malformed(String::new()),
+            CertRejection::KeyMismatch,
+            CertRejection::Untrusted(String::new()),
+            CertRejection::NamesMismatch {
+                expected: String::new(),
+                found: String::new(),
+            },
+            CertRejection::SubjectMismatch {
+                expected: String::new(),
+                found: None,
+            },
+            CertRejection::MissingUsage("mtls"),
+            CertRejection::IsCa,
+            CertRejection::Expired {
+                not_after: String::new(),
+            },
+            CertRejection::NotYetValid {
+                not_before: String::new(),
+                ahead_seconds: 0,
+            },
+        ];
+        let codes: Vec<&str> = each.iter().map(CertRejection::reason_code).collect();
+        assert_eq!(codes, CertRejection::REASON_CODES);
+    }
 }

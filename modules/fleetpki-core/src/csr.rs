@@ -11,7 +11,7 @@ use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Decode, Encode};
-use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::name::{DirectoryString, GeneralName};
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName as SanExtension};
 use x509_cert::request::{CertReq, ExtensionReq};
 
@@ -41,6 +41,7 @@ pub(crate) mod oid {
     pub const RSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
     pub const RSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
     pub const RSA_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+    pub const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 }
 
 /// The key type found in a CSR or certificate.
@@ -94,7 +95,8 @@ impl CsrError {
 /// What a verified CSR asks for. Nothing here is signed as is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedCsr {
-    pub common_name: Option<String>,
+    /// Every CN of the subject, in order (our nodes send exactly one: the instance id).
+    pub common_names: Vec<String>,
     /// How many attributes the subject holds (1 for our nodes' `CN=<instance id>`).
     pub subject_attributes: usize,
     /// DNS and IP names, sorted and de-duplicated.
@@ -187,15 +189,20 @@ pub fn parse_and_verify_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
         .verify(&tbs, signature)
         .map_err(|_| CsrError::BadSignature)?;
 
-    let common_name = req
+    let common_names = req
         .info
         .subject
-        .common_name()
-        .map_err(|e| CsrError::Malformed(e.to_string()))?
-        .map(|cn| cn.value().into_owned());
+        .iter()
+        .filter(|attribute| attribute.oid == oid::COMMON_NAME)
+        .map(|attribute| {
+            DirectoryString::try_from(&attribute.value)
+                .map(|cn| cn.value().into_owned())
+                .map_err(|e| CsrError::Malformed(format!("a CN of the subject: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut parsed = ParsedCsr {
-        common_name,
+        common_names,
         subject_attributes: req.info.subject.iter().count(),
         names: Vec::new(),
         unsupported_names: Vec::new(),
@@ -356,7 +363,7 @@ mod tests {
         for spec in [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa(2048)] {
             let (key, pem) = csr_for(spec, &["DNS:b.example", "IP:10.0.0.1", "DNS:a.example"]);
             let csr = parse_and_verify_csr(&pem).unwrap();
-            assert_eq!(csr.common_name.as_deref(), Some("i-0123456789abcdef0"));
+            assert_eq!(csr.common_names, ["i-0123456789abcdef0"]);
             let shown: Vec<String> = csr.names.iter().map(ToString::to_string).collect();
             assert_eq!(shown, ["DNS:a.example", "DNS:b.example", "IP:10.0.0.1"]);
             assert_eq!(csr.spki_der, crate::keys::public_key_spki(&key));

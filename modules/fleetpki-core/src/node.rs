@@ -70,8 +70,10 @@ pub fn judge_reply(pending: &Pending<'_>, reply: &Reply<'_>, now: SystemTime) ->
     };
     let for_pending = match message.request_id() {
         Some(id) => id == pending.request_id,
-        // A seed worker's answer carries no request id: the key check below still binds it.
-        None => pending.reply_mode == ReplyMode::Shared,
+        // Only a seed worker's answer (no version) comes without a request id, and only on the
+        // seed's shared queue: the key check below still binds it. Any of our answers names the
+        // request it answers.
+        None => pending.reply_mode == ReplyMode::Shared && message.is_seed_format(),
     };
     if !for_pending {
         return discard(match message.request_id() {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::csr::{KeyKind, ParsedCsr};
 use crate::names::SubjectAltName;
 pub use crate::reason::{ReasonCode, Rejection};
-use crate::wire::{CsrMessage, Profile};
+use crate::wire::{CsrMessage, Profile, ReplyMode};
 
 /// The worker's own limits on what it reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -62,6 +62,9 @@ fn default_lifetime() -> u32 {
 fn default_profiles() -> Vec<Profile> {
     vec![Profile::Mtls, Profile::Server, Profile::Client]
 }
+fn default_reply_modes() -> Vec<ReplyMode> {
+    vec![ReplyMode::PerNode, ReplyMode::Shared]
+}
 fn default_rsa_min_bits() -> usize {
     2048
 }
@@ -86,6 +89,10 @@ pub struct Policy {
     pub default_lifetime_days: u32,
     #[serde(default = "default_profiles")]
     pub profiles: Vec<Profile>,
+    /// Where nodes may ask to be answered: `per_node` (their own queue), `shared` (the seed's
+    /// shared queue, which every node can read).
+    #[serde(default = "default_reply_modes")]
+    pub reply_modes: Vec<ReplyMode>,
     #[serde(default = "default_rsa_min_bits")]
     pub rsa_min_bits: usize,
     #[serde(default = "default_curves")]
@@ -200,6 +207,9 @@ impl Policy {
         if self.default_lifetime_days == 0 || self.default_lifetime_days > self.max_lifetime_days {
             return invalid("default_lifetime_days must be between 1 and max_lifetime_days".into());
         }
+        if self.reply_modes.is_empty() {
+            return invalid("reply_modes is empty: list per_node, shared or both".into());
+        }
         for curve in &self.ec_curves {
             if curve != "secp256r1" && curve != "secp384r1" {
                 return invalid(format!(
@@ -275,19 +285,11 @@ impl Policy {
         match request.attribute_instance_id {
             Some(attr) if attr == instance_id => {}
             Some(attr) => {
-                return Err(Rejection::new(InstanceIdMismatch, format!("InstanceId attribute {attr:?} differs from the body's instance_id {instance_id:?}")))
+                return Err(Rejection::new(InstanceIdMismatch, format!("the InstanceId attribute {attr} differs from the body's instance_id {instance_id}")))
             }
             None => return Err(Rejection::new(InstanceIdMismatch, "the message has no InstanceId attribute")),
         }
-        if csr.common_name.as_deref() != Some(instance_id) {
-            return Err(Rejection::new(
-                InstanceIdMismatch,
-                format!(
-                    "the CSR's subject CN {:?} is not the instance_id {instance_id:?}",
-                    csr.common_name
-                ),
-            ));
-        }
+        check_subject(csr, instance_id)?;
 
         self.check_identity(request, now)?;
 
@@ -352,6 +354,21 @@ impl Policy {
             return Err(Rejection::new(
                 ProfileNotAllowed,
                 format!("profile {} is not allowed", profile.as_str()),
+            ));
+        }
+        let mode = message.reply_mode();
+        if !self.reply_modes.contains(&mode) {
+            return Err(Rejection::new(
+                ReplyModeNotAllowed,
+                format!(
+                    "reply mode {} is not allowed by the signing policy (reply_modes: {})",
+                    mode.as_str(),
+                    self.reply_modes
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
         let days = message.lifetime_days.unwrap_or(self.default_lifetime_days);
@@ -465,6 +482,31 @@ impl Policy {
                 })
             }
         }
+    }
+}
+
+/// Every signer puts exactly `CN=<instance id>` in the certificate, so the CSR must ask for
+/// nothing else under that name: one CN, the instance id. Other attributes are ignored (the
+/// file and KMS signers rebuild the subject; Private CA refuses them in its own check).
+pub fn check_subject(csr: &ParsedCsr, instance_id: &str) -> Result<(), Rejection> {
+    match csr.common_names.as_slice() {
+        [cn] if cn == instance_id => Ok(()),
+        [] => Err(Rejection::new(
+            ReasonCode::SubjectMismatch,
+            format!("the CSR's subject has no CN; it must be CN={instance_id}"),
+        )),
+        [cn] => Err(Rejection::new(
+            ReasonCode::SubjectMismatch,
+            format!("the CSR's subject CN {cn} is not the instance id {instance_id}"),
+        )),
+        several => Err(Rejection::new(
+            ReasonCode::SubjectMismatch,
+            format!(
+                "the CSR's subject has {} CNs ({}); it must have one, CN={instance_id}",
+                several.len(),
+                several.join(", ")
+            ),
+        )),
     }
 }
 

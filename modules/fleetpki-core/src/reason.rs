@@ -32,10 +32,14 @@ pub enum ReasonCode {
     /// The remote signer (KMS, Private CA) refused this one request, or issued a certificate
     /// the worker's checks refuse: answered, not retried.
     SignerRefused,
+    /// The CSR's subject is not exactly one CN holding the instance id.
+    SubjectMismatch,
+    /// The reply mode asked for is not allowed by the policy, or this worker cannot answer on it.
+    ReplyModeNotAllowed,
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 23] = [
+    pub const ALL: [ReasonCode; 25] = [
         ReasonCode::MessageTooLarge,
         ReasonCode::MessageMalformed,
         ReasonCode::UnsupportedVersion,
@@ -59,6 +63,8 @@ impl ReasonCode {
         ReasonCode::SenderMismatch,
         ReasonCode::RequestExpired,
         ReasonCode::SignerRefused,
+        ReasonCode::SubjectMismatch,
+        ReasonCode::ReplyModeNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +92,8 @@ impl ReasonCode {
             ReasonCode::SenderMismatch => "sender_mismatch",
             ReasonCode::RequestExpired => "request_expired",
             ReasonCode::SignerRefused => "signer_refused",
+            ReasonCode::SubjectMismatch => "subject_mismatch",
+            ReasonCode::ReplyModeNotAllowed => "reply_mode_not_allowed",
         }
     }
 
@@ -165,6 +173,8 @@ mod tests {
             SenderMismatch => 20,
             RequestExpired => 21,
             SignerRefused => 22,
+            SubjectMismatch => 23,
+            ReplyModeNotAllowed => 24,
         }
     }
 

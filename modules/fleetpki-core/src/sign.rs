@@ -220,8 +220,9 @@ impl CaSigner {
     }
 }
 
-/// A positive 128-bit serial from the OS RNG: unique across workers signing in parallel without
-/// a shared serial file (RFC 5280 wants at most 20 octets; CA/B asks for 64 bits of entropy).
+/// A serial of 16 octets, 126 of its bits random (the top bit clear keeps it positive, the next
+/// one set keeps it 16 octets long): unique across workers signing in parallel without a shared
+/// serial file (RFC 5280 wants at most 20 octets; CA/B asks for 64 bits of entropy).
 fn serial_number() -> Result<Vec<u8>, PkiError> {
     let mut serial = random_bytes::<16>()?.to_vec();
     serial[0] &= 0x7f;

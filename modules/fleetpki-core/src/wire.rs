@@ -46,6 +46,15 @@ pub enum ReplyMode {
     Shared,
 }
 
+impl ReplyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyMode::PerNode => "per_node",
+            ReplyMode::Shared => "shared",
+        }
+    }
+}
+
 /// The sender's proof of identity, checked against the policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityProof {
@@ -156,6 +165,11 @@ impl ReplyMessage {
             map.insert("version".into(), WIRE_VERSION.into());
         }
         value.to_string()
+    }
+
+    /// An answer without `version`: what the seed's worker sends (no request id, no kind).
+    pub fn is_seed_format(&self) -> bool {
+        matches!(self, ReplyMessage::Certificate(c) if c.version.is_none())
     }
 
     pub fn request_id(&self) -> Option<&str> {

@@ -70,10 +70,16 @@ impl Verdict {
     }
 }
 
-/// Limits, parsing, proof of possession and policy: whether a request may be signed. A refusal
-/// is as common an answer as an acceptance, and moved once: not boxed.
+/// Limits, parsing, proof of possession, policy and the reply route: whether a request may be
+/// signed. Nothing is signed that cannot be delivered. A refusal is as common an answer as an
+/// acceptance, and moved once: not boxed.
 #[allow(clippy::result_large_err)]
-pub fn check(policy: &Policy, inbound: &Inbound<'_>, now_unix: i64) -> Result<Accepted, Verdict> {
+pub fn check(
+    policy: &Policy,
+    routes: &Routes,
+    inbound: &Inbound<'_>,
+    now_unix: i64,
+) -> Result<Accepted, Verdict> {
     if inbound.body.len() > MAX_BODY_BYTES {
         return Err(Verdict::refuse(
             None,
@@ -94,11 +100,11 @@ pub fn check(policy: &Policy, inbound: &Inbound<'_>, now_unix: i64) -> Result<Ac
             ))
         }
     };
-    if message.version.is_some_and(|v| v != WIRE_VERSION) {
+    if let Some(version) = message.version.filter(|v| *v != WIRE_VERSION) {
         return Err(Verdict::refuse(
             Some(message),
             ReasonCode::UnsupportedVersion,
-            format!("wire version {WIRE_VERSION} is supported"),
+            format!("wire version {version} is not supported; this worker reads version {WIRE_VERSION} and the seed's unversioned requests"),
         ));
     }
     if message.version.is_some() && (message.request_id.is_none() || message.timestamp.is_none()) {
@@ -129,17 +135,27 @@ pub fn check(policy: &Policy, inbound: &Inbound<'_>, now_unix: i64) -> Result<Ac
         sender_id: inbound.sender_id,
         csr: &csr,
     };
-    match policy.evaluate(&request, now_unix) {
-        Ok(grant) => Ok(Accepted {
-            message,
-            csr,
-            grant,
-        }),
-        Err(rejection) => Err(Verdict::Refuse {
-            message: Some(message),
-            rejection,
-        }),
+    let grant = match policy.evaluate(&request, now_unix) {
+        Ok(grant) => grant,
+        Err(rejection) => {
+            return Err(Verdict::Refuse {
+                message: Some(message),
+                rejection,
+            })
+        }
+    };
+    if routes.reply_target(&message).is_none() {
+        return Err(Verdict::refuse(
+            Some(message),
+            ReasonCode::ReplyModeNotAllowed,
+            "the request asks to be answered on the shared queue, and this worker has none (shared_cert_queue_url is not set)",
+        ));
     }
+    Ok(Accepted {
+        message,
+        csr,
+        grant,
+    })
 }
 
 /// Signs an accepted request with the intermediate's key (a file, or KMS through `Sign`).
@@ -199,16 +215,15 @@ pub fn plan_pca_issuance(
     now: OffsetDateTime,
 ) -> Result<PcaIssuance, Rejection> {
     let (message, csr) = (&accepted.message, &accepted.csr);
-    if csr.subject_attributes != 1
-        || csr.common_name.as_deref() != Some(message.instance_id.as_str())
-    {
+    // The policy checked the CN already; Private CA copies the whole subject, so any other
+    // attribute would reach the certificate.
+    crate::policy::check_subject(csr, &message.instance_id)?;
+    if csr.subject_attributes != 1 {
         return Err(Rejection::new(
-            ReasonCode::InstanceIdMismatch,
+            ReasonCode::SubjectMismatch,
             format!(
-                "with AWS Private CA the CSR's subject must be exactly CN={} (Private CA copies the subject into the certificate); it has {} attribute(s) and CN {}",
-                message.instance_id,
-                csr.subject_attributes,
-                csr.common_name.as_deref().unwrap_or("(none)"),
+                "with AWS Private CA the CSR's subject must be exactly CN={} (Private CA copies the subject into the certificate); it has {} attributes",
+                message.instance_id, csr.subject_attributes,
             ),
         ));
     }
@@ -492,10 +507,11 @@ impl Disposition {
                 d.signer_ref = signer_ref;
                 d.stage = match d.reply_queue {
                     Some(_) => Stage::PublishCertificate,
+                    // `check` refuses a request without a route before it is signed.
                     None => {
                         d.rejection = Some(Rejection::new(
-                            ReasonCode::MessageMalformed,
-                            "a seed-format request, and no shared_cert_queue_url is set to answer it on",
+                            ReasonCode::ReplyModeNotAllowed,
+                            "signed, but this worker has no queue to answer it on",
                         ));
                         Stage::DeadLetter
                     }

@@ -99,6 +99,16 @@ impl Node {
         .to_json()
     }
 
+    /// What the seed's sign script sends: untagged, no version, no request id.
+    fn seed_answer(&self, certificate_pem: String) -> String {
+        serde_json::json!({
+            "instance_id": ID,
+            "certificate_pem": certificate_pem,
+            "ca_chain_pem": self.ca.signer.chain_pem(),
+        })
+        .to_string()
+    }
+
     fn judge(&self, mode: ReplyMode, body: &str, attribute: Option<&str>) -> ReplyDecision {
         let expect = Expectation {
             instance_id: ID,
@@ -188,9 +198,16 @@ fn each_reply_gets_its_decision() {
         (
             "a seed worker's answer on the shared queue",
             Shared,
-            node.answer(node.good_certificate(), None),
+            node.seed_answer(node.good_certificate()),
             Some(ID),
             "install",
+        ),
+        (
+            "a versioned answer without a request id on the shared queue",
+            Shared,
+            node.answer(node.good_certificate(), None),
+            Some(ID),
+            "discard:-",
         ),
         (
             "another node's answer on the shared queue",

@@ -300,7 +300,7 @@ fn policy_accepts_listed_names_and_refuses_each_violation_with_its_code() {
     msg.instance_id = "i-ffff".into(); // CN says otherwise
     assert_eq!(
         evaluate(&policy, &msg, None),
-        Err(ReasonCode::InstanceIdMismatch)
+        Err(ReasonCode::SubjectMismatch)
     );
 
     let mut msg = message(&csr_with(&[]));

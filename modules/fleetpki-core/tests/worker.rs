@@ -44,6 +44,19 @@ fn routes(ca: &TestCa) -> Routes {
     }
 }
 
+/// The routes `check` reads (only where a request would be answered): no chain needed.
+fn check_routes() -> Routes {
+    Routes {
+        csr_queue_url: CSR_QUEUE.into(),
+        reply_queue_prefix: "fleetpki-reply-".into(),
+        shared_cert_queue_url: None,
+        dead_letter_queue_url: Some(DLQ.into()),
+        chain_pem: String::new(),
+        signer: "file",
+        signer_ref: None,
+    }
+}
+
 const KEY_ARN: &str = "arn:aws:kms:eu-west-1:123456789012:key/worker-test";
 
 fn policy(extra: &str) -> Policy {
@@ -128,6 +141,8 @@ struct Request {
     attribute: Option<String>,
     sender: Option<String>,
     policy: Policy,
+    /// The worker's shared certificate queue, if it has one.
+    shared_queue: Option<&'static str>,
 }
 
 fn request(body: String) -> Request {
@@ -136,6 +151,7 @@ fn request(body: String) -> Request {
         attribute: Some(ID.into()),
         sender: None,
         policy: policy(""),
+        shared_queue: None,
     }
 }
 
@@ -160,6 +176,8 @@ enum Route {
 }
 
 /// How a row's verdict is reached: a request through `check`, or a remote signer's answer.
+// A few dozen rows, each built once: boxing would only add noise to the table.
+#[allow(clippy::large_enum_variant)]
 enum Input {
     Request(Request),
     SignerSays(RemoteSignError),
@@ -212,6 +230,59 @@ fn rows() -> Vec<(&'static str, ReasonCode, Route, Input)> {
             Input::Request(Request {
                 attribute: Some("i-0bbbbbbbbbbbbbbbb".into()),
                 ..request(body(node_csr(), |_| {}))
+            }),
+        ),
+        (
+            "a second CN naming another node",
+            SubjectMismatch,
+            Node,
+            Input::Request(request(body(
+                tweaked_csr(|p| {
+                    p.distinguished_name
+                        .push(DnType::CustomDnType(vec![2, 5, 4, 3]), "i-0bbbbbbbbbbbbbbbb")
+                }),
+                |_| {},
+            ))),
+        ),
+        (
+            "CN of another node",
+            SubjectMismatch,
+            Node,
+            Input::Request(request(body(
+                csr_with(&KeySpec::EcP256.generate().unwrap(), "i-0bbbbbbbbbbbbbbbb", &NODE_SANS, |_| {}),
+                |_| {},
+            ))),
+        ),
+        (
+            "no CN at all",
+            SubjectMismatch,
+            Node,
+            Input::Request(request(body(tweaked_csr(|p| p.distinguished_name = DistinguishedName::new()), |_| {}))),
+        ),
+        (
+            "shared reply mode on a worker without a shared queue",
+            ReplyModeNotAllowed,
+            DeadLetter,
+            Input::Request(request(body(node_csr(), |m| m.reply_mode = Some(ReplyMode::Shared)))),
+        ),
+        (
+            "per-node reply mode the policy does not allow",
+            ReplyModeNotAllowed,
+            Node,
+            Input::Request(Request {
+                policy: policy(r#", "reply_modes": ["shared"]"#),
+                shared_queue: Some(SHARED_QUEUE),
+                ..request(body(node_csr(), |_| {}))
+            }),
+        ),
+        (
+            "shared reply mode the policy does not allow",
+            ReplyModeNotAllowed,
+            DeadLetter,
+            Input::Request(Request {
+                policy: policy(r#", "reply_modes": ["per_node"]"#),
+                shared_queue: Some(SHARED_QUEUE),
+                ..request(body(node_csr(), |m| m.reply_mode = Some(ReplyMode::Shared)))
             }),
         ),
         (
@@ -353,7 +424,11 @@ fn verdict(ca: &TestCa, input: Input) -> Verdict {
                 instance_id_attribute: r.attribute.as_deref(),
                 sender_id: r.sender.as_deref(),
             };
-            match check(&r.policy, &inbound, now()) {
+            let routes = Routes {
+                shared_cert_queue_url: r.shared_queue.map(str::to_string),
+                ..routes(ca)
+            };
+            match check(&r.policy, &routes, &inbound, now()) {
                 Ok(accepted) => sign_locally(&ca.signer, accepted, OffsetDateTime::now_utc()),
                 Err(refusal) => refusal,
             }
@@ -529,7 +604,8 @@ fn the_accepted_grant_follows_the_policy() {
         instance_id_attribute: Some(ID),
         sender_id: None,
     };
-    let accepted = check(&r.policy, &inbound, now()).unwrap_or_else(|v| panic!("refused: {v:?}"));
+    let accepted = check(&r.policy, &check_routes(), &inbound, now())
+        .unwrap_or_else(|v| panic!("refused: {v:?}"));
     assert_eq!(accepted.grant.lifetime, Duration::from_secs(7 * 86_400));
     assert_eq!(accepted.grant.profile, Profile::Mtls);
 }
@@ -555,7 +631,7 @@ fn a_valid_enrollment_proof_is_accepted() {
         instance_id_attribute: Some(ID),
         sender_id: None,
     };
-    assert!(check(&r.policy, &inbound, now()).is_ok());
+    assert!(check(&r.policy, &check_routes(), &inbound, now()).is_ok());
 }
 
 #[test]
@@ -671,7 +747,13 @@ fn a_seed_request_is_answered_on_the_shared_queue_in_the_seed_format() {
         ..routes(&ca)
     };
     let seed_body = serde_json::json!({"instance_id": ID, "csr_pem": node_csr()}).to_string();
-    let v = verdict(&ca, Input::Request(request(seed_body.clone())));
+    let v = verdict(
+        &ca,
+        Input::Request(Request {
+            shared_queue: Some(SHARED_QUEUE),
+            ..request(seed_body.clone())
+        }),
+    );
     let (actions, _) = settle(&routes, v, delivered);
     assert_eq!(shape(&actions), ["publish", "record:issued:-", "delete"]);
     let Action::Publish { queue, body, .. } = &actions[0] else {
@@ -688,9 +770,17 @@ fn a_seed_request_is_answered_on_the_shared_queue_in_the_seed_format() {
         .unwrap()
         .contains("BEGIN CERTIFICATE"));
 
-    // Without a shared queue there is nowhere to answer it.
+    // Without a shared queue there is nowhere to answer it: refused before anything is signed.
     let v = verdict(&ca, Input::Request(request(seed_body)));
-    let (actions, _) = settle(
+    let Verdict::Refuse { rejection, .. } = &v else {
+        panic!("a request that cannot be answered was not refused: {v:?}");
+    };
+    assert_eq!(rejection.code, ReasonCode::ReplyModeNotAllowed);
+    assert!(
+        rejection.message.contains("shared_cert_queue_url"),
+        "{rejection}"
+    );
+    let (actions, d) = settle(
         &Routes {
             shared_cert_queue_url: None,
             ..routes
@@ -702,10 +792,11 @@ fn a_seed_request_is_answered_on_the_shared_queue_in_the_seed_format() {
         shape(&actions),
         [
             "dead_letter",
-            "record:dead_lettered:message_malformed",
+            "record:dead_lettered:reply_mode_not_allowed",
             "delete"
         ]
     );
+    assert!(d.issued().is_none(), "a certificate was signed");
 }
 
 #[test]
@@ -717,10 +808,13 @@ fn a_refusal_on_the_shared_queue_is_dead_lettered_not_answered() {
     };
     let v = verdict(
         &ca,
-        Input::Request(request(body(node_csr(), |m| {
-            m.reply_mode = Some(ReplyMode::Shared);
-            m.lifetime_days = Some(365);
-        }))),
+        Input::Request(Request {
+            shared_queue: Some(SHARED_QUEUE),
+            ..request(body(node_csr(), |m| {
+                m.reply_mode = Some(ReplyMode::Shared);
+                m.lifetime_days = Some(365);
+            }))
+        }),
     );
     let (actions, _) = settle(&routes, v, delivered);
     assert_eq!(
@@ -756,7 +850,7 @@ fn accepted(csr: String) -> Accepted {
         instance_id_attribute: Some(ID),
         sender_id: None,
     };
-    check(&r.policy, &inbound, now()).unwrap_or_else(|v| panic!("refused: {v:?}"))
+    check(&r.policy, &check_routes(), &inbound, now()).unwrap_or_else(|v| panic!("refused: {v:?}"))
 }
 
 #[test]
@@ -767,7 +861,7 @@ fn private_ca_is_asked_only_for_a_subject_of_exactly_the_instance_id() {
             .push(DnType::OrganizationName, "someone else");
     }));
     let refused = plan_pca_issuance(&with_org, far, OffsetDateTime::now_utc()).unwrap_err();
-    assert_eq!(refused.code, ReasonCode::InstanceIdMismatch, "{refused}");
+    assert_eq!(refused.code, ReasonCode::SubjectMismatch, "{refused}");
     assert!(!refused.message.contains("Some("), "{refused}");
 
     // The token is bound to the request id and the CSR: the same request id with another key

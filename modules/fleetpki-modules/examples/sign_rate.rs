@@ -20,7 +20,7 @@ use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::Policy;
 use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::{CsrMessage, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION};
-use fleetpki_core::worker::Verdict;
+use fleetpki_core::worker::{Routes, Verdict};
 use fleetpki_modules::ca_sign::judge_batch;
 use fleetpki_sqs::Received;
 
@@ -86,6 +86,16 @@ fn main() {
     )
     .expect("signer");
     let _ = std::fs::remove_dir_all(&dir);
+    // Where the worker would answer: only checked, nothing is sent.
+    let routes = Routes {
+        csr_queue_url: "http://127.0.0.1:1/000000000000/fleetpki-csr".into(),
+        reply_queue_prefix: "fleetpki-reply-".into(),
+        shared_cert_queue_url: None,
+        dead_letter_queue_url: None,
+        chain_pem: signer.chain_pem().to_string(),
+        signer: "file",
+        signer_ref: None,
+    };
     let policy = Policy::from_json(
         r#"{"identity_proof": "none", "instances": [{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["10.0.0.0/8"]}]}"#,
     )
@@ -120,7 +130,7 @@ fn main() {
         })
         .collect();
     // Every request must really be signed, or the rate would measure refusals.
-    assert!(judge_batch(&policy, &signer, &requests)
+    assert!(judge_batch(&policy, &routes, &signer, &requests)
         .iter()
         .all(|v| matches!(v, Verdict::Sign { .. })));
 
@@ -144,7 +154,7 @@ fn main() {
     // Worker: batches of 10 (one SQS receive) through the same function the worker runs.
     let worker_op = |i: usize| {
         let start = (i * 10) % (requests.len() - 10);
-        judge_batch(&policy, &signer, &requests[start..start + 10])
+        judge_batch(&policy, &routes, &signer, &requests[start..start + 10])
             .iter()
             .filter(|v| matches!(v, Verdict::Sign { .. }))
             .count()
@@ -153,7 +163,7 @@ fn main() {
     // caller; the single-core figures run on one thread with one core's worth of work.
     let single_worker = |i: usize| {
         let r = &requests[i % requests.len()];
-        judge_batch(&policy, &signer, std::slice::from_ref(r))
+        judge_batch(&policy, &routes, &signer, std::slice::from_ref(r))
             .iter()
             .filter(|v| matches!(v, Verdict::Sign { .. }))
             .count()

@@ -372,10 +372,14 @@ impl<'a> Worker<'a> {
         }
         let verdicts = match self.backend {
             Backend::SigningKey { signer, .. } => match &self.remote_pool {
-                Some(pool) => pool.install(|| judge_batch(&self.policy, signer, batch)),
-                None => judge_batch(&self.policy, signer, batch),
+                Some(pool) => {
+                    pool.install(|| judge_batch(&self.policy, &self.routes, signer, batch))
+                }
+                None => judge_batch(&self.policy, &self.routes, signer, batch),
             },
-            Backend::PrivateCa(pca) => issue_batch_through_pca(&self.policy, pca, batch).await,
+            Backend::PrivateCa(pca) => {
+                issue_batch_through_pca(&self.policy, &self.routes, pca, batch).await
+            }
         };
         let this = &*self;
         let settled = futures_util::future::join_all(
@@ -526,15 +530,23 @@ fn sent_result<T>(result: Result<T, SqsError>) -> Sent {
 
 /// Judges a batch on all cores (CPU work: parse, verify, policy, sign), on rayon's pool of one
 /// thread per core, kept between batches (spawning threads per batch of 10 cost ~10 %).
-pub fn judge_batch(policy: &Policy, signer: &CaSigner, batch: &[Received]) -> Vec<Verdict> {
+pub fn judge_batch(
+    policy: &Policy,
+    routes: &Routes,
+    signer: &CaSigner,
+    batch: &[Received],
+) -> Vec<Verdict> {
     use rayon::prelude::*;
-    batch.par_iter().map(|r| judge(policy, signer, r)).collect()
+    batch
+        .par_iter()
+        .map(|r| judge(policy, routes, signer, r))
+        .collect()
 }
 
 /// Everything that decides on one request: limits, parsing, proof of possession, policy, and
 /// the signature. No I/O but a remote key's.
-pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict {
-    match check(policy, &inbound(received), now_unix()) {
+pub fn judge(policy: &Policy, routes: &Routes, signer: &CaSigner, received: &Received) -> Verdict {
+    match check(policy, routes, &inbound(received), now_unix()) {
         Ok(accepted) => sign_locally(signer, accepted, time::OffsetDateTime::now_utc()),
         Err(refusal) => refusal,
     }
@@ -545,6 +557,7 @@ pub fn judge(policy: &Policy, signer: &CaSigner, received: &Received) -> Verdict
 #[allow(clippy::result_large_err)]
 pub async fn issue_batch_through_pca(
     policy: &Policy,
+    routes: &Routes,
     backend: &PcaBackend,
     batch: &[Received],
 ) -> Vec<Verdict> {
@@ -552,7 +565,7 @@ pub async fn issue_batch_through_pca(
     let now = now_unix();
     let checked: Vec<Result<Accepted, Verdict>> = batch
         .par_iter()
-        .map(|r| check(policy, &inbound(r), now))
+        .map(|r| check(policy, routes, &inbound(r), now))
         .collect();
     futures_util::future::join_all(checked.into_iter().map(|c| async move {
         match c {

@@ -1,0 +1,44 @@
+//! `docs/reason-codes.md` has one row for every code a refusal can carry, worker and node, and
+//! none for a code that does not exist.
+
+use std::collections::BTreeSet;
+
+use fleetpki_core::certs::CertRejection;
+use fleetpki_core::reason::ReasonCode;
+
+const REFERENCE: &str = include_str!("../../../docs/reason-codes.md");
+
+/// The codes of the table rows (`| \`code\` | ...`) under the heading `## <section>`.
+fn table_codes(section: &str) -> Vec<String> {
+    let start = REFERENCE
+        .find(&format!("## {section}\n"))
+        .unwrap_or_else(|| panic!("no section {section}"));
+    let rest = &REFERENCE[start + 3..];
+    let body = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    body.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .map(|line| line[..line.find('`').unwrap()].to_string())
+        .collect()
+}
+
+fn assert_same(section: &str, expected: &[&str]) {
+    let rows = table_codes(section);
+    let unique: BTreeSet<&str> = rows.iter().map(String::as_str).collect();
+    assert_eq!(unique.len(), rows.len(), "{section}: a code has two rows");
+    assert_eq!(
+        unique,
+        expected.iter().copied().collect::<BTreeSet<_>>(),
+        "{section}"
+    );
+}
+
+#[test]
+fn every_worker_code_has_one_row() {
+    let all: Vec<&str> = ReasonCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_same("Worker codes", &all);
+}
+
+#[test]
+fn every_node_code_has_one_row() {
+    assert_same("Node codes", &CertRejection::REASON_CODES);
+}

@@ -367,6 +367,7 @@ def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "ownca_privatekey_path": ca_opts["intermediate_privatekey_path"],
             "ca_chain_path": ca_opts["chain_path"],
             "policy_path": str(policy_path),
+            "audit_log_path": str(ca / "issuance.jsonl"),
         }
         sign_jobs = [("mtls_ca_sign", write_args(ca / "args" / f"sign-{w}.json", "mtls_ca_sign", sign_opts)) for w in range(args.workers)]
 

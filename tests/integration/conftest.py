@@ -206,11 +206,13 @@ def make_node(tmp_path, queues, ca, run_module):
 
 
 @pytest.fixture
-def sign_args(queues, ca):
-    """sign_args(**overrides): mtls_ca_sign options for this test's queues and the session CA."""
+def sign_args(queues, ca, tmp_path):
+    """sign_args(**overrides): mtls_ca_sign options for this test's queues and the session CA,
+    with this test's own issuance record."""
 
     def build(**overrides: Any) -> dict[str, Any]:
         args = {
+            "audit_log_path": str(tmp_path / "issuance.jsonl"),
             "csr_queue_url": queues.csr,
             "ownca_path": str(ca.intermediate_cert_path),
             "ownca_privatekey_path": str(ca.intermediate_privatekey_path),

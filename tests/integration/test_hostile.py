@@ -64,6 +64,7 @@ AUDIT_FIELDS = (
     "not_after",
     "csr_sha256",
     "certificate_sha256",
+    "prev_sha256",
 )
 
 # A fetch that is answered must return "at once": well under its 30 s timeout.
@@ -787,9 +788,15 @@ def test_corpus_base_request_is_signed_and_installed(make_node, sign, queues, sq
     assert_ok(result, proc)
     assert result["status"] == "installed", describe(result, proc)
     assert elapsed < AT_ONCE_SECONDS
-    (line,) = read_audit(audit)
-    assert_audit_line(line)
+    # Recorded before it was sent (`signed`), then its delivery (`issued`), the chain unbroken.
+    signed_line, line = read_audit(audit)
+    for entry in (signed_line, line):
+        assert_audit_line(entry)
+    assert signed_line["decision"] == "signed" and signed_line["serial"] == line["serial"], signed_line
     assert line["decision"] == "issued" and line["reason_code"] is None, line
+    first, _second = audit.read_text().splitlines()
+    assert json.loads(first)["prev_sha256"] == "0" * 64
+    assert line["prev_sha256"] == hashlib.sha256(first.encode()).hexdigest(), line
 
 
 @pytest.mark.parametrize(
@@ -1398,7 +1405,7 @@ def test_no_private_key_or_secret_in_messages_logs_or_results(
     assert signed["issued"] == 1, describe(signed, proc)
     peek_everything("at the end")
     texts.append(("audit log", audit.read_text(encoding="utf-8")))
-    assert len(read_audit(audit)) == 4
+    assert len(read_audit(audit)) == 6  # each of the 2 certificates: signed, then issued
 
     key_files = {
         "installed key of good": good.current / "privkey.pem",
@@ -1460,7 +1467,7 @@ def test_audit_log_has_one_json_line_per_decision(make_node, sign, queues, sqs, 
     assert (signed["issued"], signed["rejected"], signed["dead_lettered"]) == (1, 1, 2), describe(signed, proc)
     finished = dt.datetime.now(dt.UTC)
     lines = read_audit(audit)
-    assert len(lines) == 4, lines
+    assert len(lines) == 5, lines  # the issued request's `signed` line too
     for line in lines:
         assert_audit_line(line)
         t = dt.datetime.fromisoformat(line["time"].replace("Z", "+00:00"))
@@ -1468,7 +1475,8 @@ def test_audit_log_has_one_json_line_per_decision(make_node, sign, queues, sqs, 
     by_decision: dict[str, list[dict]] = {}
     for line in lines:
         by_decision.setdefault(line["decision"], []).append(line)
-    assert sorted(by_decision) == ["dead_lettered", "issued", "rejected"], lines
+    assert sorted(by_decision) == ["dead_lettered", "issued", "rejected", "signed"], lines
+    assert [line["serial"] for line in by_decision["signed"]] == [line["serial"] for line in by_decision["issued"]]
 
     result, proc = issued_node.fetch()
     assert_ok(result, proc)

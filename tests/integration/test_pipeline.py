@@ -295,6 +295,7 @@ def minimal_args(name, tmp_path, queues, ca):
             "ca_chain_path": str(ca.chain_path),
             "policy_path": str(ca.policy_path),
             "reply_queue_prefix": queues.reply_prefix,
+            "audit_log_path": str(d / "issuance.jsonl"),
         }
     if name == "mtls_ca_init":
         new = ca_paths(d / "ca")
@@ -317,6 +318,7 @@ BAD_OPTIONS = [
     ("mtls_csr_submit", {"instance_id": None}, "instance_id"),
     ("mtls_cert_fetch", {"instance_id": None}, "instance_id"),
     ("mtls_ca_sign", {"csr_queue_url": None}, "csr_queue_url"),
+    ("mtls_ca_sign", {"audit_log_path": None}, "audit_log_path"),  # nothing signed unrecorded
     ("mtls_ca_init", {"chain_path": None}, "chain_path"),
     ("mtls_csr_submit", {"type": "DSA"}, "type"),
     ("mtls_csr_submit", {"curve": "secp521r1"}, "curve"),

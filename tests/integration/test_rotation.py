@@ -564,8 +564,10 @@ def test_serve_as_a_plain_process_answers_audits_reloads_policy_and_stops_on_sig
         assert_ok(result, proc)
         assert result["status"] == "installed", describe(result, proc)
         check_pair(node.current)
-    lines = service.wait_for(lambda: len(service.audit_lines()) >= 2 and service.audit_lines(), 10, "two audit lines")
-    assert [line["decision"] for line in lines] == ["issued", "issued"], lines
+    # Each certificate: `signed` (before it was sent), then `issued`.
+    lines = service.wait_for(lambda: len(service.audit_lines()) >= 4 and service.audit_lines(), 10, "four audit lines")
+    assert [line["decision"] for line in lines] == ["signed", "issued", "signed", "issued"], lines
+    lines = [line for line in lines if line["decision"] == "issued"]
     assert {line["instance_id"] for line in lines} == {allowed.instance_id, removed.instance_id}
     for line in lines:
         assert "csr_sha256" in line and line["serial"], line
@@ -652,4 +654,4 @@ def test_sigterm_during_a_batch_finishes_the_batch(
     )
     assert rc == 0, service.describe()
     assert total(csr_left) == 0, f"the CSR of the batch in hand was not deleted: {csr_left}"
-    assert [line["decision"] for line in audit] == ["issued"], audit
+    assert [line["decision"] for line in audit] == ["signed", "issued"], audit

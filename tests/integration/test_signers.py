@@ -220,6 +220,7 @@ def make_nodes(sca: SignerCA, queues, run_module, tmp_path: Path, numbers) -> li
 def sign_args_for(sca: SignerCA, queues, **overrides: Any) -> dict[str, Any]:
     """mtls_ca_sign options for this test's queues and a KMS or PCA CA: no ownca_privatekey_path."""
     args: dict[str, Any] = {
+        "audit_log_path": str(sca.ca.dir / "issuance.jsonl"),
         "csr_queue_url": queues.csr,
         "ownca_path": str(sca.ca.intermediate_cert_path),
         "ca_chain_path": str(sca.ca.chain_path),
@@ -1207,7 +1208,9 @@ def test_pca_refusing_one_request_answers_it_signer_refused(
     assert reply.get("kind") == "rejection" and reply["reason_code"] == "signer_refused", reply
     assert reply["request_id"] == submitted[refused.n]["request_id"], reply
     assert "MalformedCSRException" in reply.get("message", ""), reply
-    (line,) = [entry for entry in read_audit(audit) if entry.get("request_id") == submitted[refused.n]["request_id"]]
+    # Recorded before the IssueCertificate call (`requested`, with its idempotency token), then refused.
+    requested, line = [entry for entry in read_audit(audit) if entry.get("request_id") == submitted[refused.n]["request_id"]]
+    assert requested["decision"] == "requested" and requested["idempotency_token"], requested
     assert line["decision"] == "rejected" and line["reason_code"] == "signer_refused", line
     result, proc = refused.fetch(wait=True, timeout=30)
     assert result.get("failed") is True and "signer_refused" in (result.get("msg") or ""), describe(result, proc)

@@ -132,6 +132,28 @@ options:
       - Lifetime of a new intermediate CA certificate in days.
     type: int
     default: 1825
+  root_crl_path:
+    description:
+      - Where the root's CRL is kept (PEM), signed with the root key. Issued when missing, and re-signed when its nextUpdate
+        is closer than O(root_crl_renew_before) - so running this module (the C(fleetpki.mtls.ca_setup) role) on the root host
+        before then is how the root's CRL is re-signed, without any rollover; O(root_privatekey_path) is read only then.
+      - TLS servers that check the whole chain (nginx C(ssl_crl), HAProxy C(crl-file), C(openssl verify -crl_check_all))
+        want a CRL from every CA of the chain and refuse every client without one, or with an expired one.
+        M(fleetpki.mtls.mtls_ca_revoke) O(fleetpki.mtls.mtls_ca_revoke#module:root_crl_path) bundles it after the
+        intermediate's CRL in the file nodes receive.
+      - Its CRL number is the signing time in Unix seconds, so it grows without a state file.
+    type: path
+  root_crl_lifetime_days:
+    description:
+      - Lifetime (nextUpdate - thisUpdate) of the root's CRL, in days (1 to 3650).
+    type: int
+    default: 365
+  root_crl_renew_before:
+    description:
+      - Re-sign the root's CRL when its nextUpdate is closer than this (V(60d), V(12h)); shorter than
+        O(root_crl_lifetime_days).
+    type: str
+    default: 60d
   owner:
     description:
       - Owner of the files written.
@@ -234,6 +256,13 @@ intermediate_not_after:
   returned: success
   type: str
   sample: "2031-11-26T22:30:00Z"
+root_crl_next_update:
+  description:
+    - The nextUpdate of the root's CRL at O(root_crl_path) (after this run); null without O(root_crl_path), or in check
+      mode before it exists.
+  returned: success
+  type: str
+  sample: "2027-12-03T20:00:00Z"
 signer:
   description:
     - The signer of the intermediate, V(file), V(aws_kms) or V(aws_pca).

@@ -80,6 +80,16 @@ options:
       - Where the CRL (PEM) is written. Distribute this file to the nodes.
     type: path
     required: true
+  root_crl_path:
+    description:
+      - The root's CRL (PEM), as M(fleetpki.mtls.mtls_ca_init) O(fleetpki.mtls.mtls_ca_init#module:root_crl_path) signs it
+        where the root key lives (the C(fleetpki.mtls.ca_setup) role copies it to the CA host).
+      - When set, O(crl_path) holds the intermediate's CRL followed by the root's, the file nodes and TLS servers read.
+        nginx C(ssl_crl), HAProxy C(crl-file) and C(openssl verify -crl_check_all) want a CRL for every CA of the chain and
+        refuse every client without one. The file is rebuilt (and the intermediate's CRL re-signed) when the root's CRL
+        changes. Without it a warning says so.
+      - A root CRL that expired, or expires within O(crl_renew_before), is warned about.
+    type: path
   revocations_path:
     description:
       - The revocation state file (JSON) with every revoked serial, its reason and time, and the CRL number.
@@ -87,7 +97,11 @@ options:
     required: true
   issuance_log_paths:
     description:
-      - The CA workers' audit logs (JSON lines), read to find the certificates of O(instance_ids).
+      - The CA workers' issuance records (their O(fleetpki.mtls.mtls_ca_sign#module:audit_log_path) files), read to
+        find the certificates of O(instance_ids) - every line with a serial, so a certificate signed but never
+        delivered is revoked too.
+      - Each record's hash chain is verified; a line removed or altered is reported in the warnings and in
+        RV(issuance_record_problems), and revocation goes on with what the records list.
     type: list
     elements: str
     default: []
@@ -163,6 +177,14 @@ revoked_count:
   returned: always
   type: int
   sample: 1
+issuance_record_problems:
+  description:
+    - What is wrong with the hash chain of the O(issuance_log_paths) records, one sentence each, naming the file and
+      the line; empty when every record is whole (or when O(instance_ids) is empty, as no record is read then).
+  returned: always
+  type: list
+  elements: str
+  sample: ["/etc/fleetpki/ca/audit.jsonl: line 7 does not follow line 6: a line between them was removed, or line 6 was altered"]
 crl_next_update:
   description:
     - The nextUpdate of the current CRL (RFC 3339).

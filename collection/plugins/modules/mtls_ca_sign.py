@@ -151,15 +151,25 @@ options:
     default: 60
   audit_log_path:
     description:
-      - Path of an audit log that receives one JSON line per issued, rejected, dead-lettered or retried request.
-      - Each line names the signer (C(signer)) and C(signer_ref). On C(issued) lines C(signer_ref) is the KMS key ARN
-        (V(aws_kms)) or the ARN of the certificate Private CA issued (V(aws_pca)). A request left for retry because
-        the signer is unavailable is logged with decision C(retry), C(reason_code) C(signer_unavailable), the error
-        as C(reason), and as C(signer_ref) the KMS key ARN or the Private CA's ARN. A certificate that was signed
-        but whose answer could not be sent is logged with decision C(retry), C(reason_code) C(not_delivered) and its
-        C(serial), so every certificate under the CA is in the log (M(fleetpki.mtls.mtls_ca_revoke) reads every
-        line with a serial).
+      - The issuance record - the worker's audit log - one JSON line per decision, created with mode V(0600) if missing.
+        Required - nothing is signed that is not recorded first.
+      - A certificate's C(signed) line (serial, instance id, request id, notAfter, certificate hash) is written and
+        made durable (fsync; one per batch) B(before) its answer is sent, and a line saying what became of it after
+        (C(issued), C(dead_lettered), or C(retry) with C(reason_code) C(not_delivered)). So every certificate that can
+        have reached a node is in the record, whatever the moment the worker was killed, and
+        M(fleetpki.mtls.mtls_ca_revoke) revokes it by instance id. With V(aws_pca), a C(requested) line (request id,
+        instance id, idempotency token) is recorded before C(IssueCertificate).
+      - If a line cannot be written, nothing it describes is sent, the requests stay queued and the task fails.
+      - Each line carries C(prev_sha256), the SHA-256 of the line before it (64 zeros for the first), so a line
+        removed from or altered in the record breaks the chain; M(fleetpki.mtls.mtls_ca_revoke) reports it.
+      - Each line names the signer (C(signer)) and C(signer_ref). On C(signed) and C(issued) lines C(signer_ref) is the
+        KMS key ARN (V(aws_kms)) or the ARN of the certificate Private CA issued (V(aws_pca)). A request left for retry
+        because the signer is unavailable is logged with decision C(retry), C(reason_code) C(signer_unavailable), the
+        error as C(reason), and as C(signer_ref) the KMS key ARN or the Private CA's ARN.
+      - Appends are locked, so a one-shot drain and the worker service may share one file; a symlink at the path is
+        refused.
     type: path
+    required: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
@@ -227,6 +237,7 @@ EXAMPLES = r"""
     ownca_path: /etc/fleetpki/ca/intermediate.cert.pem
     ownca_privatekey_path: /etc/fleetpki/ca/intermediate.key.pem
     ca_chain_path: /etc/fleetpki/ca/chain.pem
+    audit_log_path: /etc/fleetpki/ca/audit.jsonl
     max_requests: 50
     policy:
       identity_proof: none

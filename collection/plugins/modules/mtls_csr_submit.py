@@ -128,6 +128,8 @@ options:
     description:
       - Shared secret of this node, used to add an HMAC identity proof to the request when the CA policy
         uses V(enrollment_secret) identity proofs.
+      - The proof is the v2 HMAC-SHA256 over every field of the request (C(v2:<hex>)); its canonical form, with a
+        worked example, is in C(docs/interfaces.md), "Enrollment HMAC".
       - This value is secret (no_log), the module never returns or logs it.
     type: str
   owner:

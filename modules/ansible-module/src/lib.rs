@@ -29,8 +29,9 @@ pub enum ArgumentError {
         names: String,
         supported: String,
     },
-    #[error("missing required arguments: {name}")]
-    MissingRequired { name: String },
+    /// Every missing one, comma-separated, as AnsibleModule lists them.
+    #[error("missing required arguments: {names}")]
+    MissingRequired { names: String },
     #[error("argument '{name}' is of type {found} and we were unable to convert to {expected}")]
     WrongType {
         name: String,

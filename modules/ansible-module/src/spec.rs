@@ -223,6 +223,7 @@ impl ArgumentSpec {
 
         let mut out = Map::new();
         let mut given: Vec<&str> = Vec::new();
+        let mut missing: Vec<&str> = Vec::new();
         for option in &self.options {
             let mut found: Option<(&str, &Value)> = None;
             for key in std::iter::once(option.name).chain(option.aliases.iter().copied()) {
@@ -249,9 +250,8 @@ impl ArgumentSpec {
                     v
                 }
                 None if option.required => {
-                    return Err(ArgumentError::MissingRequired {
-                        name: option.name.to_string(),
-                    });
+                    missing.push(option.name);
+                    continue;
                 }
                 None => option.default.clone().unwrap_or(Value::Null),
             };
@@ -278,6 +278,11 @@ impl ArgumentSpec {
             out.insert(option.name.to_string(), value);
         }
 
+        if !missing.is_empty() {
+            return Err(ArgumentError::MissingRequired {
+                names: missing.join(", "),
+            });
+        }
         for group in &self.mutually_exclusive {
             let set: Vec<&str> = group
                 .iter()
@@ -338,9 +343,17 @@ fn coerce(option: &OptionSpec, value: &Value) -> Result<Value, ArgumentError> {
     Ok(match option.kind {
         OptionType::Raw => value.clone(),
         OptionType::Str => Value::String(coerce_str(value).ok_or_else(|| wrong("str"))?),
-        OptionType::Path => Value::String(expand_user(
-            &coerce_str(value).ok_or_else(|| wrong("path"))?,
-        )),
+        OptionType::Path => {
+            let text = coerce_str(value).ok_or_else(|| wrong("path"))?;
+            // No file system path holds a NUL byte; the OS would cut it short there.
+            if text.contains('\0') {
+                return Err(ArgumentError::Invalid {
+                    name: option.name.to_string(),
+                    problem: "contains a NUL byte, which no path can hold".into(),
+                });
+            }
+            Value::String(expand_user(&text))
+        }
         OptionType::Bool => Value::Bool(coerce_bool(value).ok_or_else(|| wrong("bool"))?),
         OptionType::Int => Value::from(coerce_int(value).ok_or_else(|| wrong("int"))?),
         OptionType::Dict => match value {
@@ -511,6 +524,27 @@ mod tests {
     fn missing_required_is_named() {
         let err = validate(json!({"wait": true})).unwrap_err().to_string();
         assert_eq!(err, "missing required arguments: name");
+    }
+
+    #[test]
+    fn a_path_with_a_nul_byte_is_refused() {
+        let err = validate(json!({"name": "a", "policy_path": "/etc/x\0y"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policy_path") && err.contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn every_missing_required_option_is_named_at_once() {
+        let spec = ArgumentSpec::new()
+            .option(OptionSpec::new("name", OptionType::Str).required())
+            .option(OptionSpec::new("path", OptionType::Path).required())
+            .option(OptionSpec::new("wait", OptionType::Bool).default(false));
+        let err = spec
+            .validate("m", &serde_json::Map::new())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "missing required arguments: name, path");
     }
 
     #[test]

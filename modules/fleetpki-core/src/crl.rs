@@ -162,6 +162,42 @@ pub fn parse_crl(pem: &str) -> Result<CrlInfo, PkiError> {
     })
 }
 
+/// The CRL file nodes and TLS servers read: the intermediate's CRL, then the root's. nginx
+/// (`ssl_crl`), HAProxy (`crl-file`) and `openssl verify -crl_check_all` want a CRL for every CA
+/// of the chain and refuse every client without one.
+pub fn bundle(intermediate_crl_pem: &str, root_crl_pem: &str) -> String {
+    format!(
+        "{}\n{}\n",
+        intermediate_crl_pem.trim_end(),
+        root_crl_pem.trim_end()
+    )
+}
+
+/// A CRL file split into its first CRL (the intermediate's, in a bundle) and the PEM of the
+/// CRLs after it (normalised, so two spellings of one file compare equal); `None` when the file
+/// holds no PEM block.
+pub fn split_bundle(text: &str) -> Result<Option<(String, String)>, PkiError> {
+    let blocks = pem::parse_many(text.as_bytes()).map_err(|e| PkiError::CertificateParse {
+        what: "CRL file".into(),
+        detail: e.to_string(),
+    })?;
+    let mut blocks = blocks.into_iter();
+    let Some(first) = blocks.next() else {
+        return Ok(None);
+    };
+    let rest: String = blocks.map(|b| pem::encode(&b)).collect();
+    Ok(Some((pem::encode(&first), rest)))
+}
+
+/// The root CRL as a bundle holds it (normalised like [`split_bundle`]'s rest).
+pub fn normalise_pem(text: &str) -> Result<String, PkiError> {
+    let blocks = pem::parse_many(text.as_bytes()).map_err(|e| PkiError::CertificateParse {
+        what: "CRL file".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(blocks.iter().map(pem::encode).collect())
+}
+
 /// Why a CRL must be issued now, if it must: it is missing, its list differs from `listed`
 /// (sorted hex serials), or its nextUpdate is less than `renew_before` away. Run on a schedule
 /// shorter than `renew_before`, this keeps nextUpdate ahead of the clock at all times.

@@ -208,6 +208,26 @@ fn ensure_dir(path: &Path, mode: u32) -> Result<(), PkiError> {
     }
 }
 
+/// A directory of the layout under its root (`pending`, `versions`, a staging directory):
+/// created if missing, and refused when it is a symbolic link or not a directory, so no key or
+/// certificate is ever written through a link planted there.
+fn ensure_own_dir(path: &Path, mode: u32) -> Result<(), PkiError> {
+    ensure_dir(path, mode).or_else(|e| match fs::symlink_metadata(path) {
+        Ok(_) => Ok(()), // judged below
+        Err(_) => Err(e),
+    })?;
+    let meta = fs::symlink_metadata(path).map_err(io(path))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(PkiError::io(
+            path,
+            std::io::Error::other(
+                "is a symbolic link or not a directory: the node's files are written only into real directories; remove it and run again",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Layout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Layout { root: root.into() }
@@ -261,7 +281,7 @@ impl Layout {
     fn ensure_pending_dir(&self) -> Result<PathBuf, PkiError> {
         ensure_dir(&self.root, 0o755)?;
         let dir = self.root.join("pending");
-        ensure_dir(&dir, 0o700)?;
+        ensure_own_dir(&dir, 0o700)?;
         Ok(dir)
     }
 
@@ -383,7 +403,7 @@ impl Layout {
         }
         ensure_dir(&self.root, 0o755)?;
         let versions = self.root.join("versions");
-        ensure_dir(&versions, 0o755)?;
+        ensure_own_dir(&versions, 0o755)?;
         self.remove_leftovers()?;
         let final_dir = versions.join(serial_hex);
         let target = Path::new("versions").join(serial_hex);
@@ -396,7 +416,7 @@ impl Layout {
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io(&staging))?;
         }
-        ensure_dir(&staging, 0o755)?;
+        ensure_own_dir(&staging, 0o755)?;
         let public = FilePerms::public_like(key_perms);
         let cert = ensure_newline(cert_pem);
         let chain = ensure_newline(chain_pem);
@@ -527,6 +547,32 @@ mod tests {
         assert_eq!(parse_mode("0o644"), Some(0o644));
         assert_eq!(parse_mode("rw-"), None);
         assert_eq!(parse_mode("99"), None);
+    }
+
+    #[test]
+    fn pending_and_versions_are_never_symbolic_links() {
+        let root = temp_root("links");
+        let elsewhere = temp_root("links-target");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        let layout = Layout::new(&root);
+        let perms = FilePerms::private(None, None, 0o600);
+        symlink(&elsewhere, root.join("pending")).unwrap();
+        let err = layout.write_pending_key("key", &perms).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        fs::remove_file(root.join("pending")).unwrap();
+        layout.write_pending_key("key", &perms).unwrap();
+
+        symlink(&elsewhere, root.join("versions")).unwrap();
+        let err = layout
+            .install("0a", "key", "cert", "chain", &perms)
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "written through the link"
+        );
     }
 
     #[test]

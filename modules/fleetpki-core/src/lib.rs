@@ -13,6 +13,7 @@ pub mod names;
 pub mod node;
 pub mod policy;
 pub mod reason;
+pub mod record;
 pub mod remote;
 pub mod renewal;
 pub mod sign;

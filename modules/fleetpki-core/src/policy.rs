@@ -62,6 +62,9 @@ fn default_lifetime() -> u32 {
 fn default_profiles() -> Vec<Profile> {
     vec![Profile::Mtls, Profile::Server, Profile::Client]
 }
+fn default_enrollment_hmac_versions() -> Vec<u8> {
+    vec![1, 2]
+}
 fn default_reply_modes() -> Vec<ReplyMode> {
     vec![ReplyMode::PerNode, ReplyMode::Shared]
 }
@@ -81,6 +84,10 @@ pub struct Policy {
     pub sender_role_ids: Vec<String>,
     #[serde(default)]
     pub enrollment_secrets: BTreeMap<String, String>,
+    /// Which forms of the enrollment HMAC are accepted: 2 covers every field of the request,
+    /// 1 (the first release's) leaves lifetime_days, reply_mode and version out.
+    #[serde(default = "default_enrollment_hmac_versions")]
+    pub enrollment_hmac_versions: Vec<u8>,
     #[serde(default = "default_max_age")]
     pub max_request_age_seconds: u64,
     #[serde(default = "default_lifetime")]
@@ -140,6 +147,8 @@ pub struct SigningRequest<'a> {
 pub struct Grant {
     pub profile: Profile,
     pub lifetime: Duration,
+    /// Accepted, but worth telling the operator (a v1 enrollment HMAC).
+    pub warnings: Vec<String>,
 }
 
 /// Instance ids become queue names (`prefix` + id): keep them to SQS's queue-name characters.
@@ -162,6 +171,36 @@ pub fn enrollment_mac_input(
     format!(
         "fleetpki-enrollment-v1\n{request_id}\n{timestamp}\n{instance_id}\n{}\n{csr_pem}",
         profile.as_str()
+    )
+}
+
+/// What a v2 enrollment HMAC starts with (`v2:` then hex); a bare hex HMAC is v1.
+pub const ENROLLMENT_MAC_V2_PREFIX: &str = "v2:";
+
+/// The canonical text the v2 enrollment HMAC covers: every field of the request but the proof
+/// itself, as a JSON array without whitespace (UTF-8, only `"`, `\` and control characters
+/// escaped), with the defaults the worker applies: profile `mtls`, the reply mode (`shared` for
+/// a request without version), `null` for an absent field. Documented in docs/interfaces.md.
+pub fn enrollment_mac_input_v2(message: &CsrMessage) -> String {
+    serde_json::json!([
+        "fleetpki-enrollment-v2",
+        message.version,
+        message.request_id,
+        message.timestamp,
+        message.instance_id,
+        message.profile.unwrap_or_default().as_str(),
+        message.lifetime_days,
+        message.reply_mode().as_str(),
+        message.csr_pem,
+    ])
+    .to_string()
+}
+
+/// The `hmac` a node sends: `v2:` and the HMAC-SHA256 of [`enrollment_mac_input_v2`], hex.
+pub fn enrollment_proof_v2(secret: &str, message: &CsrMessage) -> String {
+    format!(
+        "{ENROLLMENT_MAC_V2_PREFIX}{}",
+        enrollment_mac(secret, &enrollment_mac_input_v2(message))
     )
 }
 
@@ -206,6 +245,14 @@ impl Policy {
         }
         if self.default_lifetime_days == 0 || self.default_lifetime_days > self.max_lifetime_days {
             return invalid("default_lifetime_days must be between 1 and max_lifetime_days".into());
+        }
+        if self.enrollment_hmac_versions.is_empty()
+            || self
+                .enrollment_hmac_versions
+                .iter()
+                .any(|v| !(1..=2).contains(v))
+        {
+            return invalid("enrollment_hmac_versions must list 1, 2 or both".into());
         }
         if self.reply_modes.is_empty() {
             return invalid("reply_modes is empty: list per_node, shared or both".into());
@@ -291,7 +338,7 @@ impl Policy {
         }
         check_subject(csr, instance_id)?;
 
-        self.check_identity(request, now)?;
+        let identity_warnings = self.check_identity(request, now)?;
 
         let rule = self.rule_for(instance_id).ok_or_else(|| {
             Rejection::new(
@@ -384,10 +431,16 @@ impl Policy {
         Ok(Grant {
             profile,
             lifetime: Duration::from_secs(u64::from(days) * 86_400),
+            warnings: identity_warnings,
         })
     }
 
-    fn check_identity(&self, request: &SigningRequest<'_>, now: i64) -> Result<(), Rejection> {
+    /// The sender's proof; `Ok` carries the warnings an accepted proof deserves.
+    fn check_identity(
+        &self,
+        request: &SigningRequest<'_>,
+        now: i64,
+    ) -> Result<Vec<String>, Rejection> {
         use ReasonCode::*;
         let message = request.message;
         if let Some(ts) = message.timestamp {
@@ -409,7 +462,7 @@ impl Policy {
             }
         }
         match self.identity_proof {
-            ProofKind::None => Ok(()),
+            ProofKind::None => Ok(Vec::new()),
             ProofKind::SqsSenderId => {
                 let sender = request.sender_id.ok_or_else(|| {
                     Rejection::new(IdentityProofMissing, "the message has no SenderId")
@@ -435,7 +488,7 @@ impl Policy {
                         ),
                     ));
                 }
-                Ok(())
+                Ok(Vec::new())
             }
             ProofKind::EnrollmentSecret => {
                 let proof = message
@@ -466,19 +519,41 @@ impl Policy {
                             format!("no enrollment secret is known for {}", message.instance_id),
                         )
                     })?;
-                let input = enrollment_mac_input(
-                    request_id,
-                    timestamp,
-                    &message.instance_id,
-                    message.profile.unwrap_or_default(),
-                    &message.csr_pem,
-                );
+                let (version, tag) = match proof.strip_prefix(ENROLLMENT_MAC_V2_PREFIX) {
+                    Some(tag) => (2, tag),
+                    None => (1, proof),
+                };
+                if !self.enrollment_hmac_versions.contains(&version) {
+                    return Err(Rejection::new(
+                        IdentityProofInvalid,
+                        "the request carries a v1 enrollment HMAC, and the policy accepts v2 only (enrollment_hmac_versions): upgrade fleetpki.mtls on the node",
+                    ));
+                }
+                let input = if version == 2 {
+                    enrollment_mac_input_v2(message)
+                } else {
+                    enrollment_mac_input(
+                        request_id,
+                        timestamp,
+                        &message.instance_id,
+                        message.profile.unwrap_or_default(),
+                        &message.csr_pem,
+                    )
+                };
                 let key =
                     aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-                let tag = decode_hex(proof)
+                let tag = decode_hex(tag)
                     .ok_or_else(|| Rejection::new(IdentityProofInvalid, "the HMAC is not hex"))?;
                 aws_lc_rs::hmac::verify(&key, input.as_bytes(), &tag).map_err(|_| {
                     Rejection::new(IdentityProofInvalid, "the enrollment HMAC does not verify")
+                })?;
+                Ok(if version == 1 {
+                    vec![format!(
+                        "request {request_id} of {} carries a v1 enrollment HMAC, which does not cover lifetime_days, reply_mode and version: upgrade fleetpki.mtls on the node, then set enrollment_hmac_versions to [2] in the signing policy",
+                        message.instance_id
+                    )]
+                } else {
+                    Vec::new()
                 })
             }
         }

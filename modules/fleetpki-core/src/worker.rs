@@ -47,6 +47,8 @@ pub enum Verdict {
         message: CsrMessage,
         issued: IssuedCertificate,
         signer_ref: Option<String>,
+        /// For the operator: accepted, but worth saying (a v1 enrollment HMAC).
+        warnings: Vec<String>,
     },
     /// Not signed, for the reason given (`message` when the body could be read).
     Refuse {
@@ -176,6 +178,7 @@ pub fn sign_locally(signer: &CaSigner, accepted: Accepted, now: OffsetDateTime) 
             message,
             issued,
             signer_ref: signer.key_ref().map(str::to_string),
+            warnings: grant.warnings,
         },
         Err(PkiError::RemoteSign(error)) => remote_failure(message, error),
         Err(e) => Verdict::refuse(
@@ -243,6 +246,36 @@ pub fn plan_pca_issuance(
     })
 }
 
+/// The line recorded before Private CA is asked to issue (`requested`): if the worker stops
+/// before the certificate comes back, the record still says that it may exist, for whom, and
+/// under which idempotency token (a retry within Private CA's window gets the same certificate,
+/// recorded then with its serial).
+pub fn pca_intent_record(
+    accepted: &Accepted,
+    issuance: &PcaIssuance,
+    inbound: &Inbound<'_>,
+    routes: &Routes,
+) -> AuditRecord {
+    AuditRecord {
+        message_id: inbound.message_id.to_string(),
+        request_id: accepted.message.request_id.clone(),
+        instance_id: Some(accepted.message.instance_id.clone()),
+        sender_id: inbound.sender_id.map(str::to_string),
+        decision: "requested",
+        reason_code: None,
+        reason: None,
+        signer: routes.signer,
+        signer_ref: routes.signer_ref.clone(),
+        serial: None,
+        not_after: OffsetDateTime::from_unix_timestamp(issuance.not_after_unix)
+            .ok()
+            .map(crate::rfc3339),
+        csr_sha256: Some(accepted.csr.sha256.clone()),
+        certificate_sha256: None,
+        idempotency_token: Some(issuance.idempotency_token.clone()),
+    }
+}
+
 /// Whether the certificate Private CA issued (`certificate_arn`, `pem`) may be published: it is
 /// checked as the node will check it (key, names, usages, chain to `chain_pem`'s root), plus
 /// its subject and the lifetime granted. What fails is refused (`signer_refused`), not
@@ -301,6 +334,7 @@ pub fn accept_pca_certificate(
                 sha256: info.sha256,
             },
             signer_ref: Some(certificate_arn),
+            warnings: grant.warnings,
         },
         Err(why) => remote_failure(
             message,
@@ -356,7 +390,9 @@ pub enum Action {
     /// its `FleetpkiReason` attribute (and the request's own `InstanceId` attribute, if any);
     /// report with [`Disposition::sent`].
     DeadLetter { queue: String, reason: String },
-    /// Write this line to the audit log (and stdout in service mode).
+    /// Append this line to the issuance record (and stdout in service mode), durably, before
+    /// performing any later action of this request: a barrier. The caller may commit the lines of
+    /// several requests with one fsync; if it cannot, it must perform nothing more for them.
     Record(Box<AuditRecord>),
     /// Delete the request from the CSR queue (deletes may be batched with other requests').
     Delete,
@@ -415,27 +451,38 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     pub signer: &'static str,
     pub signer_ref: Option<String>,
-    /// Also on `retry` lines of a certificate signed but not delivered: every certificate that
-    /// exists under the CA is in the log.
+    /// On the `signed` line written before the certificate is sent, and on every later line
+    /// about it (delivered or not): every certificate that exists under the CA is in the record.
     pub serial: Option<String>,
     pub not_after: Option<String>,
     pub csr_sha256: Option<String>,
     pub certificate_sha256: Option<String>,
+    /// On a `requested` line (Private CA): the token `IssueCertificate` was called with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_token: Option<String>,
 }
 
 impl AuditRecord {
-    /// The JSON line, with `time`, keys in alphabetical order (as the log has always had them).
-    pub fn to_json_line(&self, time: &str) -> String {
+    /// The line's fields with `time` (a JSON object; its keys serialize in alphabetical order,
+    /// as the log has always had them).
+    pub fn to_json_value(&self, time: &str) -> serde_json::Value {
         let mut line = serde_json::to_value(self).unwrap_or_default();
         if let Some(fields) = line.as_object_mut() {
             fields.insert("time".into(), time.into());
         }
-        line.to_string()
+        line
+    }
+
+    /// The JSON line, with `time`, keys in alphabetical order.
+    pub fn to_json_line(&self, time: &str) -> String {
+        self.to_json_value(time).to_string()
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// Record the certificate signed, before it can leave the worker.
+    RecordSigned,
     /// Send the certificate to the node.
     PublishCertificate,
     /// Send the refusal to the node (a policy refusal of a request that can be answered).
@@ -451,8 +498,9 @@ enum Stage {
 
 /// The actions for one request, in order. Today's order, for every verdict:
 ///
-/// - signed: publish the certificate (a missing reply queue: dead-letter instead; a failed send:
-///   leave the request queued), record, delete;
+/// - signed: record the certificate (`signed`), publish it (a missing reply queue: dead-letter
+///   instead; a failed send: leave the request queued), record what became of it, delete. So
+///   every certificate that may have reached a node is in the record, whatever the crash point;
 /// - refused: publish the refusal when the node can read one (a version 1 request on its own
 ///   queue), dead-letter it when it is an integrity failure or could not be answered, record,
 ///   delete;
@@ -501,12 +549,13 @@ impl Disposition {
                 message,
                 issued,
                 signer_ref,
+                ..
             } => {
                 d.reply_queue = routes.reply_target(&message);
                 d.issued = Some(issued);
                 d.signer_ref = signer_ref;
                 d.stage = match d.reply_queue {
-                    Some(_) => Stage::PublishCertificate,
+                    Some(_) => Stage::RecordSigned,
                     // `check` refuses a request without a route before it is signed.
                     None => {
                         d.rejection = Some(Rejection::new(
@@ -548,6 +597,15 @@ impl Disposition {
     /// `DeadLetter`, [`Disposition::sent`] must be called before asking again.
     pub fn next_action(&mut self) -> Option<Action> {
         match self.stage {
+            Stage::RecordSigned => {
+                self.stage = Stage::PublishCertificate;
+                Some(Action::Record(Box::new(AuditRecord {
+                    decision: "signed",
+                    reason_code: None,
+                    reason: None,
+                    ..self.audit_record()
+                })))
+            }
             Stage::PublishCertificate => {
                 let message = self.message.as_ref()?;
                 let issued = self.issued.as_ref()?;
@@ -681,7 +739,7 @@ impl Disposition {
                 self.stage = Stage::Record;
             }
             // Nothing was sent in the other stages: a report there changes nothing.
-            Stage::Record | Stage::Settle | Stage::Done => {}
+            Stage::RecordSigned | Stage::Record | Stage::Settle | Stage::Done => {}
         }
     }
 
@@ -729,6 +787,7 @@ impl Disposition {
             not_after: issued.map(|i| crate::rfc3339(i.not_after)),
             csr_sha256: message.map(|m| csr_der_sha256(&m.csr_pem)),
             certificate_sha256: issued.map(|i| i.sha256.clone()),
+            idempotency_token: None,
         }
     }
 }

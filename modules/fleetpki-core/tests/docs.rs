@@ -42,3 +42,38 @@ fn every_worker_code_has_one_row() {
 fn every_node_code_has_one_row() {
     assert_same("Node codes", &CertRejection::REASON_CODES);
 }
+
+/// The worked example of docs/interfaces.md, "Enrollment HMAC": the request and secret it gives
+/// produce the canonical input and the hmac it shows.
+#[test]
+fn the_documented_enrollment_hmac_example_is_what_a_node_sends() {
+    const DOC: &str = include_str!("../../../docs/interfaces.md");
+    let section = &DOC[DOC
+        .find("## Enrollment HMAC")
+        .expect("no Enrollment HMAC section")..];
+    let block = |fence: &str| {
+        let start = section.find(fence).expect(fence) + fence.len();
+        section[start..][..section[start..].find("\n```").unwrap()].trim()
+    };
+    let request: fleetpki_core::wire::CsrMessage =
+        serde_json::from_str(block("```json\n")).unwrap();
+    let canonical = block("```text\n");
+    let secret = section
+        .split("Secret `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap();
+    let hmac = section
+        .split("hmac: `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap();
+    assert_eq!(
+        fleetpki_core::policy::enrollment_mac_input_v2(&request),
+        canonical
+    );
+    assert_eq!(
+        fleetpki_core::policy::enrollment_proof_v2(secret, &request),
+        hmac
+    );
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use fleetpki_core::csr::build_csr;
 use fleetpki_core::keys::KeySpec;
 use fleetpki_core::names::parse_names;
-use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, Policy, ReasonCode};
+use fleetpki_core::policy::{
+    enrollment_mac, enrollment_mac_input, enrollment_proof_v2, Policy, ReasonCode,
+};
 use fleetpki_core::remote::RemoteSignError;
 use fleetpki_core::wire::{CsrMessage, IdentityProof, Profile, ReplyMessage, ReplyMode};
 use fleetpki_core::worker::{
@@ -578,18 +580,27 @@ fn signed(ca: &TestCa) -> Verdict {
 fn a_valid_request_is_signed_answered_recorded_then_deleted() {
     let ca = make_ca("worker-sign", KeySpec::EcP256);
     let (actions, d) = settle(&routes(&ca), signed(&ca), delivered);
-    assert_eq!(shape(&actions), ["publish", "record:issued:-", "delete"]);
-    let Action::Publish { queue, body, .. } = &actions[0] else {
+    // Recorded before it can leave the worker, then its delivery.
+    assert_eq!(
+        shape(&actions),
+        ["record:signed:-", "publish", "record:issued:-", "delete"]
+    );
+    let Action::Publish { queue, body, .. } = &actions[1] else {
         unreachable!()
     };
     assert_eq!(queue, REPLY_QUEUE);
     let ReplyMessage::Certificate(cert) = ReplyMessage::from_json(body).unwrap() else {
         panic!("not a certificate: {body}");
     };
-    let Action::Record(line) = &actions[1] else {
-        unreachable!()
-    };
-    assert_eq!(cert.serial.as_deref(), line.serial.as_deref());
+    for i in [0, 2] {
+        let Action::Record(line) = &actions[i] else {
+            unreachable!()
+        };
+        assert_eq!(cert.serial.as_deref(), line.serial.as_deref());
+        assert_eq!(line.request_id.as_deref(), Some("req-1"));
+        assert_eq!(line.instance_id.as_deref(), Some(ID));
+        assert!(line.not_after.is_some() && line.certificate_sha256.is_some());
+    }
     assert_eq!(cert.request_id.as_deref(), Some("req-1"));
     assert_eq!(cert.ca_chain_pem, ca.signer.chain_pem());
     assert!(matches!(d.fate(), Some(Fate::Issued(_))));
@@ -631,7 +642,99 @@ fn a_valid_enrollment_proof_is_accepted() {
         instance_id_attribute: Some(ID),
         sender_id: None,
     };
-    assert!(check(&r.policy, &check_routes(), &inbound, now()).is_ok());
+    let accepted = check(&r.policy, &check_routes(), &inbound, now())
+        .unwrap_or_else(|v| panic!("refused: {v:?}"));
+    // v1 still passes while the policy allows it, with a word for the operator.
+    assert_eq!(accepted.grant.warnings.len(), 1);
+    assert!(accepted.grant.warnings[0].contains("v1 enrollment HMAC"));
+}
+
+/// A request of this node signed with the v2 HMAC over every field, then changed by `edit`.
+fn v2_request(policy: Policy, edit: impl FnOnce(&mut CsrMessage)) -> Request {
+    let mut m = message(node_csr());
+    m.lifetime_days = Some(7);
+    m.identity_proof = Some(IdentityProof {
+        kind: "enrollment_secret".into(),
+        hmac: Some(enrollment_proof_v2(SECRET, &m)),
+    });
+    edit(&mut m);
+    Request {
+        policy,
+        ..request(serde_json::to_string(&m).unwrap())
+    }
+}
+
+/// `check` of a request, as the module calls it (its refusal is not boxed there either).
+#[allow(clippy::result_large_err)]
+fn checked(r: &Request) -> Result<Accepted, Verdict> {
+    let inbound = Inbound {
+        message_id: "m",
+        body: &r.body,
+        instance_id_attribute: Some(ID),
+        sender_id: None,
+    };
+    check(&r.policy, &check_routes(), &inbound, now())
+}
+
+fn refusal_code(result: Result<Accepted, Verdict>) -> Option<ReasonCode> {
+    match result {
+        Err(Verdict::Refuse { rejection, .. }) => Some(rejection.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_v2_enrollment_hmac_covers_every_field() {
+    let accepted = checked(&v2_request(enrollment_policy(), |_| {}))
+        .unwrap_or_else(|v| panic!("refused: {v:?}"));
+    assert!(accepted.grant.warnings.is_empty());
+    // Each field changed after signing breaks it, the ones v1 left out included.
+    type Edit = fn(&mut CsrMessage);
+    let edits: [(&str, Edit); 5] = [
+        ("lifetime_days", |m| m.lifetime_days = Some(30)),
+        ("reply_mode", |m| m.reply_mode = Some(ReplyMode::Shared)),
+        ("profile", |m| m.profile = Some(Profile::Client)),
+        ("request_id", |m| m.request_id = Some("req-2".into())),
+        ("timestamp", |m| m.timestamp = m.timestamp.map(|t| t - 1)),
+    ];
+    for (field, edit) in edits {
+        let r = v2_request(
+            Policy::from_json(&format!(
+                r#"{{"identity_proof": "enrollment_secret", "enrollment_secrets": {{"{ID}": "{SECRET}"}}, "instances": [{{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["127.0.0.0/8"]}}]}}"#
+            ))
+            .unwrap(),
+            edit,
+        );
+        assert_eq!(
+            refusal_code(checked(&r)),
+            Some(ReasonCode::IdentityProofInvalid),
+            "{field} changed after signing"
+        );
+    }
+}
+
+#[test]
+fn a_v1_enrollment_hmac_is_refused_once_the_policy_says_v2_only() {
+    let csr = node_csr();
+    let ts = now();
+    let mac = enrollment_mac(
+        SECRET,
+        &enrollment_mac_input("req-1", ts, ID, Profile::Mtls, &csr),
+    );
+    let r = Request {
+        policy: Policy::from_json(&format!(
+            r#"{{"identity_proof": "enrollment_secret", "enrollment_secrets": {{"{ID}": "{SECRET}"}}, "enrollment_hmac_versions": [2], "instances": [{{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["127.0.0.0/8"]}}]}}"#
+        ))
+        .unwrap(),
+        ..request(body(csr, |m| {
+            m.timestamp = Some(ts);
+            with_proof(m, mac);
+        }))
+    };
+    assert_eq!(
+        refusal_code(checked(&r)),
+        Some(ReasonCode::IdentityProofInvalid)
+    );
 }
 
 #[test]
@@ -645,13 +748,14 @@ fn a_missing_reply_queue_dead_letters_the_signed_request_and_records_its_serial(
     assert_eq!(
         shape(&actions),
         [
+            "record:signed:-",
             "publish",
             "dead_letter",
             "record:dead_lettered:message_malformed",
             "delete"
         ]
     );
-    let Action::Record(line) = &actions[2] else {
+    let Action::Record(line) = &actions[3] else {
         unreachable!()
     };
     assert!(
@@ -666,8 +770,11 @@ fn a_certificate_that_could_not_be_sent_stays_queued_and_is_recorded() {
     let ca = make_ca("worker-sendfail", KeySpec::EcP256);
     let answer = |_: &Action| Sent::Failed("connection refused".into());
     let (actions, d) = settle(&routes(&ca), signed(&ca), answer);
-    assert_eq!(shape(&actions), ["publish", "record:retry:not_delivered"]);
-    let Action::Record(line) = &actions[1] else {
+    assert_eq!(
+        shape(&actions),
+        ["record:signed:-", "publish", "record:retry:not_delivered"]
+    );
+    let Action::Record(line) = &actions[2] else {
         unreachable!()
     };
     assert!(line.serial.is_some());
@@ -755,8 +862,11 @@ fn a_seed_request_is_answered_on_the_shared_queue_in_the_seed_format() {
         }),
     );
     let (actions, _) = settle(&routes, v, delivered);
-    assert_eq!(shape(&actions), ["publish", "record:issued:-", "delete"]);
-    let Action::Publish { queue, body, .. } = &actions[0] else {
+    assert_eq!(
+        shape(&actions),
+        ["record:signed:-", "publish", "record:issued:-", "delete"]
+    );
+    let Action::Publish { queue, body, .. } = &actions[1] else {
         unreachable!()
     };
     assert_eq!(queue, SHARED_QUEUE);
@@ -835,7 +945,7 @@ fn the_reply_queue_is_derived_from_the_verified_instance_id() {
         ..routes(&ca)
     };
     let (actions, _) = settle(&routes, signed(&ca), delivered);
-    let Action::Publish { queue, .. } = &actions[0] else {
+    let Action::Publish { queue, .. } = &actions[1] else {
         unreachable!()
     };
     assert_eq!(queue, REPLY_QUEUE);
@@ -963,7 +1073,7 @@ fn what_private_ca_issued_is_published_only_if_the_node_would_accept_it() {
 fn the_audit_line_keeps_its_keys_in_alphabetical_order_and_names_the_signer() {
     let ca = make_ca("worker-audit", KeySpec::EcP256);
     let (actions, _) = settle(&routes(&ca), signed(&ca), delivered);
-    let Action::Record(signed_line) = &actions[1] else {
+    let Action::Record(signed_line) = &actions[2] else {
         unreachable!()
     };
     let line = signed_line.to_json_line("2026-12-03T16:00:00Z");

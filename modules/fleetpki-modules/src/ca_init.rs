@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_aws::AwsOptions;
@@ -15,9 +16,12 @@ use fleetpki_core::ca::{
     CaSubject,
 };
 use fleetpki_core::certs::parse_certificate;
+use fleetpki_core::crl::{parse_crl, reissue_reason};
 use fleetpki_core::keys::{load_private_key, public_key_spki, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::remote::RemoteSigningKey;
+use fleetpki_core::renewal::RenewBefore;
+use fleetpki_core::sign::CaSigner;
 use fleetpki_signers::kms::{Kms, KmsKey};
 use fleetpki_signers::pca::Pca;
 use serde::Deserialize;
@@ -51,6 +55,9 @@ pub fn spec() -> ArgumentSpec {
         .options(key_options(3072))
         .option(OptionSpec::new("root_lifetime_days", OptionType::Int).default(3650))
         .option(OptionSpec::new("intermediate_lifetime_days", OptionType::Int).default(1825))
+        .option(OptionSpec::new("root_crl_path", OptionType::Path))
+        .option(OptionSpec::new("root_crl_lifetime_days", OptionType::Int).default(365))
+        .option(OptionSpec::new("root_crl_renew_before", OptionType::Str).default("60d"))
         .options(file_options())
         .options(signer_options(&[
             SignerKind::File,
@@ -83,6 +90,9 @@ struct Args {
     size: u32,
     root_lifetime_days: u32,
     intermediate_lifetime_days: u32,
+    root_crl_path: Option<String>,
+    root_crl_lifetime_days: i64,
+    root_crl_renew_before: String,
     owner: Option<String>,
     group: Option<String>,
     mode: Value,
@@ -130,6 +140,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         lifetime_days: days,
     };
     let mut created = Vec::new();
+    let root_crl_timing = root_crl_timing(&args)?;
+    // Whatever would make the intermediate fail is found before the root is written.
+    if args.signer.signer == SignerKind::File {
+        preflight_file_intermediate(&args)?;
+    }
 
     // 1. The root: existing, or created from (and with) the root key.
     let existing_root = read_optional(&args.root_cert_path)?;
@@ -273,6 +288,37 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         created.push("chain");
     }
 
+    // 4. The root's CRL, where the root key lives: TLS servers that check the whole chain want
+    // one for every CA in it (mtls_ca_revoke bundles it with the intermediate's).
+    let mut root_crl_next_update = None;
+    if let (Some(path), Some((lifetime, renew_before))) = (&args.root_crl_path, root_crl_timing) {
+        let current = read_optional(path)?
+            .map(|text| parse_crl(&text))
+            .transpose()
+            .map_err(|e| Failure::new(format!("{path} is not a CRL: {e}")))?;
+        root_crl_next_update = current.as_ref().and_then(|c| c.next_update);
+        if let Some(why) = reissue_reason(current.as_ref(), &[], now, renew_before) {
+            if !check {
+                let key_path = args.root_privatekey_path.as_deref().ok_or_else(|| {
+                    Failure::new(format!(
+                        "root_privatekey_path is needed to sign the root's CRL ({why})"
+                    ))
+                })?;
+                let root = CaSigner::load(
+                    Path::new(&args.root_cert_path),
+                    Path::new(key_path),
+                    Path::new(&args.root_cert_path),
+                )?;
+                // The number only has to grow: the signing time does, without a state file.
+                let number = now.unix_timestamp().max(1) as u64;
+                let pem = root.sign_crl(&[], number, now, lifetime)?;
+                write(path, &pem, &public)?;
+                root_crl_next_update = parse_crl(&pem).ok().and_then(|c| c.next_update);
+            }
+            created.push("root_crl");
+        }
+    }
+
     let changed = !created.is_empty();
     let mut outcome = Outcome::new(
         changed,
@@ -289,7 +335,8 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     .with("root_created", created.contains(&"root"))
     .with("intermediate_created", created.contains(&"intermediate"))
     .with("intermediate_serial", intermediate.serial_hex.clone())
-    .with("intermediate_not_after", rfc3339(intermediate.not_after));
+    .with("intermediate_not_after", rfc3339(intermediate.not_after))
+    .with("root_crl_next_update", root_crl_next_update.map(rfc3339));
     if changed {
         outcome.diff = Some((
             String::new(),
@@ -297,6 +344,46 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         ));
     }
     Ok(signer_facts(outcome))
+}
+
+/// The root CRL's lifetime and renewal margin, checked before anything is written.
+fn root_crl_timing(args: &Args) -> Result<Option<(Duration, Duration)>, Failure> {
+    if args.root_crl_path.is_none() {
+        return Ok(None);
+    }
+    if !(1..=3650).contains(&args.root_crl_lifetime_days) {
+        return Err(Failure::new(
+            "root_crl_lifetime_days must be between 1 and 3650",
+        ));
+    }
+    let lifetime = Duration::from_secs(args.root_crl_lifetime_days as u64 * 86_400);
+    let renew_before = match RenewBefore::parse(&args.root_crl_renew_before) {
+        Ok(RenewBefore::Duration(d)) if !d.is_zero() && d < lifetime => d,
+        _ => {
+            return Err(Failure::new(
+                "root_crl_renew_before must be a duration such as 60d, more than 0 and shorter than root_crl_lifetime_days",
+            ))
+        }
+    };
+    Ok(Some((lifetime, renew_before)))
+}
+
+/// The file signer's intermediate as it is on disk, checked before the root is written: a key
+/// that cannot be read, or a certificate without its key, fails the task with nothing written.
+fn preflight_file_intermediate(args: &Args) -> Result<(), Failure> {
+    let Some(key_path) = args.intermediate_privatekey_path.as_deref() else {
+        return Ok(()); // file_intermediate says so, with the option's name
+    };
+    let existing_key = read_optional(key_path)?;
+    if let Some(pem) = &existing_key {
+        load_private_key(pem, key_path)?;
+    } else if read_optional(&args.intermediate_cert_path)?.is_some() {
+        return Err(Failure::new(format!(
+            "{} exists but its key {key_path} does not: restore the key or remove the certificate",
+            args.intermediate_cert_path
+        )));
+    }
+    Ok(())
 }
 
 /// What the AWS side reported, for the result.

@@ -2,9 +2,10 @@
 //! the intermediate up to date. Run it on a schedule too: it re-issues the CRL before its
 //! nextUpdate, so an expired CRL never breaks handshakes.
 //!
-//! Issuance records come from the workers' audit logs (one JSON line per decision, `issued`
-//! lines carry serial, instance id and notAfter). With several worker hosts, gather their logs
-//! to the host running this module (e.g. `ansible.builtin.fetch`) and list them all.
+//! Issuance records are the workers' audit logs (one hash-chained JSON line per decision; every
+//! line about a certificate carries its serial, instance id and notAfter). With several worker
+//! hosts, gather their records to the host running this module (e.g. `ansible.builtin.fetch`)
+//! and list them all. A record whose chain is broken is reported, not trusted.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -14,11 +15,15 @@ use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
 use fleetpki_aws::AwsOptions;
-use fleetpki_core::crl::{normalize_serial, parse_crl, reissue_reason, Reason, Revocation};
+use fleetpki_core::crl::{
+    bundle, normalise_pem, normalize_serial, parse_crl, reissue_reason, split_bundle, Reason,
+    Revocation,
+};
 use fleetpki_core::layout::{write_atomic, FilePerms};
+use fleetpki_core::record::{self, RecordedCertificate};
 use fleetpki_core::renewal::RenewBefore;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::{aws_options, rfc3339};
 use crate::signer::{signer_options, Backend, SignerArgs, SignerKind, AWS_KMS, FILE};
@@ -31,6 +36,7 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("ownca_privatekey_path", OptionType::Path))
         .option(OptionSpec::new("ca_chain_path", OptionType::Path).required())
         .option(OptionSpec::new("crl_path", OptionType::Path).required())
+        .option(OptionSpec::new("root_crl_path", OptionType::Path))
         .option(OptionSpec::new("revocations_path", OptionType::Path).required())
         .option(
             OptionSpec::new("issuance_log_paths", OptionType::List(ElementType::Str))
@@ -65,6 +71,7 @@ struct Args {
     ownca_privatekey_path: Option<String>,
     ca_chain_path: String,
     crl_path: String,
+    root_crl_path: Option<String>,
     revocations_path: String,
     issuance_log_paths: Vec<String>,
     serials: Vec<String>,
@@ -85,37 +92,24 @@ struct State {
     revoked: Vec<Revocation>,
 }
 
-/// `issued` records of the workers' audit logs: (serial, instance id, notAfter unix).
-fn issued_records(paths: &[String]) -> Result<Vec<(String, String, i64)>, Failure> {
-    let mut records = Vec::new();
+/// The certificates the workers' issuance records hold (every line with a serial: signed,
+/// issued, or signed and not delivered), and what is wrong with each record's chain, in words.
+fn recorded_certificates(
+    paths: &[String],
+) -> Result<(Vec<RecordedCertificate>, Vec<String>), Failure> {
+    let mut certificates = Vec::new();
+    let mut problems = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::new(format!("cannot read the issuance log {path}: {e}")))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(value) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            // Every line with a serial is a certificate that exists: issued, or signed but not
-            // delivered (its reply could not be sent), which must be revocable all the same.
-            if value["serial"].is_null() {
-                continue;
-            }
-            let not_after = value["not_after"]
-                .as_str()
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map(|t| t.unix_timestamp())
-                .unwrap_or(i64::MAX);
-            if let (Some(serial), Some(instance)) =
-                (value["serial"].as_str(), value["instance_id"].as_str())
-            {
-                records.push((serial.to_string(), instance.to_string(), not_after));
-            }
-        }
+            .map_err(|e| Failure::new(format!("cannot read the issuance record {path}: {e}")))?;
+        problems.extend(
+            record::verify(&text)
+                .into_iter()
+                .map(|problem| format!("{path}: {problem}")),
+        );
+        certificates.extend(record::certificates(&text));
     }
-    Ok(records)
+    Ok((certificates, problems))
 }
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
@@ -179,25 +173,36 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         wanted.push((normalize_serial(serial)?, None));
     }
     let mut warnings = Vec::new();
+    let mut record_problems: Vec<String> = Vec::new();
     if !args.instance_ids.is_empty() {
         if args.issuance_log_paths.is_empty() {
             return Err(Failure::new(
-                "revoking by instance_ids needs issuance_log_paths (the workers' audit logs)",
+                "revoking by instance_ids needs issuance_log_paths (the workers' issuance records, their audit_log_path files)",
             ));
         }
-        let records = issued_records(&args.issuance_log_paths)?;
+        let (records, problems) = recorded_certificates(&args.issuance_log_paths)?;
+        // Revoking is safe whatever the record says; a broken chain is said, not trusted.
+        for problem in &problems {
+            warnings.push(format!(
+                "the issuance record is not whole ({problem}): certificates it no longer lists cannot be revoked by instance id; compare it with the copy on the worker host and with the worker's journal"
+            ));
+        }
+        record_problems = problems;
         for instance in &args.instance_ids {
             let found: Vec<_> = records
                 .iter()
-                .filter(|(_, id, not_after)| id == instance && *not_after > now.unix_timestamp())
+                .filter(|c| &c.instance_id == instance && c.not_after > now.unix_timestamp())
                 .collect();
             if found.is_empty() {
                 warnings.push(format!(
-                    "no unexpired certificate of {instance} is in the issuance logs: nothing revoked for it (check the id, and that every worker's log is listed)"
+                    "no unexpired certificate of {instance} is in the issuance records: nothing revoked for it (check the id, and that every worker's record is listed)"
                 ));
             }
-            for (serial, id, _) in found {
-                wanted.push((normalize_serial(serial)?, Some(id.clone())));
+            for certificate in found {
+                wanted.push((
+                    normalize_serial(&certificate.serial)?,
+                    Some(certificate.instance_id.clone()),
+                ));
             }
         }
     }
@@ -215,15 +220,56 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         newly.push(serial);
     }
 
-    // 2. Re-issue the CRL when the list changed, when it is missing, or when its nextUpdate is near.
-    let current = match std::fs::read_to_string(&args.crl_path) {
-        Ok(text) => Some(parse_crl(&text)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    // 2. The root's CRL, bundled after the intermediate's: servers that check the whole chain
+    // refuse every client without it.
+    let root_crl = match &args.root_crl_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::new(format!("cannot read the root's CRL {path}: {e}; make it with mtls_ca_init root_crl_path where the root key lives (the ca_setup role does) and copy it here"))
+            })?;
+            let info =
+                parse_crl(&text).map_err(|e| Failure::new(format!("{path} is not a CRL: {e}")))?;
+            match info.next_update {
+                Some(next) if next <= now => warnings.push(format!(
+                    "the root's CRL {path} expired at {}: servers that check the whole chain (nginx ssl_crl, HAProxy crl-file) refuse every client; re-sign it with mtls_ca_init where the root key lives (ca_setup) and copy it here",
+                    rfc3339(next)
+                )),
+                Some(next) if next - now <= renew_before => warnings.push(format!(
+                    "the root's CRL {path} expires at {}: re-sign it with mtls_ca_init where the root key lives (ca_setup) before then",
+                    rfc3339(next)
+                )),
+                _ => {}
+            }
+            Some((normalise_pem(&text)?, text))
+        }
+        None => {
+            warnings.push("no root_crl_path: the CRL file holds the intermediate's CRL only, and servers that check the whole chain (nginx ssl_crl, HAProxy crl-file, openssl verify -crl_check_all) refuse every client with it".into());
+            None
+        }
+    };
+
+    // 3. Re-issue the CRL when the list changed, when it is missing, when its nextUpdate is
+    // near, or when the root's CRL beside it changed.
+    let (current, bundled_root) = match std::fs::read_to_string(&args.crl_path) {
+        Ok(text) => match split_bundle(&text)? {
+            Some((first, rest)) => (Some(parse_crl(&first)?), rest),
+            None => {
+                return Err(Failure::new(format!(
+                    "{} holds no CRL: remove it, and it is issued afresh",
+                    args.crl_path
+                )))
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, String::new()),
         Err(e) => return Err(Failure::new(format!("cannot read {}: {e}", args.crl_path))),
     };
     let mut listed: Vec<String> = state.revoked.iter().map(|r| r.serial.clone()).collect();
     listed.sort();
-    let why = reissue_reason(current.as_ref(), &listed, now, renew_before);
+    let root_part = root_crl
+        .as_ref()
+        .map_or("", |(normalised, _)| normalised.as_str());
+    let why = reissue_reason(current.as_ref(), &listed, now, renew_before)
+        .or((bundled_root != root_part).then_some("the root's CRL beside it changed"));
     // Which key signed, and (with KMS) what it cost: on every result.
     let finish = |outcome: Outcome| match backend.calls() {
         Some((key, calls)) => outcome.with("signer", backend.name()).with(key, calls),
@@ -231,7 +277,8 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     };
     let mut outcome = Outcome::new(false, "the CRL is current")
         .with("revoked", json!(newly))
-        .with("revoked_count", state.revoked.len());
+        .with("revoked_count", state.revoked.len())
+        .with("issuance_record_problems", json!(record_problems));
     outcome.warnings = warnings;
     if let Some(crl) = &current {
         outcome = outcome.with("crl_next_update", crl.next_update.map(rfc3339));
@@ -264,6 +311,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     }
     state.crl_number += 1;
     let crl_pem = signer.sign_crl(&state.revoked, state.crl_number, now, lifetime)?;
+    let crl_pem = match &root_crl {
+        Some((_, root_text)) => bundle(&crl_pem, root_text),
+        None => crl_pem,
+    };
     let perms = FilePerms::private(None, None, 0o600);
     let state_json = serde_json::to_vec_pretty(&state).map_err(|e| Failure::new(e.to_string()))?;
     write_atomic(Path::new(&args.revocations_path), &state_json, &perms)?;

@@ -12,7 +12,7 @@ use ansible_module::Invocation;
 use fleetpki_sqs::Sqs;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::ca_sign::{load_policy, spec, Args, Worker, NAME};
+use crate::ca_sign::{load_policy, spec, Args, Worker, WorkerError, NAME};
 use crate::signer::OpenError;
 
 fn log(text: &str) {
@@ -76,6 +76,8 @@ fn run(config_path: &str) -> Result<(), String> {
         let mut worker = loop {
             match Worker::new(&sqs, &args, policy.clone(), &backend).await {
                 Ok(worker) => break worker,
+                // Waiting would not make the record writable: stop, and let systemd say why.
+                Err(e @ WorkerError::Record(_)) => return Err(e.to_string()),
                 Err(e) => {
                     log(&format!("cannot start: {e}; retrying"));
                     tokio::select! {
@@ -116,7 +118,7 @@ fn run(config_path: &str) -> Result<(), String> {
             };
             let result = match received {
                 Ok(batch) => worker.process(&batch).await,
-                Err(e) => Err(e),
+                Err(e) => Err(WorkerError::from(e)),
             };
             for warning in std::mem::take(&mut worker.warnings) {
                 log(&format!("warning: {warning}"));
@@ -145,6 +147,11 @@ fn run(config_path: &str) -> Result<(), String> {
             }
             match result {
                 Ok(_) => failures = 0,
+                // Nothing more may be signed that cannot be recorded.
+                Err(e @ WorkerError::Record(_)) => {
+                    stop(&worker)?;
+                    return Err(e.to_string());
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);

@@ -1,18 +1,20 @@
 //! `mtls_ca_sign`: drain the CSR queue — check each request against the policy, sign what it
-//! allows, answer the node, and delete a CSR only once its answer is published. A CA that is
-//! down simply leaves CSRs waiting in the queue.
+//! allows, record it, answer the node, and delete a CSR only once its answer is published and
+//! recorded. A CA that is down simply leaves CSRs waiting in the queue.
 
-use std::io::Write;
+use std::path::Path;
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_aws::AwsOptions;
+use fleetpki_core::layout::crash_point;
 use fleetpki_core::policy::{Policy, ReasonCode};
 use fleetpki_core::remote::RemoteSignError;
 use fleetpki_core::sign::CaSigner;
 use fleetpki_core::wire::{INSTANCE_ID_ATTRIBUTE, REASON_ATTRIBUTE};
 use fleetpki_core::worker::{
-    accept_pca_certificate, check, plan_pca_issuance, remote_failure, sign_locally, Accepted,
-    Action, AuditRecord, Disposition, Fate, Inbound, Routes, Sent, Verdict,
+    accept_pca_certificate, check, pca_intent_record, plan_pca_issuance, remote_failure,
+    sign_locally, Accepted, Action, AuditRecord, Disposition, Fate, Inbound, PcaIssuance, Routes,
+    Sent, Verdict,
 };
 use fleetpki_signers::pca::{template_for, Issuance};
 use fleetpki_sqs::{Received, Sqs, SqsError};
@@ -21,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, now_unix, runtime};
+use crate::issuance_record::{IssuanceRecord, RecordError};
 use crate::signer::{
     signer_options, Backend, OpenError, PcaBackend, SignerArgs, SignerKind, AWS_KMS, AWS_PCA, FILE,
 };
@@ -42,7 +45,7 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("wait_time_seconds", OptionType::Int).default(1))
         .option(OptionSpec::new("max_requests", OptionType::Int).default(0))
         .option(OptionSpec::new("visibility_timeout", OptionType::Int).default(60))
-        .option(OptionSpec::new("audit_log_path", OptionType::Path))
+        .option(OptionSpec::new("audit_log_path", OptionType::Path).required())
         .options(signer_options(&[
             SignerKind::File,
             SignerKind::AwsKms,
@@ -72,7 +75,7 @@ pub struct Args {
     pub wait_time_seconds: i64,
     pub max_requests: i64,
     pub visibility_timeout: i64,
-    pub audit_log_path: Option<String>,
+    pub audit_log_path: String,
     #[serde(flatten)]
     pub signer: SignerArgs,
     pub pca_template_arn: Option<String>,
@@ -257,6 +260,31 @@ pub struct Tally {
     pub retries: Vec<Value>,
 }
 
+/// The test-only crash points of the worker's publish path (`FLEETPKI_TEST_CRASH_AT=k`), in
+/// order; the node's install has 1 to 6.
+pub mod crash {
+    /// A certificate's `signed` line is durable; the certificate is not sent yet.
+    pub const BEFORE_ANSWER: u32 = 11;
+    /// The certificate was sent; its delivery is not recorded yet.
+    pub const AFTER_ANSWER: u32 = 12;
+    /// The batch's last lines are durable; its requests are not deleted yet.
+    pub const BEFORE_DELETE: u32 = 13;
+    /// The batch's requests are deleted.
+    pub const AFTER_DELETE: u32 = 14;
+    pub const ALL: [u32; 4] = [BEFORE_ANSWER, AFTER_ANSWER, BEFORE_DELETE, AFTER_DELETE];
+}
+
+/// Why a drain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Sqs(#[from] SqsError),
+    /// Nothing described by the lines that could not be written was sent: those requests stay
+    /// queued.
+    #[error("{0}; nothing it would have described was sent, and the requests in hand stay queued: free space or fix the permissions of the record, then run again")]
+    Record(#[from] RecordError),
+}
+
 pub struct Worker<'a> {
     sqs: &'a Sqs,
     args: &'a Args,
@@ -267,19 +295,21 @@ pub struct Worker<'a> {
     remote_pool: Option<rayon::ThreadPool>,
     /// Set when the signer failed: the drain stops, the requests in hand go back to the queue.
     pub signer_error: Option<RemoteSignError>,
-    /// Service mode also writes each audit line to stdout (for journald).
+    /// Service mode also writes each record line to stdout (for journald).
     pub audit_to_stdout: bool,
+    record: IssuanceRecord,
     routes: Routes,
     pub tally: Tally,
     pub warnings: Vec<String>,
 }
 
-/// One request once its disposition has run: whether it joins the batch delete, and the
-/// warnings its audit line met.
-struct Settled {
+/// One request of a batch while its disposition runs.
+struct Slot {
     disposition: Disposition,
+    /// Its line waiting for the batch's next commit: the request waits with it.
+    pending: Option<AuditRecord>,
     delete: bool,
-    warnings: Vec<String>,
+    done: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -288,7 +318,9 @@ impl<'a> Worker<'a> {
         args: &'a Args,
         policy: Policy,
         backend: &'a Backend,
-    ) -> Result<Worker<'a>, SqsError> {
+    ) -> Result<Worker<'a>, WorkerError> {
+        // Before anything is received: a worker that cannot record must not take requests.
+        let record = IssuanceRecord::open(Path::new(&args.audit_log_path))?;
         let dead_letter_queue = match &args.dead_letter_queue_url {
             Some(url) => Some(url.clone()),
             None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,
@@ -322,6 +354,7 @@ impl<'a> Worker<'a> {
             remote_pool,
             signer_error: None,
             audit_to_stdout: false,
+            record,
             routes,
             tally: Tally::default(),
             warnings,
@@ -329,7 +362,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Receives and processes batches until the queue is empty or `limit` requests were handled.
-    pub async fn drain(&mut self, limit: u64) -> Result<(), SqsError> {
+    pub async fn drain(&mut self, limit: u64) -> Result<(), WorkerError> {
         let mut handled = 0u64;
         while handled < limit && self.signer_error.is_none() {
             let want = (limit - handled).min(self.args.batch_size as u64) as i32;
@@ -343,7 +376,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Receives one batch (long-polling up to `wait` s) and processes it; returns its size.
-    pub async fn batch(&mut self, max: i32, wait: i32) -> Result<usize, SqsError> {
+    pub async fn batch(&mut self, max: i32, wait: i32) -> Result<usize, WorkerError> {
         let batch = self.receive(max, wait).await?;
         self.process(&batch).await?;
         Ok(batch.len())
@@ -363,10 +396,10 @@ impl<'a> Worker<'a> {
 
     /// Processes received requests: checking and signing run in parallel on the cores; each
     /// request's actions are performed in the core's order, concurrently with the other
-    /// requests' (their answers go to different per-node queues, so they cannot be batched);
-    /// the requests the core deletes are deleted in one batch call at the end, after every
-    /// other action of the batch. Not to be cancelled midway.
-    pub async fn process(&mut self, batch: &[Received]) -> Result<(), SqsError> {
+    /// requests'. A record line is a barrier: the batch's requests run to their next line, the
+    /// lines are committed together (one fsync), and only then do they go on. The requests the
+    /// core deletes are deleted in one batch call at the end. Not to be cancelled midway.
+    pub async fn process(&mut self, batch: &[Received]) -> Result<(), WorkerError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -377,32 +410,55 @@ impl<'a> Worker<'a> {
                 }
                 None => judge_batch(&self.policy, &self.routes, signer, batch),
             },
-            Backend::PrivateCa(pca) => {
-                issue_batch_through_pca(&self.policy, &self.routes, pca, batch).await
-            }
+            Backend::PrivateCa(pca) => self.issue_batch_through_pca(pca, batch).await?,
         };
-        let this = &*self;
-        let settled = futures_util::future::join_all(
-            batch
-                .iter()
-                .zip(verdicts)
-                .map(|(received, verdict)| this.settle(received, verdict)),
-        )
-        .await;
+        for verdict in &verdicts {
+            if let Verdict::Sign { warnings, .. } = verdict {
+                self.warnings.extend(warnings.iter().cloned());
+            }
+        }
+        let mut slots: Vec<Slot> = batch
+            .iter()
+            .zip(verdicts)
+            .map(|(received, verdict)| Slot {
+                disposition: Disposition::new(verdict, &self.routes, &inbound(received)),
+                pending: None,
+                delete: false,
+                done: false,
+            })
+            .collect();
+        loop {
+            let this = &*self;
+            futures_util::future::join_all(
+                slots
+                    .iter_mut()
+                    .zip(batch)
+                    .filter(|(slot, _)| !slot.done)
+                    .map(|(slot, received)| this.advance(received, slot)),
+            )
+            .await;
+            let lines: Vec<AuditRecord> =
+                slots.iter_mut().filter_map(|s| s.pending.take()).collect();
+            if lines.is_empty() {
+                break;
+            }
+            self.commit(&lines)?;
+        }
         let mut done = Vec::new();
-        for (received, settled) in batch.iter().zip(settled) {
-            self.warnings.extend(settled.warnings);
-            if settled.delete {
+        for (received, slot) in batch.iter().zip(&slots) {
+            if slot.delete {
                 done.push(received.receipt_handle.clone());
             }
-            self.count(received, &settled.disposition);
+            self.count(received, &slot.disposition);
         }
+        crash_point(crash::BEFORE_DELETE);
         // Delete only what was settled; a failed delete means a duplicate answer later, which
         // the node discards (it no longer waits for that request id).
         let failed = self
             .sqs
             .delete_batch(&self.args.csr_queue_url, &done)
             .await?;
+        crash_point(crash::AFTER_DELETE);
         if !failed.is_empty() {
             self.warnings.push(format!(
                 "{} processed request(s) could not be deleted and will be answered again",
@@ -412,22 +468,33 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Performs one request's actions in the order its disposition gives them; only the delete
-    /// is left for the batch call.
-    async fn settle(&self, received: &Received, verdict: Verdict) -> Settled {
-        let mut disposition = Disposition::new(verdict, &self.routes, &inbound(received));
-        let (mut delete, mut warnings) = (false, Vec::new());
+    /// Performs one request's actions in its disposition's order until it reaches a record line
+    /// (left in `slot.pending` for the batch's commit) or its end; only the delete is left for
+    /// the batch call.
+    async fn advance(&self, received: &Received, slot: &mut Slot) {
+        let disposition = &mut slot.disposition;
         while let Some(action) = disposition.next_action() {
             match action {
+                Action::Record(line) => {
+                    slot.pending = Some(*line);
+                    return;
+                }
                 Action::Publish {
                     queue,
                     body,
                     instance_id,
                 } => {
+                    let certificate = disposition.issued().is_some();
+                    if certificate {
+                        crash_point(crash::BEFORE_ANSWER);
+                    }
                     let sent = self
                         .sqs
                         .send(&queue, &body, &[(INSTANCE_ID_ATTRIBUTE, &instance_id)])
                         .await;
+                    if certificate {
+                        crash_point(crash::AFTER_ANSWER);
+                    }
                     disposition.sent(sent_result(sent));
                 }
                 Action::DeadLetter { queue, reason } => {
@@ -438,9 +505,7 @@ impl<'a> Worker<'a> {
                     let sent = self.sqs.send(&queue, &received.body, &attributes).await;
                     disposition.sent(sent_result(sent));
                 }
-                // Synchronous: no other request's action runs between its write and the next.
-                Action::Record(line) => warnings.extend(self.record(&line)),
-                Action::Delete => delete = true,
+                Action::Delete => slot.delete = true,
                 Action::HandBack => {
                     // Visible again at once: the next drain (or the service, once its probe
                     // passes) takes it up; a failed hand-back only delays it by the timeout.
@@ -451,11 +516,21 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        Settled {
-            disposition,
-            delete,
-            warnings,
+        slot.done = true;
+    }
+
+    /// Makes `lines` durable in the issuance record (one fsync), stamped with this worker's
+    /// clock; in service mode they go to stdout too.
+    fn commit(&self, lines: &[AuditRecord]) -> Result<(), RecordError> {
+        let written = self
+            .record
+            .commit(lines, &rfc3339(time::OffsetDateTime::now_utc()))?;
+        if self.audit_to_stdout {
+            for line in written {
+                println!("{line}");
+            }
         }
+        Ok(())
     }
 
     fn count(&mut self, received: &Received, disposition: &Disposition) {
@@ -485,25 +560,39 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Writes one audit line, stamped with this worker's clock; returns a warning if it could
-    /// not be written.
-    fn record(&self, line: &AuditRecord) -> Option<String> {
-        if self.args.audit_log_path.is_none() && !self.audit_to_stdout {
-            return None;
-        }
-        let line = line.to_json_line(&rfc3339(time::OffsetDateTime::now_utc()));
-        if self.audit_to_stdout {
-            println!("{line}");
-        }
-        let path = self.args.audit_log_path.as_ref()?;
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| writeln!(f, "{line}"));
-        written
-            .err()
-            .map(|e| format!("cannot write the audit log {path}: {e}"))
+    /// Judges a batch with AWS Private CA as the issuer: the checks on the cores; the intents
+    /// recorded (one commit) before any `IssueCertificate`; then the issuances concurrently.
+    async fn issue_batch_through_pca(
+        &self,
+        backend: &PcaBackend,
+        batch: &[Received],
+    ) -> Result<Vec<Verdict>, WorkerError> {
+        let planned = plan_batch_through_pca(&self.policy, &self.routes, backend, batch);
+        let intents: Vec<AuditRecord> = planned
+            .iter()
+            .zip(batch)
+            .filter_map(|(plan, received)| match plan {
+                Ok((accepted, issuance)) => Some(pca_intent_record(
+                    accepted,
+                    issuance,
+                    &inbound(received),
+                    &self.routes,
+                )),
+                Err(_) => None,
+            })
+            .collect();
+        self.commit(&intents)?;
+        Ok(
+            futures_util::future::join_all(planned.into_iter().map(|plan| async move {
+                match plan {
+                    Ok((accepted, issuance)) => {
+                        issue_through_pca(backend, accepted, issuance).await
+                    }
+                    Err(refusal) => refusal,
+                }
+            }))
+            .await,
+        )
     }
 }
 
@@ -552,46 +641,47 @@ pub fn judge(policy: &Policy, routes: &Routes, signer: &CaSigner, received: &Rec
     }
 }
 
-/// Judges a batch with AWS Private CA as the issuer: the checks on the cores, then the
-/// issuances concurrently.
+/// The checks of a batch for AWS Private CA (on the cores) and, for each accepted request, the
+/// issuance to ask for.
 #[allow(clippy::result_large_err)]
-pub async fn issue_batch_through_pca(
+fn plan_batch_through_pca(
     policy: &Policy,
     routes: &Routes,
     backend: &PcaBackend,
     batch: &[Received],
-) -> Vec<Verdict> {
+) -> Vec<Result<(Accepted, PcaIssuance), Verdict>> {
     use rayon::prelude::*;
     let now = now_unix();
     let checked: Vec<Result<Accepted, Verdict>> = batch
         .par_iter()
         .map(|r| check(policy, routes, &inbound(r), now))
         .collect();
-    futures_util::future::join_all(checked.into_iter().map(|c| async move {
-        match c {
-            Ok(accepted) => issue_through_pca(backend, accepted).await,
-            Err(refusal) => refusal,
-        }
-    }))
-    .await
+    checked
+        .into_iter()
+        .map(|c| {
+            let accepted = c?;
+            match plan_pca_issuance(
+                &accepted,
+                backend.ca.not_after,
+                time::OffsetDateTime::now_utc(),
+            ) {
+                Ok(issuance) => Ok((accepted, issuance)),
+                Err(rejection) => Err(Verdict::Refuse {
+                    message: Some(accepted.message),
+                    rejection,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// One issuance by Private CA: what to ask for, and whether what comes back may be published,
 /// are the core's (`plan_pca_issuance`, `accept_pca_certificate`); here only the calls.
-async fn issue_through_pca(backend: &PcaBackend, accepted: Accepted) -> Verdict {
-    let issuance = match plan_pca_issuance(
-        &accepted,
-        backend.ca.not_after,
-        time::OffsetDateTime::now_utc(),
-    ) {
-        Ok(issuance) => issuance,
-        Err(rejection) => {
-            return Verdict::Refuse {
-                message: Some(accepted.message),
-                rejection,
-            }
-        }
-    };
+async fn issue_through_pca(
+    backend: &PcaBackend,
+    accepted: Accepted,
+    issuance: PcaIssuance,
+) -> Verdict {
     let (pca, arn, algorithm) = (backend.pca.clone(), backend.arn.clone(), backend.algorithm);
     let template = backend
         .template_arn

@@ -15,6 +15,7 @@ use fleetpki_core::layout::{
 };
 use fleetpki_core::names::parse_names;
 use fleetpki_core::node::{judge_reply, Pending, Reply, ReplyDecision};
+use fleetpki_core::policy::is_valid_instance_id;
 use fleetpki_core::wire::{reply_queue_name, ReplyMode, INSTANCE_ID_ATTRIBUTE};
 use fleetpki_sqs::{Received, Sqs};
 use serde::Deserialize;
@@ -73,6 +74,14 @@ enum Handled {
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
+    // Checked before anything else, as mtls_csr_submit does: even with nothing pending.
+    if !is_valid_instance_id(&args.instance_id) {
+        return Err(ansible_module::ArgumentError::Invalid {
+            name: "instance_id".into(),
+            problem: "use 1-64 letters, digits, '-' or '_' (it names the reply queue)".into(),
+        }
+        .into());
+    }
     if args.timeout < 0 {
         return Err(ansible_module::ArgumentError::Invalid {
             name: "timeout".into(),

@@ -10,7 +10,7 @@ use fleetpki_core::csr::build_csr;
 use fleetpki_core::keys::{load_private_key, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
-use fleetpki_core::policy::{enrollment_mac, enrollment_mac_input, is_valid_instance_id};
+use fleetpki_core::policy::{enrollment_proof_v2, is_valid_instance_id};
 use fleetpki_core::renewal::{decide, RenewBefore, Wanted};
 use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{
@@ -251,23 +251,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             ReplyMode::Shared => None,
         };
         let timestamp = now_unix();
-        let identity_proof = args
-            .enrollment_secret
-            .as_deref()
-            .map(|secret| IdentityProof {
-                kind: "enrollment_secret".into(),
-                hmac: Some(enrollment_mac(
-                    secret,
-                    &enrollment_mac_input(
-                        &request_id,
-                        timestamp,
-                        &args.instance_id,
-                        args.certificate_profile,
-                        &csr_pem,
-                    ),
-                )),
-            });
-        let message = CsrMessage {
+        let mut message = CsrMessage {
             instance_id: args.instance_id.clone(),
             csr_pem: csr_pem.clone(),
             version: Some(WIRE_VERSION),
@@ -276,8 +260,16 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             profile: Some(args.certificate_profile),
             lifetime_days: args.lifetime_days,
             reply_mode: Some(args.reply_mode),
-            identity_proof,
+            identity_proof: None,
         };
+        // The v2 HMAC covers every field above.
+        message.identity_proof = args
+            .enrollment_secret
+            .as_deref()
+            .map(|secret| IdentityProof {
+                kind: "enrollment_secret".into(),
+                hmac: Some(enrollment_proof_v2(secret, &message)),
+            });
         let body = serde_json::to_string(&message).map_err(|e| Failure::new(e.to_string()))?;
         // Record the request before sending: after a crash in between, the node waits for an
         // answer (and resubmits on `force`) rather than forgetting what it asked for.

@@ -8,5 +8,6 @@ pub mod ca_sign;
 pub mod cert_fetch;
 pub mod common;
 pub mod csr_submit;
+pub mod issuance_record;
 pub mod reply_queues;
 pub mod signer;

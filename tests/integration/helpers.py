@@ -427,8 +427,10 @@ def sign_leaf(
     instance_id: str,
     sans: list[str],
     days: int = 30,
+    not_before: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """A leaf like the ones our worker issues (CN = instance id, SANs, serverAuth+clientAuth)."""
+    """A leaf like the ones our worker issues (CN = instance id, SANs, serverAuth+clientAuth),
+    valid from `not_before` (default: 5 minutes ago, as the worker backdates)."""
     now = dt.datetime.now(dt.UTC)
     names: list[x509.GeneralName] = []
     for san in sans:
@@ -443,7 +445,7 @@ def sign_leaf(
         .issuer_name(issuer_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(not_before or now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

@@ -182,6 +182,24 @@ def enrollment_hmac(secret: str, request_id: str, timestamp: int, instance_id: s
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
+def enrollment_hmac_v2(secret: str, body: dict[str, Any]) -> str:
+    """The v2 proof nodes send, computed independently of the Rust code from docs/interfaces.md,
+    "Enrollment HMAC": `v2:` + HMAC-SHA256 of a whitespace-free JSON array of every field."""
+    fields = [
+        "fleetpki-enrollment-v2",
+        body.get("version"),
+        body.get("request_id"),
+        body.get("timestamp"),
+        body["instance_id"],
+        body.get("profile") or "mtls",
+        body.get("lifetime_days"),
+        body.get("reply_mode") or ("per_node" if "version" in body else "shared"),
+        body["csr_pem"],
+    ]
+    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return "v2:" + hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
 def reason_code_of(reason_attribute: str) -> str:
     """FleetpkiReason is `<code>: <message>`; the code is what the tests compare."""
     return reason_attribute.split(":", 1)[0].strip()
@@ -1180,14 +1198,7 @@ def test_enrollment_secret_end_to_end(make_node, sign, queues, sqs, ca, tmp_path
         body = json.loads(m["Body"])
         proof = body["identity_proof"]
         assert proof["type"] == "enrollment_secret", body
-        assert proof["hmac"] == enrollment_hmac(
-            secrets[body["instance_id"]],
-            body["request_id"],
-            body["timestamp"],
-            body["instance_id"],
-            body["profile"],
-            body["csr_pem"],
-        )
+        assert proof["hmac"] == enrollment_hmac_v2(secrets[body["instance_id"]], body)
     signed, proc = sign(policy_path=str(policy))
     assert_ok(signed, proc)
     assert (signed["issued"], signed["rejected"], signed["dead_lettered"]) == (2, 0, 0), describe(signed, proc)
@@ -1224,6 +1235,8 @@ def test_enrollment_hmac_recomputed_for_a_new_timestamp_is_accepted(make_node, s
     )
     assert_ok(signed, proc)
     assert signed["issued"] == 1, describe(signed, proc)
+    # The v1 form still passes while the policy allows it, with a warning naming the request.
+    assert any("v1 enrollment HMAC" in w and body["request_id"] in w for w in signed.get("warnings", [])), describe(signed, proc)
     result, proc = node.fetch()
     assert_ok(result, proc)
     assert result["status"] == "installed", describe(result, proc)

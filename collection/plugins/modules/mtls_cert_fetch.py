@@ -130,7 +130,12 @@ RETURN = r"""
 status:
   description:
     - V(installed) when a new certificate was installed, V(pending) when the request is not answered yet
-      (O(wait=false)), V(unchanged) when the current certificate stays, V(no_request) when no request is pending.
+      (O(wait=false)), or its certificate is kept until it is valid (the node's clock is behind), V(unchanged) when
+      the current certificate stays, V(no_request) when no request is pending (or it was just ended because its
+      reply queue no longer exists).
+    - A refusal from the CA ends the request and fails the task naming the reason code; the next
+      M(fleetpki.mtls.mtls_csr_submit) sends a new request at once. A certificate this node refuses is set aside
+      (named in C(msg) and the warnings) and never ends the request.
   returned: always
   type: str
   sample: installed

@@ -102,6 +102,8 @@ options:
   force:
     description:
       - Submit a new request even when the current certificate is valid or a request is pending.
+      - If the request cannot be sent (the queue unreachable), the next run sends it without O(force) (reason
+        V(forced_retry)).
     type: bool
     default: false
   lifetime_days:
@@ -206,7 +208,9 @@ reason:
   description:
     - Why a request was or was not submitted.
     - V(no_certificate), V(certificate_unreadable), V(key_changed), V(names_changed), V(profile_changed), V(expired),
-      V(inside_renewal_window), V(request_unanswered) or V(forced) submit a request; V(request_pending) and V(valid) do not.
+      V(inside_renewal_window), V(request_unanswered), V(forced), V(forced_retry) (a rotation forced by an earlier run
+      that never reached the CA) or V(reply_queue_missing) (the pending request's reply queue no longer exists, so no
+      answer can come) submit a request; V(request_pending) and V(valid) do not.
   returned: always
   type: str
   sample: no_certificate

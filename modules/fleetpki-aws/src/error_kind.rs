@@ -194,3 +194,41 @@ mod tests {
         assert!(!AwsErrorKind::NoCredentials.hint().contains("network"));
     }
 }
+
+/// An SDK error in words: its message and those of its sources, each once, joined by ": ".
+/// (The SDK's `DisplayErrorContext` ends with the error's `Debug` form, which is not for people.)
+pub fn error_words(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !text.is_empty() && !words.iter().any(|w| w.contains(&text)) {
+            words.push(text);
+        }
+        next = current.source();
+    }
+    words.join(": ")
+}
+
+#[cfg(test)]
+mod words_tests {
+    use super::error_words;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("dispatch failure")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_is_said_in_words_without_debug_text() {
+        let error = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error: Connection refused (os error 111)",
+        ));
+        let words = error_words(&error);
+        assert_eq!(
+            words,
+            "dispatch failure: tcp connect error: Connection refused (os error 111)"
+        );
+        assert!(!words.contains("{ ") && !words.contains("Os {"), "{words}");
+    }
+}

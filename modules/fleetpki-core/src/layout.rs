@@ -26,6 +26,8 @@ pub const COMBINED_FILE: &str = "combined.pem";
 const REQUEST_FILE: &str = "request.json";
 const STAGED_CERT_FILE: &str = "cert.pem";
 const STAGED_CHAIN_FILE: &str = "chain.pem";
+/// Present while a forced rotation has not reached the CA yet (`force` during an outage).
+const ROTATION_WANTED_FILE: &str = "rotation-wanted";
 
 /// The environment variable of the test-only crash switch: `FLEETPKI_TEST_CRASH_AT=k` makes the
 /// process abort at crash point k of the install, so tests can prove every interruption is safe.
@@ -372,6 +374,28 @@ impl Layout {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// Remembers that a rotation was forced, until a request reaches the CA: a forced rotation
+    /// that failed (the queue down) is retried by the next run, forced or not.
+    pub fn mark_rotation_wanted(&self) -> Result<(), PkiError> {
+        ensure_dir(&self.root, 0o755)?;
+        let perms = FilePerms::private(None, None, 0o600);
+        write_atomic(&self.root.join(ROTATION_WANTED_FILE), b"forced\n", &perms)
+    }
+
+    pub fn rotation_wanted(&self) -> bool {
+        fs::symlink_metadata(self.root.join(ROTATION_WANTED_FILE)).is_ok()
+    }
+
+    /// A request was sent: the forced rotation is under way.
+    pub fn clear_rotation_wanted(&self) -> Result<(), PkiError> {
+        let path = self.root.join(ROTATION_WANTED_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PkiError::io(path, e)),
         }
     }
 

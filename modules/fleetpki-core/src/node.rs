@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
 
-use crate::certs::{check_issued_certificate, CertificateInfo, Expectation};
+use crate::certs::{check_issued_certificate, CertRejection, CertificateInfo, Expectation};
 use crate::wire::{ReplyMessage, ReplyMode};
 
 /// What the node knows while a request is pending.
@@ -39,9 +39,17 @@ pub enum ReplyDecision {
     /// refuse): delete it — the node's queue is only its own, and a message left there would
     /// come back forever — and warn with `warning`.
     Discard { warning: String },
-    /// The CA refused the pending request: end the request, delete the message, and fail the
-    /// task with `msg`.
+    /// The CA refused the pending request: end the request (the next submit sends a new one at
+    /// once), delete the message, and fail the task with `msg`.
     Refused { reason_code: String, msg: String },
+    /// A certificate for the pending request, from the pinned CA, valid only from a time ahead
+    /// of this node's clock: stage it beside the pending key, delete the message, warn with
+    /// `msg`; the first run at which it is valid installs it (unless a valid answer comes first).
+    NotYetValid {
+        certificate_pem: String,
+        chain_pem: String,
+        msg: String,
+    },
     /// A certificate that passed every check. In this order: stage it beside the pending key
     /// (from then on an interrupted run is completed without SQS), delete the message, install.
     Install {
@@ -114,6 +122,23 @@ pub fn judge_reply(pending: &Pending<'_>, reply: &Reply<'_>, now: SystemTime) ->
                 info: Box::new(info),
                 chain_pem: certificate.ca_chain_pem,
             },
+            Err(refusal @ CertRejection::NotYetValid { .. })
+                if valid_later(
+                    pending,
+                    &certificate.certificate_pem,
+                    &certificate.ca_chain_pem,
+                    &refusal,
+                    now,
+                ) =>
+            {
+                ReplyDecision::NotYetValid {
+                    msg: not_yet_valid_msg(pending.request_id, &refusal),
+                    certificate_pem: certificate.certificate_pem,
+                    chain_pem: certificate.ca_chain_pem,
+                }
+            }
+            // Anything else is set aside, never ending the request: a message that anyone able
+            // to write to the reply queue can send must not stop the genuine answer.
             Err(refusal) => discard(format!(
                 "refused a certificate for request {} ({}): {refusal}",
                 pending.request_id,
@@ -121,4 +146,35 @@ pub fn judge_reply(pending: &Pending<'_>, reply: &Reply<'_>, now: SystemTime) ->
             )),
         },
     }
+}
+
+/// Whether a certificate refused as not yet valid passes every check at its notBefore: then it
+/// is the pinned CA's answer, early only for this node's clock (a forgery fails there too).
+pub fn valid_later(
+    pending: &Pending<'_>,
+    certificate_pem: &str,
+    chain_pem: &str,
+    refusal: &CertRejection,
+    now: SystemTime,
+) -> bool {
+    let CertRejection::NotYetValid { ahead_seconds, .. } = refusal else {
+        return false;
+    };
+    let then = now + std::time::Duration::from_secs(ahead_seconds.saturating_add(1));
+    check_issued_certificate(
+        certificate_pem,
+        chain_pem,
+        pending.anchors,
+        pending.expect,
+        then,
+    )
+    .is_ok()
+}
+
+/// What a node says of a certificate that is valid only later: kept, and why.
+pub fn not_yet_valid_msg(request_id: &str, refusal: &CertRejection) -> String {
+    format!(
+        "the certificate for request {request_id} is not valid yet ({}: {refusal}); it is kept and installed by the first run at which it is valid, unless a valid answer comes first. Set the node's clock right (NTP)",
+        refusal.reason_code()
+    )
 }

@@ -75,6 +75,11 @@ pub enum SubmitReason {
     Expired,
     RenewalWindow,
     Forced,
+    /// A rotation forced by an earlier run that never reached the CA.
+    ForcedRetry,
+    /// The pending request's reply queue no longer exists (the queue server lost its state):
+    /// no answer can come, so a new request is sent at once.
+    ReplyQueueMissing,
     RequestPending,
     /// A pending request unanswered for longer than `resubmit_after`.
     RequestStale,
@@ -95,6 +100,8 @@ impl SubmitReason {
             SubmitReason::Expired => "expired",
             SubmitReason::RenewalWindow => "inside_renewal_window",
             SubmitReason::Forced => "forced",
+            SubmitReason::ForcedRetry => "forced_retry",
+            SubmitReason::ReplyQueueMissing => "reply_queue_missing",
             SubmitReason::RequestPending => "request_pending",
             SubmitReason::RequestStale => "request_unanswered",
             SubmitReason::Valid => "valid",
@@ -116,6 +123,8 @@ pub struct Wanted<'a> {
     pub profile: Profile,
     pub renew_before: RenewBefore,
     pub force: bool,
+    /// An earlier forced rotation has not reached the CA yet.
+    pub retry_forced: bool,
     /// A pending request older than this is sent again.
     pub resubmit_after: Duration,
 }
@@ -148,6 +157,8 @@ pub fn decide(
     let wanted_names: Vec<String> = wanted.names.iter().map(ToString::to_string).collect();
     let reason = if wanted.force {
         SubmitReason::Forced
+    } else if wanted.retry_forced {
+        SubmitReason::ForcedRetry
     } else if let Some(p) = pending.filter(|p| {
         p.names == wanted_names
             && p.profile == wanted.profile
@@ -193,6 +204,15 @@ pub fn decide(
         }
     };
     Decision { reason, current }
+}
+
+/// The decision once the pending request's reply queue was looked up (per-node mode only, and
+/// never in check mode): a request whose queue is gone can never be answered.
+pub fn recheck_pending(reason: SubmitReason, reply_queue_exists: bool) -> SubmitReason {
+    match reason {
+        SubmitReason::RequestPending if !reply_queue_exists => SubmitReason::ReplyQueueMissing,
+        other => other,
+    }
 }
 
 fn jitter(instance_id: &str, cert: &CertificateInfo) -> time::Duration {
@@ -304,8 +324,45 @@ mod decision_tests {
             profile: Profile::Mtls,
             renew_before: RenewBefore::parse("33%").unwrap(),
             force: false,
+            retry_forced: false,
             resubmit_after: Duration::from_secs(3600),
         }
+    }
+
+    #[test]
+    fn a_forced_rotation_that_never_reached_the_ca_is_retried() {
+        let issued = OffsetDateTime::now_utc();
+        let installed = pair(issued, &["DNS:a.example"]);
+        let names = parse_names(&["DNS:a.example"]).unwrap();
+        let plain = wanted(&names);
+        assert_eq!(
+            decide(&plain, Some(&installed), None, issued).reason,
+            SubmitReason::Valid
+        );
+        let retry = Wanted {
+            retry_forced: true,
+            ..wanted(&names)
+        };
+        let decision = decide(&retry, Some(&installed), None, issued);
+        assert_eq!(decision.reason, SubmitReason::ForcedRetry);
+        assert!(decision.reason.submits());
+    }
+
+    #[test]
+    fn a_pending_request_whose_reply_queue_is_gone_is_sent_again_at_once() {
+        assert_eq!(
+            recheck_pending(SubmitReason::RequestPending, false),
+            SubmitReason::ReplyQueueMissing
+        );
+        assert!(SubmitReason::ReplyQueueMissing.submits());
+        assert_eq!(
+            recheck_pending(SubmitReason::RequestPending, true),
+            SubmitReason::RequestPending
+        );
+        assert_eq!(
+            recheck_pending(SubmitReason::Valid, false),
+            SubmitReason::Valid
+        );
     }
 
     #[test]

@@ -156,6 +156,7 @@ fn outcome(decision: &ReplyDecision) -> String {
             format!("discard:{code}")
         }
         ReplyDecision::Refused { reason_code, .. } => format!("refused:{reason_code}"),
+        ReplyDecision::NotYetValid { .. } => "keep:certificate_not_yet_valid".into(),
         ReplyDecision::Install { .. } => "install".into(),
     }
 }
@@ -352,6 +353,24 @@ fn each_reply_gets_its_decision() {
                 Some(REQUEST),
             ),
             Some(ID),
+            "keep:certificate_not_yet_valid",
+        ),
+        (
+            // Not kept: it fails at its own notBefore too, so a forgery cannot park itself.
+            "another CA's certificate valid from an hour ahead",
+            PerNode,
+            node.answer(
+                certificate_at(
+                    &foreign.signer,
+                    &node.key,
+                    ID,
+                    &SANS,
+                    Profile::Mtls,
+                    OffsetDateTime::now_utc() + time::Duration::hours(1),
+                ),
+                Some(REQUEST),
+            ),
+            Some(ID),
             "discard:certificate_not_yet_valid",
         ),
         (
@@ -365,8 +384,9 @@ fn each_reply_gets_its_decision() {
     for (case, mode, body, attribute, expected) in rows {
         let decision = node.judge(mode, &body, attribute);
         assert_eq!(outcome(&decision), expected, "{case}: {decision:?}");
-        if let ReplyDecision::Discard { warning } | ReplyDecision::Refused { msg: warning, .. } =
-            &decision
+        if let ReplyDecision::Discard { warning }
+        | ReplyDecision::Refused { msg: warning, .. }
+        | ReplyDecision::NotYetValid { msg: warning, .. } = &decision
         {
             for debug in ["Some(", "None", "UnixTime(", "KeyPurposeId("] {
                 assert!(

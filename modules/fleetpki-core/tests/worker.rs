@@ -411,8 +411,13 @@ fn rows() -> Vec<(&'static str, ReasonCode, Route, Input)> {
 
 /// The enrollment-secret policy of the proof rows.
 fn enrollment_policy() -> Policy {
+    enrollment_policy_with("")
+}
+
+/// The enrollment-secret policy with `extra` keys (`, "key": value`).
+fn enrollment_policy_with(extra: &str) -> Policy {
     Policy::from_json(&format!(
-        r#"{{"identity_proof": "enrollment_secret", "enrollment_secrets": {{"{ID}": "{SECRET}"}}, "instances": [{{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["127.0.0.0/8"]}}]}}"#
+        r#"{{"identity_proof": "enrollment_secret", "enrollment_secrets": {{"{ID}": "{SECRET}"}}, "instances": [{{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["127.0.0.0/8"]}}]{extra}}}"#
     ))
     .unwrap()
 }
@@ -698,13 +703,7 @@ fn the_v2_enrollment_hmac_covers_every_field() {
         ("timestamp", |m| m.timestamp = m.timestamp.map(|t| t - 1)),
     ];
     for (field, edit) in edits {
-        let r = v2_request(
-            Policy::from_json(&format!(
-                r#"{{"identity_proof": "enrollment_secret", "enrollment_secrets": {{"{ID}": "{SECRET}"}}, "instances": [{{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["127.0.0.0/8"]}}]}}"#
-            ))
-            .unwrap(),
-            edit,
-        );
+        let r = v2_request(enrollment_policy(), edit);
         assert_eq!(
             refusal_code(checked(&r)),
             Some(ReasonCode::IdentityProofInvalid),
@@ -722,10 +721,7 @@ fn a_v1_enrollment_hmac_is_refused_once_the_policy_says_v2_only() {
         &enrollment_mac_input("req-1", ts, ID, Profile::Mtls, &csr),
     );
     let r = Request {
-        policy: Policy::from_json(&format!(
-            r#"{{"identity_proof": "enrollment_secret", "enrollment_secrets": {{"{ID}": "{SECRET}"}}, "enrollment_hmac_versions": [2], "instances": [{{"instance_id_pattern": "i-*", "dns_suffixes": [".fleet.internal"], "ip_networks": ["127.0.0.0/8"]}}]}}"#
-        ))
-        .unwrap(),
+        policy: enrollment_policy_with(r#", "enrollment_hmac_versions": [2]"#),
         ..request(body(csr, |m| {
             m.timestamp = Some(ts);
             with_proof(m, mac);

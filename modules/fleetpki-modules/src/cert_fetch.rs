@@ -7,17 +7,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_aws::AwsOptions;
-use fleetpki_core::certs::{check_issued_certificate, load_certificates, Expectation};
+use fleetpki_core::certs::{
+    check_issued_certificate, load_certificates, CertRejection, Expectation,
+};
 use fleetpki_core::keys::{load_private_key, public_key_spki};
 use fleetpki_core::layout::{
     crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE,
     KEY_FILE, LOCK_WAIT,
 };
 use fleetpki_core::names::parse_names;
-use fleetpki_core::node::{judge_reply, Pending, Reply, ReplyDecision};
+use fleetpki_core::node::{
+    judge_reply, not_yet_valid_msg, valid_later, Pending, Reply, ReplyDecision,
+};
 use fleetpki_core::policy::is_valid_instance_id;
 use fleetpki_core::wire::{reply_queue_name, ReplyMode, INSTANCE_ID_ATTRIBUTE};
-use fleetpki_sqs::{Received, Sqs};
+use fleetpki_sqs::{Received, Sqs, SqsError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -67,6 +71,7 @@ struct Args {
 /// What became of one received message.
 enum Handled {
     Installed(Outcome),
+    /// The CA refused the request: it is ended.
     Rejected(String),
     /// Not for us, stale, forged or unusable: the warning says which.
     Ignored(Option<String>),
@@ -171,6 +176,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         profile: pending.profile,
     };
 
+    let awaited = Pending {
+        instance_id: &args.instance_id,
+        request_id: &pending.request_id,
+        reply_mode: args.reply_mode,
+        expect: &expect,
+        anchors: &anchors,
+    };
+    // Said in this run's result: a staged certificate that is not valid yet.
+    let mut staged_early = None;
     // An answer staged by an interrupted run is installed now, re-checked first.
     if let Some((cert_pem, chain_pem)) = layout.read_staged()? {
         match check_issued_certificate(&cert_pem, &chain_pem, &anchors, &expect, SystemTime::now())
@@ -188,6 +202,13 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                 let mut outcome = install(&layout, &pending, &info, &key_pem, &chain_pem, &perms)?;
                 outcome.msg.push_str(" (completing an interrupted install)");
                 return Ok(paths(outcome));
+            }
+            // The CA's answer, early for this node's clock: kept until it is valid, while the
+            // queue is still read (a valid answer there replaces it).
+            Err(refusal @ CertRejection::NotYetValid { .. })
+                if valid_later(&awaited, &cert_pem, &chain_pem, &refusal, SystemTime::now()) =>
+            {
+                staged_early = Some(not_yet_valid_msg(&pending.request_id, &refusal));
             }
             Err(_) if invocation.check_mode => {}
             Err(refusal) => layout
@@ -225,23 +246,28 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             request: &pending,
             key_pem: &key_pem,
             perms: &perms,
-            awaited: Pending {
-                instance_id: &args.instance_id,
-                request_id: &pending.request_id,
-                reply_mode: args.reply_mode,
-                expect: &expect,
-                anchors: &anchors,
-            },
+            awaited,
         };
         let started = Instant::now();
         let deadline = Duration::from_secs(if args.wait { args.timeout as u64 } else { 0 });
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = staged_early.into_iter().collect();
         loop {
             // Long-poll for what is left of the timeout (whole seconds, at least one), so an
             // empty queue costs one call per 20 s, not a busy loop.
             let left = deadline.saturating_sub(started.elapsed());
             let wait = if args.wait { (left.as_secs_f64().ceil() as i32).clamp(1, 20) } else { 1 };
-            let messages = sqs.receive(&queue_url, 10, wait, Some(VISIBILITY_SECONDS)).await.map_err(|e| with_calls(e.into(), &sqs))?;
+            let messages = match sqs.receive(&queue_url, 10, wait, Some(VISIBILITY_SECONDS)).await {
+                Ok(messages) => messages,
+                // No answer can ever come: end the request, so the next submit sends a new one.
+                Err(SqsError::QueueMissing(_)) if args.reply_mode == ReplyMode::PerNode => {
+                    layout.clear_pending_request()?;
+                    return Err(with_calls(Failure::new(format!(
+                        "this node's reply queue {queue_url} no longer exists (was the queue server reset?), so request {} can never be answered: it is ended, and the next mtls_csr_submit sends a new request and creates the queue",
+                        pending.request_id
+                    )).with("status", "no_request"), &sqs));
+                }
+                Err(e) => return Err(with_calls(e.into(), &sqs)),
+            };
             for message in &messages {
                 match fetch.handle(message).await {
                     Ok(Handled::Installed(outcome)) => {
@@ -260,14 +286,31 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         }
         if !args.wait {
             let mut outcome = paths(base).with("status", "pending").with("sqs_calls", calls_json(sqs.calls()));
-            outcome.msg = format!("request {} has no answer yet", pending.request_id);
+            outcome.msg = match warnings.first() {
+                // The cause, in the message itself (not only among the warnings).
+                Some(first) => format!("request {} has no usable answer yet: {first}", pending.request_id),
+                None => format!("request {} has no answer yet", pending.request_id),
+            };
             outcome.warnings = warnings;
+            if layout.read_current()?.is_none() {
+                outcome.warnings.push(format!(
+                    "no certificate is installed on this node yet: request {} is pending since {}",
+                    pending.request_id,
+                    time::OffsetDateTime::from_unix_timestamp(pending.submitted_at).map(rfc3339).unwrap_or_else(|_| pending.submitted_at.to_string())
+                ));
+            }
             return Ok(outcome);
         }
-        let mut failure = Failure::new(format!(
-            "no certificate for request {} after {} s: is the CA worker running? The request stays pending; run again to keep waiting",
-            pending.request_id, args.timeout
-        ))
+        let mut failure = Failure::new(match warnings.first() {
+            Some(first) => format!(
+                "no usable certificate for request {} after {} s: {first}. The request stays pending; run again to keep waiting",
+                pending.request_id, args.timeout
+            ),
+            None => format!(
+                "no certificate for request {} after {} s: is the CA worker running? The request stays pending; run again to keep waiting",
+                pending.request_id, args.timeout
+            ),
+        })
         .with("status", "pending");
         if !warnings.is_empty() {
             failure = failure.with("warnings", warnings);
@@ -366,6 +409,16 @@ impl Fetch<'_> {
                 self.layout.clear_pending_request()?;
                 self.sqs.delete(self.queue_url, receipt).await?;
                 Ok(Handled::Rejected(msg))
+            }
+            ReplyDecision::NotYetValid {
+                certificate_pem,
+                chain_pem,
+                msg,
+            } => {
+                // Kept beside the pending key (the staged answer), then deleted from the queue.
+                self.layout.stage_answer(&certificate_pem, &chain_pem)?;
+                self.sqs.delete(self.queue_url, receipt).await?;
+                Ok(Handled::Ignored(Some(msg)))
             }
             ReplyDecision::Install { info, chain_pem } => {
                 crash_point(1);

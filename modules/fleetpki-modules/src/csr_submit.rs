@@ -11,7 +11,7 @@ use fleetpki_core::keys::{load_private_key, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::{enrollment_proof_v2, is_valid_instance_id};
-use fleetpki_core::renewal::{decide, RenewBefore, Wanted};
+use fleetpki_core::renewal::{decide, recheck_pending, RenewBefore, SubmitReason, Wanted};
 use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{
     CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION,
@@ -154,15 +154,34 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         profile: args.certificate_profile,
         renew_before,
         force: args.force,
+        retry_forced: layout.rotation_wanted(),
         resubmit_after,
     };
+    if args.force && !invocation.check_mode {
+        // Until a request reaches the CA: a forced rotation that fails here is retried next run.
+        layout.mark_rotation_wanted()?;
+    }
     let decision = decide(
         &wanted,
         installed.as_ref(),
         pending.as_ref(),
         time::OffsetDateTime::now_utc(),
     );
-    let reason = decision.reason;
+    let mut reason = decision.reason;
+    // A pending request waits on its own reply queue: if the queue server lost it, no answer
+    // can ever come. (Looked up outside check mode only, which decides from local state.)
+    if let (SubmitReason::RequestPending, Some(p), false) =
+        (reason, &pending, invocation.check_mode)
+    {
+        if p.reply_mode == ReplyMode::PerNode {
+            let exists = runtime()?.block_on(async {
+                let sqs = Sqs::connect(&args.aws).await?;
+                let name = reply_queue_name(&args.reply_queue_prefix, &args.instance_id);
+                sqs.queue_url(&name).await.map(|url| url.is_some())
+            });
+            reason = recheck_pending(reason, exists.map_err(Failure::from)?);
+        }
+    }
     let mut outcome = Outcome::new(false, "")
         .with("reason", reason.as_str())
         .with("submitted", false);
@@ -291,7 +310,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             )
             .await;
         let message_id = match sent {
-            Ok(id) => id,
+            Ok(id) => {
+                layout.clear_rotation_wanted()?;
+                id
+            }
             Err(error) => {
                 layout.clear_pending_request()?;
                 return Err(Failure::from(error).with("sqs_calls", calls_json(sqs.calls())));
@@ -299,6 +321,16 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         };
         outcome.changed = true;
         outcome.msg = format!("submitted certificate request {request_id} ({reason})");
+        match (reason, &pending) {
+            (SubmitReason::ReplyQueueMissing, Some(p)) => outcome.warnings.push(format!(
+                "the reply queue of the pending request {} no longer exists (was the queue server reset?), so no answer could come: request {request_id} replaces it, and the queue was created again",
+                p.request_id
+            )),
+            (SubmitReason::ForcedRetry, _) => outcome.warnings.push(
+                "a rotation forced by an earlier run had not reached the CA (the queue was unreachable then): it is sent now".into(),
+            ),
+            _ => {}
+        }
         Ok(outcome
             .with("submitted", true)
             .with("request_id", request_id.clone())

@@ -55,7 +55,7 @@ impl Kms {
     ) -> SignerError
     where
         E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         SignerError::call("KMS", operation, target, error)
     }

@@ -42,7 +42,7 @@ impl SignerError {
     ) -> SignerError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         let (code, message, kind) = error_parts(error);
         SignerError::Call {
@@ -73,7 +73,7 @@ pub(crate) fn error_parts<E, R>(
 ) -> (String, String, AwsErrorKind)
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let kind = AwsErrorKind::of(error);
     // AWS messages end with a period; ours append ". What to do" after them.
@@ -94,7 +94,7 @@ where
                 _ => "ConnectionError",
             }
             .into(),
-            aws_sdk_kms::error::DisplayErrorContext(error).to_string(),
+            fleetpki_aws::error_words(error),
             kind,
         ),
     }

@@ -79,7 +79,7 @@ impl Pca {
     ) -> SignerError
     where
         E: aws_sdk_acmpca::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         SignerError::call("ACM PCA", operation, target, error)
     }

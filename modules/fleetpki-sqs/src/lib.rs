@@ -3,14 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_sqs::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
 
-use fleetpki_aws::{load_config, AwsConfigError, AwsErrorKind, AwsOptions, CallCounter};
+use fleetpki_aws::{
+    error_words, load_config, AwsConfigError, AwsErrorKind, AwsOptions, CallCounter,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqsError {
@@ -80,13 +82,13 @@ impl Sqs {
     fn fail<E, R>(operation: &'static str, target: &str, error: SdkError<E, R>) -> SqsError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         SqsError::Call {
             operation,
             target: target.to_string(),
             kind: AwsErrorKind::of(&error),
-            detail: DisplayErrorContext(&error).to_string(),
+            detail: error_words(&error),
         }
     }
 

@@ -214,7 +214,8 @@ def test_examples_run_against_the_local_sqs_server(examples, ansible_env, sqs_se
     assert helpers.common_name(cert) == "i-0123456789abcdef0"
     assert helpers.cert_sans(cert) == ["DNS:node1.fleet.internal", "IP:10.0.0.11"]
     audit = (ca_dir / "audit.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(audit) == 1 and json.loads(audit[0]), f"audit log of example 1: {audit}"
+    # The certificate recorded before it was sent (`signed`), then its delivery (`issued`).
+    assert [json.loads(line)["decision"] for line in audit] == ["signed", "issued"], f"audit log of example 1: {audit}"
     assert re.search(r'"msg": "unchanged: ', proc.stdout), f"the debug example did not show the status:\n{describe_run(proc)}"
 
     # 3. A web node: RSA server certificate, its key owned by the web server; the inline-policy

@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine", default="local-aws-sqs", choices=["local-aws-sqs", "moto"])
     args = parser.parse_args()
-    binaries = dict(b.split("=", 1) for b in args.binary)
+    binaries = {label: str(Path(path).resolve()) for label, path in (b.split("=", 1) for b in args.binary)}
 
     base = Path(tempfile.mkdtemp(prefix="fleetpki-drain-"))
     values = fleet.start_sqs(args.engine, base / "sqs", "aws")
@@ -103,8 +103,6 @@ def main() -> int:
                 rate = args.requests / result["_elapsed"]
                 results[label].append({"wall_s": result["_elapsed"], "cpu_s": result["_cpu"], "per_s": rate})
                 fleet.log(f"round {rnd + 1} {label}: {args.requests} in {result['_elapsed']:.2f} s = {rate:.0f}/s, CPU {result['_cpu']:.2f} s")
-                for instance, _ in nodes:
-                    sqs.purge_queue(QueueUrl=f"{csr_queue.rsplit('/', 1)[0]}/fleetpki-reply-{instance}")
         summary = {label: {"median_per_s": round(statistics.median(r["per_s"] for r in runs), 1),
                            "median_cpu_s": round(statistics.median(r["cpu_s"] for r in runs), 3), "runs": runs}
                    for label, runs in results.items()}  # fmt: skip

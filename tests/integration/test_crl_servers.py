@@ -260,3 +260,26 @@ frontend mtls
         stop(proc)
     assert accepted(answers["valid"]), (answers, log.read_text())
     assert not accepted(answers["revoked"]) and not accepted(answers["foreign"]), answers
+
+
+def test_mtls_ca_init_never_resigns_a_root_crl_that_revokes_something(run_module, ca, tmp_path):
+    """A root CRL listing a revoked certificate (an intermediate revoked by hand) is an operator's
+    act: mtls_ca_init refuses to replace it with an empty one, naming the file."""
+    d = tmp_path / "root-revocations"
+    d.mkdir()
+    revoked, proc = run_module(
+        "mtls_ca_revoke",
+        {
+            "ownca_path": str(ca.root_cert_path),
+            "ownca_privatekey_path": str(ca.root_privatekey_path),
+            "ca_chain_path": str(ca.root_cert_path),
+            "crl_path": str(d / "root.crl.pem"),
+            "revocations_path": str(d / "revocations.json"),
+            "serials": ["0a1b2c"],
+        },
+    )
+    assert_ok(revoked, proc)
+    before = (d / "root.crl.pem").read_bytes()
+    result, proc = run_module("mtls_ca_init", dict(ca.init_args(), root_crl_path=str(d / "root.crl.pem")))
+    assert result.get("failed") is True and "lists revoked certificates" in result["msg"], describe(result, proc)
+    assert (d / "root.crl.pem").read_bytes() == before

@@ -137,8 +137,8 @@ pub fn judge_reply(pending: &Pending<'_>, reply: &Reply<'_>, now: SystemTime) ->
                     chain_pem: certificate.ca_chain_pem,
                 }
             }
-            // Anything else is set aside, never ending the request: a message that anyone able
-            // to write to the reply queue can send must not stop the genuine answer.
+            // Anything else is set aside, never ending the request: a certificate that anyone
+            // able to write to the reply queue can send must not stop the genuine answer.
             Err(refusal) => discard(format!(
                 "refused a certificate for request {} ({}): {refusal}",
                 pending.request_id,

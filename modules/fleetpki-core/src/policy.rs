@@ -151,6 +151,30 @@ pub struct Grant {
     pub warnings: Vec<String>,
 }
 
+/// Text from a request, as a refusal quotes it: at most 64 characters, control characters
+/// shown as `?`, so a sender cannot make the record's lines (or a node's message) arbitrarily
+/// long or unreadable.
+pub fn quote(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Request ids name a request in answers and records: a UUID from our nodes, at most 128 of
+/// these characters from anyone.
+pub fn is_valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// Instance ids become queue names (`prefix` + id): keep them to SQS's queue-name characters.
 pub fn is_valid_instance_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -332,9 +356,20 @@ impl Policy {
         match request.attribute_instance_id {
             Some(attr) if attr == instance_id => {}
             Some(attr) => {
-                return Err(Rejection::new(InstanceIdMismatch, format!("the InstanceId attribute {attr} differs from the body's instance_id {instance_id}")))
+                return Err(Rejection::new(
+                    InstanceIdMismatch,
+                    format!(
+                    "the InstanceId attribute {} differs from the body's instance_id {instance_id}",
+                    quote(attr)
+                ),
+                ))
             }
-            None => return Err(Rejection::new(InstanceIdMismatch, "the message has no InstanceId attribute")),
+            None => {
+                return Err(Rejection::new(
+                    InstanceIdMismatch,
+                    "the message has no InstanceId attribute",
+                ))
+            }
         }
         check_subject(csr, instance_id)?;
 
@@ -350,14 +385,17 @@ impl Policy {
         if let Some(name) = csr.unsupported_names.first() {
             return Err(Rejection::new(
                 SanUnsupported,
-                format!("only DNS and IP names are signed, not {name}"),
+                format!("only DNS and IP names are signed, not {}", quote(name)),
             ));
         }
         for name in &csr.names {
             if !name_allowed(rule, name) {
                 return Err(Rejection::new(
                     SanNotAllowed,
-                    format!("{name} is not allowed for {instance_id}"),
+                    format!(
+                        "{} is not allowed for {instance_id}",
+                        quote(&name.to_string())
+                    ),
                 ));
             }
         }
@@ -572,14 +610,22 @@ pub fn check_subject(csr: &ParsedCsr, instance_id: &str) -> Result<(), Rejection
         )),
         [cn] => Err(Rejection::new(
             ReasonCode::SubjectMismatch,
-            format!("the CSR's subject CN {cn} is not the instance id {instance_id}"),
+            format!(
+                "the CSR's subject CN {} is not the instance id {instance_id}",
+                quote(cn)
+            ),
         )),
         several => Err(Rejection::new(
             ReasonCode::SubjectMismatch,
             format!(
                 "the CSR's subject has {} CNs ({}); it must have one, CN={instance_id}",
                 several.len(),
-                several.join(", ")
+                several
+                    .iter()
+                    .take(4)
+                    .map(|cn| quote(cn))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }

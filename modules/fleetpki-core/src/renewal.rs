@@ -206,11 +206,21 @@ pub fn decide(
     Decision { reason, current }
 }
 
+/// How long after its request a missing reply queue is not yet taken as lost: SQS may answer
+/// "does not exist" for a queue created a moment ago.
+pub const REPLY_QUEUE_GRACE_SECONDS: i64 = 60;
+
+/// Whether a pending request (submitted at `submitted_at`, unix seconds) whose reply queue
+/// was not found can never be answered: the queue is gone, and not merely too new to be seen.
+pub fn reply_queue_lost(submitted_at: i64, now: OffsetDateTime, reply_queue_exists: bool) -> bool {
+    !reply_queue_exists && now.unix_timestamp() - submitted_at > REPLY_QUEUE_GRACE_SECONDS
+}
+
 /// The decision once the pending request's reply queue was looked up (per-node mode only, and
-/// never in check mode): a request whose queue is gone can never be answered.
-pub fn recheck_pending(reason: SubmitReason, reply_queue_exists: bool) -> SubmitReason {
+/// never in check mode): a request whose queue is lost can never be answered.
+pub fn recheck_pending(reason: SubmitReason, queue_lost: bool) -> SubmitReason {
     match reason {
-        SubmitReason::RequestPending if !reply_queue_exists => SubmitReason::ReplyQueueMissing,
+        SubmitReason::RequestPending if queue_lost => SubmitReason::ReplyQueueMissing,
         other => other,
     }
 }
@@ -351,18 +361,30 @@ mod decision_tests {
     #[test]
     fn a_pending_request_whose_reply_queue_is_gone_is_sent_again_at_once() {
         assert_eq!(
-            recheck_pending(SubmitReason::RequestPending, false),
+            recheck_pending(SubmitReason::RequestPending, true),
             SubmitReason::ReplyQueueMissing
         );
         assert!(SubmitReason::ReplyQueueMissing.submits());
         assert_eq!(
-            recheck_pending(SubmitReason::RequestPending, true),
+            recheck_pending(SubmitReason::RequestPending, false),
             SubmitReason::RequestPending
         );
         assert_eq!(
-            recheck_pending(SubmitReason::Valid, false),
+            recheck_pending(SubmitReason::Valid, true),
             SubmitReason::Valid
         );
+    }
+
+    #[test]
+    fn a_reply_queue_just_created_is_not_taken_as_lost() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let submitted = now.unix_timestamp();
+        assert!(
+            !reply_queue_lost(submitted - 5, now, false),
+            "5 s old: SQS may not show it yet"
+        );
+        assert!(reply_queue_lost(submitted - 61, now, false));
+        assert!(!reply_queue_lost(submitted - 3600, now, true));
     }
 
     #[test]

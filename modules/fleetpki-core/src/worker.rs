@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 
 use crate::csr::{csr_der_sha256, parse_and_verify_csr, ParsedCsr};
 use crate::policy::{
-    is_valid_instance_id, Grant, Policy, SigningRequest, MAX_BODY_BYTES, MAX_CSR_PEM_BYTES,
+    is_valid_instance_id, is_valid_request_id, Grant, Policy, SigningRequest, MAX_BODY_BYTES,
+    MAX_CSR_PEM_BYTES,
 };
 use crate::reason::{ReasonCode, Rejection};
 use crate::remote::RemoteSignError;
@@ -107,6 +108,18 @@ pub fn check(
             Some(message),
             ReasonCode::UnsupportedVersion,
             format!("wire version {version} is not supported; this worker reads version {WIRE_VERSION} and the seed's unversioned requests"),
+        ));
+    }
+    if message
+        .request_id
+        .as_deref()
+        .is_some_and(|id| !is_valid_request_id(id))
+    {
+        // It is quoted in the answer and the record: no arbitrary text there.
+        return Err(Verdict::refuse(
+            None,
+            ReasonCode::MessageMalformed,
+            "request_id must be 1-128 letters, digits, '-', '_', '.' or ':'",
         ));
     }
     if message.version.is_some() && (message.request_id.is_none() || message.timestamp.is_none()) {

@@ -198,6 +198,12 @@ fn rows() -> Vec<(&'static str, ReasonCode, Route, Input)> {
             NodeAndDeadLetter,
             Input::Request(request(body(node_csr(), |m| m.timestamp = None))),
         ),
+        (
+            "a request id of 200 characters with spaces",
+            MessageMalformed,
+            DeadLetter,
+            Input::Request(request(body(node_csr(), |m| m.request_id = Some("a b".repeat(67))))),
+        ),
         ("wire version 2", UnsupportedVersion, NodeAndDeadLetter, Input::Request(request(body(node_csr(), |m| m.version = Some(2))))),
         ("CSR PEM over 16 KiB", CsrTooLarge, NodeAndDeadLetter, Input::Request(request(body("A".repeat(17 * 1024), |_| {})))),
         ("CSR not PEM", CsrMalformed, NodeAndDeadLetter, Input::Request(request(body("hello, I am a CSR".into(), |_| {})))),

@@ -297,7 +297,18 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .transpose()
             .map_err(|e| Failure::new(format!("{path} is not a CRL: {e}")))?;
         root_crl_next_update = current.as_ref().and_then(|c| c.next_update);
-        if let Some(why) = reissue_reason(current.as_ref(), &[], now, renew_before) {
+        if current.as_ref().is_some_and(|c| !c.serials.is_empty()) {
+            // Revoking an intermediate is an operator's act: never undone by a re-signing.
+            return Err(Failure::new(format!(
+                "{path} lists revoked certificates; mtls_ca_init only keeps an empty root CRL current: re-sign that one by hand, or move it aside"
+            )));
+        }
+        let why = if created.contains(&"root") {
+            Some("a new root")
+        } else {
+            reissue_reason(current.as_ref(), &[], now, renew_before)
+        };
+        if let Some(why) = why {
             if !check {
                 let key_path = args.root_privatekey_path.as_deref().ok_or_else(|| {
                     Failure::new(format!(

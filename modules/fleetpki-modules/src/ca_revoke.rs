@@ -100,8 +100,11 @@ fn recorded_certificates(
     let mut certificates = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(path)
+        // As bytes: a line cut inside a character by a crash must not make the record unreadable
+        // (it is reported, not trusted).
+        let bytes = std::fs::read(path)
             .map_err(|e| Failure::new(format!("cannot read the issuance record {path}: {e}")))?;
+        let text = String::from_utf8_lossy(&bytes);
         problems.extend(
             record::verify(&text)
                 .into_iter()

@@ -281,7 +281,7 @@ pub enum WorkerError {
     Sqs(#[from] SqsError),
     /// Nothing described by the lines that could not be written was sent: those requests stay
     /// queued.
-    #[error("{0}; nothing it would have described was sent, and the requests in hand stay queued: free space or fix the permissions of the record, then run again")]
+    #[error("{0}; nothing more was sent (every certificate already sent was recorded before it was), and the requests in hand stay queued, to be answered again: free space or fix the permissions of the record, then run again")]
     Record(#[from] RecordError),
 }
 

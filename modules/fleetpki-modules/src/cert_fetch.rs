@@ -20,6 +20,7 @@ use fleetpki_core::node::{
     judge_reply, not_yet_valid_msg, valid_later, Pending, Reply, ReplyDecision,
 };
 use fleetpki_core::policy::is_valid_instance_id;
+use fleetpki_core::renewal::reply_queue_lost;
 use fleetpki_core::wire::{reply_queue_name, ReplyMode, INSTANCE_ID_ATTRIBUTE};
 use fleetpki_sqs::{Received, Sqs, SqsError};
 use serde::Deserialize;
@@ -259,7 +260,10 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             let messages = match sqs.receive(&queue_url, 10, wait, Some(VISIBILITY_SECONDS)).await {
                 Ok(messages) => messages,
                 // No answer can ever come: end the request, so the next submit sends a new one.
-                Err(SqsError::QueueMissing(_)) if args.reply_mode == ReplyMode::PerNode => {
+                Err(SqsError::QueueMissing(_))
+                    if args.reply_mode == ReplyMode::PerNode
+                        && reply_queue_lost(pending.submitted_at, time::OffsetDateTime::now_utc(), false) =>
+                {
                     layout.clear_pending_request()?;
                     return Err(with_calls(Failure::new(format!(
                         "this node's reply queue {queue_url} no longer exists (was the queue server reset?), so request {} can never be answered: it is ended, and the next mtls_csr_submit sends a new request and creates the queue",
@@ -278,6 +282,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                     Ok(Handled::Rejected(msg)) => return Err(with_calls(Failure::new(msg), &sqs)),
                     Ok(Handled::Ignored(warning)) => warnings.extend(warning),
                     Err(f) => return Err(with_calls(f, &sqs)),
+                }
+            }
+            // A certificate staged because it was early for this clock may have become valid.
+            if let Some((cert_pem, chain_pem)) = layout.read_staged()? {
+                if let Ok(info) = check_issued_certificate(&cert_pem, &chain_pem, &anchors, &expect, SystemTime::now()) {
+                    let mut outcome = install(&layout, &pending, &info, &key_pem, &chain_pem, &perms)?;
+                    outcome = paths(outcome).with("sqs_calls", calls_json(sqs.calls()));
+                    outcome.warnings = warnings;
+                    return Ok(outcome);
                 }
             }
             if started.elapsed() >= deadline {

@@ -11,7 +11,9 @@ use fleetpki_core::keys::{load_private_key, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::{enrollment_proof_v2, is_valid_instance_id};
-use fleetpki_core::renewal::{decide, recheck_pending, RenewBefore, SubmitReason, Wanted};
+use fleetpki_core::renewal::{
+    decide, recheck_pending, reply_queue_lost, RenewBefore, SubmitReason, Wanted,
+};
 use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{
     CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION,
@@ -168,18 +170,34 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         time::OffsetDateTime::now_utc(),
     );
     let mut reason = decision.reason;
+    let mut lookup_warning = None;
     // A pending request waits on its own reply queue: if the queue server lost it, no answer
     // can ever come. (Looked up outside check mode only, which decides from local state.)
     if let (SubmitReason::RequestPending, Some(p), false) =
         (reason, &pending, invocation.check_mode)
     {
-        if p.reply_mode == ReplyMode::PerNode {
+        if p.reply_mode == ReplyMode::PerNode
+            && reply_queue_lost(p.submitted_at, time::OffsetDateTime::now_utc(), false)
+        {
             let exists = runtime()?.block_on(async {
                 let sqs = Sqs::connect(&args.aws).await?;
                 let name = reply_queue_name(&args.reply_queue_prefix, &args.instance_id);
                 sqs.queue_url(&name).await.map(|url| url.is_some())
             });
-            reason = recheck_pending(reason, exists.map_err(Failure::from)?);
+            match exists {
+                Ok(exists) => {
+                    let lost =
+                        reply_queue_lost(p.submitted_at, time::OffsetDateTime::now_utc(), exists);
+                    reason = recheck_pending(reason, lost);
+                }
+                // Unreachable now: the request stays pending, as it would without the check.
+                Err(e) => {
+                    lookup_warning = Some(format!(
+                    "could not check that the reply queue of pending request {} still exists: {e}",
+                    p.request_id
+                ))
+                }
+            }
         }
     }
     let mut outcome = Outcome::new(false, "")
@@ -196,6 +214,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if let Some(p) = &pending {
         outcome = outcome.with("request_id", p.request_id.clone());
     }
+    outcome.warnings.extend(lookup_warning);
     if !reason.submits() {
         outcome.msg = match reason.as_str() {
             "request_pending" => {

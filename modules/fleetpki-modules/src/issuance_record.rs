@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use fleetpki_core::record::{chain_line, next_prev};
 use fleetpki_core::worker::AuditRecord;
 
-/// How much of the record's end is read to find the last line (lines are under 4 KiB).
+/// How much of the record's end is read at a time to find the start of its last line (lines are
+/// usually under 4 KiB; a longer one is read in more steps).
 const TAIL_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +40,7 @@ impl IssuanceRecord {
         record.open_file().map_err(|e| record.error(e))?;
         if !existed {
             // The new file's directory entry must survive a crash too.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| record.error(e))?;
-            }
+            record.sync_dir().map_err(|e| record.error(e))?;
         }
         Ok(record)
     }
@@ -76,11 +73,46 @@ impl IssuanceRecord {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        // Moved away meanwhile (a log rotation): the new file's directory entry is synced too.
+        let recreated = !self.path.exists();
         let mut file = self.open_file().map_err(|e| self.error(e))?;
         file.lock().map_err(|e| self.error(e))?;
         let written = self.append_locked(&mut file, records, time);
         let _ = file.unlock();
-        written.map_err(|e| self.error(e))
+        let written = written.map_err(|e| self.error(e))?;
+        if recreated {
+            self.sync_dir().map_err(|e| self.error(e))?;
+        }
+        Ok(written)
+    }
+
+    fn sync_dir(&self) -> std::io::Result<()> {
+        match self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+            None => Ok(()),
+        }
+    }
+
+    /// The record's end, from the start of its last line (whole lines only, whatever their
+    /// length), for [`next_prev`].
+    fn tail(file: &mut File) -> std::io::Result<Vec<u8>> {
+        let len = file.metadata()?.len();
+        let mut start = len;
+        let mut tail = Vec::new();
+        loop {
+            let from = start.saturating_sub(TAIL_BYTES);
+            let mut chunk = Vec::new();
+            file.seek(SeekFrom::Start(from))?;
+            file.take(start - from).read_to_end(&mut chunk)?;
+            chunk.extend_from_slice(&tail);
+            tail = chunk;
+            start = from;
+            // The newline before the last line is in hand (the final byte's does not count).
+            let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+            if start == 0 || body.contains(&b'\n') {
+                return Ok(tail);
+            }
+        }
     }
 
     fn append_locked(
@@ -89,11 +121,7 @@ impl IssuanceRecord {
         records: &[AuditRecord],
         time: &str,
     ) -> std::io::Result<Vec<String>> {
-        let len = file.metadata()?.len();
-        let start = len.saturating_sub(TAIL_BYTES);
-        file.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        file.take(TAIL_BYTES).read_to_end(&mut tail)?;
+        let mut tail = Self::tail(file)?;
         let mut text = String::new();
         // A line cut short by a crash mid-write is ended, so the next line starts on its own
         // (verification reports the cut line).
@@ -113,5 +141,52 @@ impl IssuanceRecord {
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
         Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(reason: String) -> AuditRecord {
+        AuditRecord {
+            message_id: "m".into(),
+            request_id: None,
+            instance_id: Some("i-1".into()),
+            sender_id: None,
+            decision: "rejected",
+            reason_code: Some("instance_id_mismatch"),
+            reason: Some(reason),
+            signer: "file",
+            signer_ref: None,
+            serial: None,
+            not_after: None,
+            csr_sha256: None,
+            certificate_sha256: None,
+            idempotency_token: None,
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_the_tail_window_keep_the_chain_whole() {
+        let dir = std::env::temp_dir().join(format!("fleetpki-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = IssuanceRecord::open(&dir.join("issuance.jsonl")).unwrap();
+        // An attacker-sized reason: three times the window.
+        record
+            .commit(&[line("x".repeat(3 * TAIL_BYTES as usize))], "t")
+            .unwrap();
+        record.commit(&[line("short".into())], "t").unwrap();
+        record
+            .commit(
+                &[line("y".repeat(TAIL_BYTES as usize)), line("z".into())],
+                "t",
+            )
+            .unwrap();
+        let text = std::fs::read_to_string(dir.join("issuance.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 4);
+        assert_eq!(fleetpki_core::record::verify(&text), []);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

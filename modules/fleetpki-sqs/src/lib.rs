@@ -84,11 +84,20 @@ impl Sqs {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug + 'static,
     {
+        // The service's own code and message when it answered (the SDK's description of an
+        // error it has no type for is its Debug form); else the error chain in words.
+        let answered = error
+            .as_service_error()
+            .and_then(|e| e.code().map(|code| (code.to_string(), e.message())))
+            .map(|(code, message)| match message {
+                Some(message) => format!("{code}: {message}"),
+                None => code,
+            });
         SqsError::Call {
             operation,
             target: target.to_string(),
             kind: AwsErrorKind::of(&error),
-            detail: error_words(&error),
+            detail: answered.unwrap_or_else(|| error_words(&error)),
         }
     }
 
@@ -396,5 +405,30 @@ impl Sqs {
             Some(name) => self.queue_url(name).await,
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sqs::error::{ErrorMetadata, SdkError};
+    use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
+
+    use super::Sqs;
+
+    #[test]
+    fn an_error_the_service_answered_is_said_by_its_code_and_message() {
+        let answered = ReceiveMessageError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDenied")
+                .message("User is not authorized to perform sqs:ReceiveMessage")
+                .build(),
+        );
+        let error: SdkError<_, ()> = SdkError::service_error(answered, ());
+        let text = Sqs::fail("ReceiveMessage", "the CSR queue", error).to_string();
+        assert!(
+            text.contains("AccessDenied: User is not authorized to perform sqs:ReceiveMessage"),
+            "{text}"
+        );
+        assert!(!text.contains("Error {") && !text.contains("{ "), "{text}");
     }
 }

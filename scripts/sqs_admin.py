@@ -34,7 +34,7 @@ import time
 DEFAULT_REGION = "us-east-1"
 MAX_RECEIVE_COUNT = 5
 
-# Names of the default queues (docs/interfaces.md, "Local SQS").
+# Names of the default queues (docs/development.md, "Local SQS").
 CSR_QUEUE = "fleetpki-csr"
 CSR_DLQ = "fleetpki-csr-dlq"
 SHARED_CERT_QUEUE = "fleetpki-certs-shared"

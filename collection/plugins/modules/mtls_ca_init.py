@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: Apache-2.0
 
 # Documentation only. The module itself is the Rust binary "mtls_ca_init" next to this
-# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+# file (a symlink to bin/mtls_ca_init); Ansible runs the extension-less binary.
 
 # Python 2 boilerplate that ansible-test 2.16 still asks of every module file.
 from __future__ import absolute_import, division, print_function
@@ -171,6 +171,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
+  - fleetpki.mtls.binary
 attributes:
   check_mode:
     support: full
@@ -179,7 +180,6 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - The module is a static Linux x86_64 binary; the host needs no Python.
   - The AWS connection options are used only with O(signer=aws_kms) or O(signer=aws_pca); per-service endpoints
     come from E(AWS_ENDPOINT_URL_KMS) and E(AWS_ENDPOINT_URL_ACM_PCA).
   - "IAM permissions: V(aws_kms) needs C(kms:CreateKey) and C(kms:CreateAlias) (only to create the key),

@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: Apache-2.0
 
 # Documentation only. The module itself is the Rust binary "mtls_ca_revoke" next to this
-# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+# file (a symlink to bin/mtls_ca_revoke); Ansible runs the extension-less binary.
 
 # Python 2 boilerplate that ansible-test 2.16 still asks of every module file.
 from __future__ import absolute_import, division, print_function
@@ -37,6 +37,7 @@ description:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
+  - fleetpki.mtls.binary
 attributes:
   check_mode:
     support: full

@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: Apache-2.0
 
 # Documentation only. The module itself is the Rust binary "mtls_ca_sign" next to this
-# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+# file (a symlink to bin/mtls_ca_sign); Ansible runs the extension-less binary.
 
 # Python 2 boilerplate that ansible-test 2.16 still asks of every module file.
 from __future__ import absolute_import, division, print_function
@@ -106,12 +106,57 @@ options:
     required: true
   policy_path:
     description:
-      - Path of the signing policy, a JSON file.
+      - Path of the signing policy, a JSON object with the keys below. Only C(identity_proof) is required; a key
+        that is not listed here is refused, at the top and in an C(instances) entry. The P(fleetpki.mtls.ca_worker#role)
+        role writes the file from the inventory; C(docs/interfaces.md) of the collection, "Signing policy", has an
+        example.
       - Mutually exclusive with O(policy); one of them is required.
+      - C(identity_proof) (string, required) - how a request proves that it comes from the instance it names.
+        V(sqs_sender_id) (on AWS), SQS's C(SenderId) of the message must be C(<role id>:<instance id>), the session an
+        EC2 instance profile sends with, for a role id in C(sender_role_ids). V(enrollment_secret), the request must
+        carry an HMAC keyed with the instance's secret from C(enrollment_secrets). V(none), no proof - anyone who can
+        send to the CSR queue can get a certificate for any allowed instance, and every result warns so.
+      - C(sender_role_ids) (list of strings, default V([])) - the unique ids (C(AROA...)) of the roles the nodes
+        send with; required, not empty, with C(identity_proof=sqs_sender_id).
+      - C(enrollment_secrets) (object, default V({})) - instance id to that instance's enrollment secret (a string);
+        required, not empty, with C(identity_proof=enrollment_secret). Keep the file private (the role writes it 0600).
+      - C(enrollment_hmac_versions) (list of V(1) and V(2), default V([1, 2])) - the forms of the enrollment HMAC
+        accepted. V(2) covers every field of the request; V(1), the first release's, leaves C(lifetime_days),
+        C(reply_mode) and C(version) out, and each request with it adds a warning. C(docs/interfaces.md),
+        "Enrollment HMAC", has the algorithm.
+      - C(max_request_age_seconds) (integer, default V(86400)) - a request whose C(timestamp) is older, or more than
+        300 s in the future, is refused (C(request_expired)).
+      - C(max_lifetime_days) (integer, default V(30)) - the longest certificate lifetime a request may ask for
+        (C(lifetime_not_allowed) beyond it).
+      - C(default_lifetime_days) (integer, default V(30)) - the lifetime of a certificate whose request names none;
+        1 to C(max_lifetime_days).
+      - C(profiles) (list, default V([mtls, server, client])) - the certificate profiles a request may ask for,
+        V(mtls) (serverAuth and clientAuth), V(server) and V(client) (C(profile_not_allowed) otherwise).
+      - C(reply_modes) (list, default V([per_node, shared])) - where a node may ask to be answered, V(per_node) (its
+        own reply queue) and V(shared) (the shared queue O(shared_cert_queue_url), which seed-format requests always
+        use); not empty. Another mode, or V(shared) without O(shared_cert_queue_url), is refused before anything
+        is signed (C(reply_mode_not_allowed)).
+      - C(rsa_min_bits) (integer, default V(2048)) - the smallest RSA key signed, at least 2048 (C(key_too_small)).
+      - C(ec_curves) (list, default V([secp256r1, secp384r1])) - the ECDSA curves signed, among V(secp256r1) (P-256)
+        and V(secp384r1) (P-384) (C(key_type_not_allowed) otherwise).
+      - C(instances) (list of objects, default V([])) - the instances that may get a certificate, each with the names
+        it may have, the keys C(instances[].*) below. The first entry that matches a request's instance id decides;
+        an instance that no entry matches is refused (C(instance_not_allowed)), and so is a name that its entry
+        does not allow (C(san_not_allowed)). Only DNS and IP names are signed.
+      - C(instances[].instance_id) (string) - an exact instance id. An entry has exactly one of C(instance_id) and
+        C(instance_id_pattern).
+      - C(instances[].instance_id_pattern) (string) - a glob pattern of instance ids, such as V(i-*).
+      - C(instances[].dns_names) (list of strings) - DNS names allowed as they are, compared without regard to case.
+        A wildcard name (V(*.example.com)) is allowed only when it is listed here.
+      - C(instances[].dns_suffixes) (list of strings) - each starting with V(.); a DNS name that ends with one of
+        them is allowed (V(.fleet.internal) allows V(web1.fleet.internal)), wildcard names excepted.
+      - C(instances[].ip_addresses) (list of strings) - IPv4 or IPv6 addresses allowed as they are.
+      - C(instances[].ip_networks) (list of strings) - networks in CIDR notation (V(10.0.0.0/8)); any IP address
+        inside one of them is allowed.
     type: path
   policy:
     description:
-      - The signing policy inline, with the same keys as the O(policy_path) file.
+      - The signing policy inline, with the same keys as the O(policy_path) file (listed there).
       - Mutually exclusive with O(policy_path); one of them is required.
     type: dict
   reply_queue_prefix:
@@ -173,6 +218,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
+  - fleetpki.mtls.binary
 attributes:
   check_mode:
     support: full
@@ -181,11 +227,8 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - The module is a static Linux x86_64 binary; the CA host needs no Python.
-  - The signing policy is a JSON object; C(identity_proof) (V(none), V(sqs_sender_id) or V(enrollment_secret))
-    is required, and C(instances) lists the allowed instance ids (exact or glob pattern) with their allowed
-    DNS names, DNS suffixes, IP addresses and IP networks. The P(fleetpki.mtls.ca_worker#role) role writes
-    it from the inventory.
+  - The signing policy's keys are listed under O(policy_path). What each reason code of a refusal means and what to
+    do about it is in C(docs/reason-codes.md) of the collection.
   - The AWS connection options apply to every AWS service the module calls, SQS, KMS (O(signer=aws_kms)) and
     ACM PCA (O(signer=aws_pca)). Per-service endpoints come from E(AWS_ENDPOINT_URL_SQS), E(AWS_ENDPOINT_URL_KMS)
     and E(AWS_ENDPOINT_URL_ACM_PCA).
@@ -196,7 +239,7 @@ notes:
     as its SHA-256 or SHA-384 digest (C(DIGEST)).
   - KMS and Private CA calls are counted like the SQS calls (RV(kms_calls), RV(acmpca_calls)). KMS throttling is
     retried with backoff; KMS's request quota for ECC C(Sign) bounds the issuance rate of V(aws_kms), and Private
-    CA's C(IssueCertificate) quota that of V(aws_pca) (see the collection's README).
+    CA's C(IssueCertificate) quota that of V(aws_pca) (C(docs/signers.md) of the collection, "Throughput and cost").
   - C(mtls_ca_sign serve CONFIG.json) takes the same arguments. After a signer failure it stops receiving and
     probes the signer with backoff (1 s doubling to 60 s), and resumes only once a probe succeeds, so an outage
     raises each queued request's receive count once at most.

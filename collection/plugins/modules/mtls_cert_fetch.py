@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: Apache-2.0
 
 # Documentation only. The module itself is the Rust binary "mtls_cert_fetch" next to this
-# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+# file (a symlink to bin/mtls_cert_fetch); Ansible runs the extension-less binary.
 
 # Python 2 boilerplate that ansible-test 2.16 still asks of every module file.
 from __future__ import absolute_import, division, print_function
@@ -89,6 +89,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
+  - fleetpki.mtls.binary
 attributes:
   check_mode:
     support: full
@@ -96,8 +97,6 @@ attributes:
     support: full
   platform:
     platforms: posix
-notes:
-  - The module is a static Linux x86_64 binary; the node needs no Python.
 seealso:
   - module: fleetpki.mtls.mtls_csr_submit
   - module: fleetpki.mtls.mtls_ca_sign

@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: Apache-2.0
 
 # Documentation only. The module itself is the Rust binary "mtls_reply_queues" next to this
-# file (built from modules/ in the source tree); Ansible runs the extension-less binary.
+# file (a symlink to bin/mtls_reply_queues); Ansible runs the extension-less binary.
 
 # Python 2 boilerplate that ansible-test 2.16 still asks of every module file.
 from __future__ import absolute_import, division, print_function
@@ -35,6 +35,7 @@ attributes:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
+  - fleetpki.mtls.binary
 options:
   keep_instance_ids:
     description:

@@ -91,7 +91,7 @@ impl AwsErrorKind {
         match self {
             AwsErrorKind::NoCredentials => ". No AWS credentials were found: set access_key/secret_key or profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or give the host an instance profile",
             AwsErrorKind::BadCredentials => ". AWS refused the credentials: check access_key/secret_key or the profile, and renew an expired session token",
-            AwsErrorKind::AccessDenied => ". The IAM policy of this identity does not allow this call (see README: IAM)",
+            AwsErrorKind::AccessDenied => ". The IAM policy of this identity does not allow this call (see docs/aws.md in the collection, \"What the stack creates\", and docs/signers.md, \"IAM policies\")",
             AwsErrorKind::Throttling => ". AWS throttled the calls: run again later, or with fewer hosts at once",
             AwsErrorKind::Unreachable => ". Check endpoint_url / network access to AWS",
             AwsErrorKind::NotFound | AwsErrorKind::Other => "",

@@ -25,7 +25,7 @@ pub enum SqsError {
         detail: String,
         kind: AwsErrorKind,
     },
-    #[error("the queue {0} does not exist: create it first (see README: queues)")]
+    #[error("the queue {0} does not exist: create it first (see docs/aws.md in the collection, \"Deploy\")")]
     QueueMissing(String),
 }
 

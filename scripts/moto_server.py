@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""moto's server (`moto_server -H HOST -p PORT ...`, same arguments) with three fidelity patches.
+"""moto's server (`moto_server -H HOST -p PORT ...`, same arguments) with four fidelity patches.
 
 scripts/sqs-server starts this with .venv/bin/python instead of .venv/bin/moto_server. Its name
 must keep containing "moto_server": sqs-server's is_our_server() looks for it in the command line.
@@ -47,6 +47,15 @@ must keep containing "moto_server": sqs-server's is_our_server() looks for it in
    with a `ValidationException` as real KMS does (moto signs any size). The mtls_ca_sign /
    mtls_ca_revoke KMS client sends messages over 4096 bytes (e.g. a large CRL's to-be-signed
    part) as DIGEST.
+
+4. Authentication and authorization errors in the protocol of the request. With IAM enforced
+   (INITIAL_NO_AUTH_ACTION_COUNT), moto 5.2.5 answers a refused call (AccessDenied,
+   InvalidClientTokenId, SignatureDoesNotMatch, ...) with an XML body whatever the protocol; SQS's
+   and KMS's JSON protocol (an `X-Amz-Target` header) get a JSON error from real AWS
+   (`{"__type": ..., "message": ...}`), and an SDK of that protocol cannot read the code out of
+   XML (the Rust SDK reports an unhandled error). Here a JSON-protocol request gets moto's own
+   error as JSON (its `to_json()`), same code and HTTP status; query-protocol requests stay XML.
+   tests/integration/test_aws_errors.py needs it to see AccessDenied as AWS says it.
 
 Everything else is moto as installed; nothing is written to disk.
 """
@@ -475,6 +484,28 @@ def _patch_digest_responses() -> None:
         setattr(KmsResponse, name, make(original))
 
 
+def _patch_auth_errors_in_json() -> None:
+    """Patch 4 (see the module docstring)."""
+    from moto.core.exceptions import _RESTError
+    from moto.core.responses import BaseResponse
+
+    original = BaseResponse._authenticate_and_authorize_normal_action
+    if getattr(original, "_fleetpki_patched", False):
+        return
+
+    @functools.wraps(original)
+    def authorize(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except _RESTError as refused:
+            if not isinstance(refused, JsonRESTError) and self.headers.get("X-Amz-Target"):
+                raise refused.to_json() from refused
+            raise
+
+    authorize._fleetpki_patched = True  # type: ignore[attr-defined]
+    BaseResponse._authenticate_and_authorize_normal_action = authorize
+
+
 def patch() -> None:
     for name in ("sign", "verify", "get_public_key"):
         _guard(name)
@@ -484,6 +515,7 @@ def patch() -> None:
     _patch_acmpca()
     _patch_key_classes()
     _patch_digest_responses()
+    _patch_auth_errors_in_json()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,17 +6,22 @@ integration tests' conftest never shadows it).
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 import helpers  # noqa: E402  (tests/integration/helpers.py: module env, SQS and openssl helpers)
+from sqs_fixtures import OwnMotoServer, Queues  # noqa: E402,F401  (tests/integration/sqs_fixtures.py)
 
 SQS_SERVER = REPO_ROOT / "scripts" / "sqs-server"
 BUILD_COLLECTION = REPO_ROOT / "scripts" / "build-collection"
@@ -98,3 +103,117 @@ def openssl_verify_crl(cert, root, intermediate, crl) -> subprocess.CompletedPro
         text=True,
         timeout=30,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A simulated fleet: demo/run's inventory shape
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    dir: Path
+    inventory: Path
+    nodes: dict[str, dict[str, Any]]  # host -> {instance_id, path, sans}
+    root_ca: Path  # fleetpki_root_ca_file: fetched by ca_setup, pinned on the nodes
+    ca_dir: Path
+    offline_root_dir: Path
+    queues: Queues
+    env: dict[str, str]
+    runs: list[subprocess.CompletedProcess] = field(default_factory=list)
+
+    def marker(self, host: str) -> Path:
+        """Written by the reload handler (a command) only when a new certificate was installed."""
+        return self.dir / "nodes" / f"{host}.reloaded"
+
+    def site_command(self, *args: str) -> list[str]:
+        """ansible-playbook -i inventory fleetpki.mtls.site [args], by the installed collection's FQCN."""
+        return [tool("ansible-playbook"), "-i", str(self.inventory), "--forks", str(len(self.nodes) + 2), "fleetpki.mtls.site", *args]
+
+    def site(self, *args: str) -> subprocess.CompletedProcess:
+        """Runs site_command(args) to its end; its output is kept as site-N.log in the fleet's directory."""
+        proc = run(self.site_command(*args), env=self.env, cwd=self.dir)
+        (self.dir / f"site-{len(self.runs) + 1}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        self.runs.append(proc)
+        return proc
+
+
+def yaml_quote(value: str) -> str:
+    import json
+
+    return json.dumps(value)  # JSON strings are YAML strings
+
+
+def write_fleet(base: Path, n: int, queues: Queues, env: dict[str, str]) -> Fleet:
+    """An offline root host, a CA host and n fleet nodes under `base`, all local connection,
+    written like demo/run's inventory, on `queues`; `env` is the ansible commands' environment."""
+    import grp
+    import pwd
+
+    (base / "nodes").mkdir(parents=True)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    q = yaml_quote
+    lines = [
+        "# Written by tests/collection (demo/run's inventory shape). Every host runs on this machine.",
+        "all:",
+        "  vars:",
+        "    ansible_connection: local",
+        '    ansible_python_interpreter: "{{ ansible_playbook_python }}"',
+        "    ca_setup_root_host: offline_root",
+        f"    ca_setup_root_dir: {q(str(base / 'offline-root'))}",
+        f"    ca_setup_dir: {q(str(base / 'ca'))}",
+        f"    ca_setup_owner: {q(user)}",
+        f"    ca_setup_group: {q(group)}",
+        "    ca_setup_organization_name: fleetpki tests",
+        f"    ca_worker_ca_dir: {q(str(base / 'ca'))}",
+        f"    ca_worker_owner: {q(user)}",
+        f"    ca_worker_group: {q(group)}",
+        f"    ca_worker_csr_queue_url: {q(queues.csr)}",
+        f"    ca_worker_reply_queue_prefix: {q(queues.reply_prefix)}",
+        "    ca_worker_identity_proof: enrollment_secret",
+        f"    mtls_client_csr_queue_url: {q(queues.csr)}",
+        f"    mtls_client_reply_queue_prefix: {q(queues.reply_prefix)}",
+        f"    fleetpki_root_ca_file: {q(str(base / 'root-ca.pem'))}",
+        "    mtls_client_fetch_timeout: 60",
+        "    mtls_client_reload: command",
+        f"    mtls_client_reload_command: {q('touch ' + str(base / 'nodes') + '/{{ inventory_hostname }}.reloaded')}",
+        "  hosts:",
+        "    offline_root:",
+        "  children:",
+        "    ca:",
+        "      hosts:",
+        "        ca1:",
+        "    fleet:",
+        "      hosts:",
+    ]
+    nodes: dict[str, dict[str, Any]] = {}
+    for i in range(1, n + 1):
+        host = f"node{i}"
+        spec = {
+            "instance_id": f"i-{i:017d}",
+            "path": base / "nodes" / host,
+            "sans": [f"DNS:{host}.fleet.internal", "IP:127.0.0.1"],
+        }
+        nodes[host] = spec
+        lines += [
+            f"        {host}:",
+            f"          mtls_client_instance_id: {q(spec['instance_id'])}",
+            f"          mtls_client_enrollment_secret: {q(secrets.token_hex(32))}",
+            f"          mtls_client_path: {q(str(spec['path']))}",
+            "          mtls_client_subject_alt_name:",
+            *[f"            - {q(s)}" for s in spec["sans"]],
+        ]
+    inventory = base / "inventory.yml"
+    inventory.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Fleet(
+        dir=base,
+        inventory=inventory,
+        nodes=nodes,
+        root_ca=base / "root-ca.pem",
+        ca_dir=base / "ca",
+        offline_root_dir=base / "offline-root",
+        queues=queues,
+        env=dict(env),
+    )
+

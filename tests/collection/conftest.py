@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,15 +20,17 @@ from collection_helpers import (
     BUILD_COLLECTION,
     MODULES,
     VENV_BIN,
+    Fleet,
     assert_run_ok,
     describe_run,
     helpers,
     run,
     tool,
+    write_fleet,
 )
 
 # The SQS fixtures shared with tests/integration (collection_helpers puts it on sys.path).
-from sqs_fixtures import Queues, queues, sqs, sqs_server  # noqa: F401  (fixtures used by name)
+from sqs_fixtures import own_sqs, queues, sqs, sqs_server  # noqa: F401  (fixtures used by name)
 
 
 def pytest_configure(config):
@@ -41,6 +40,8 @@ def pytest_configure(config):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    # scripts/ansible-matrix deselects these in every leg but its last (`-m "not one_leg"`).
+    config.addinivalue_line("markers", "one_leg: a slow fleet test the matrix runs in one leg only (its last)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,112 +155,12 @@ def sqs_ansible_env(ansible_env, sqs_server) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Fleet:
-    dir: Path
-    inventory: Path
-    nodes: dict[str, dict[str, Any]]  # host -> {instance_id, path, sans}
-    root_ca: Path  # fleetpki_root_ca_file: fetched by ca_setup, pinned on the nodes
-    ca_dir: Path
-    offline_root_dir: Path
-    queues: Queues
-    env: dict[str, str]
-    runs: list[subprocess.CompletedProcess] = field(default_factory=list)
-
-    def marker(self, host: str) -> Path:
-        """Written by the reload handler (a command) only when a new certificate was installed."""
-        return self.dir / "nodes" / f"{host}.reloaded"
-
-    def site(self, *args: str) -> subprocess.CompletedProcess:
-        """ansible-playbook -i inventory fleetpki.mtls.site [args], by the installed collection's FQCN."""
-        proc = run(
-            [tool("ansible-playbook"), "-i", str(self.inventory), "--forks", str(len(self.nodes) + 2), "fleetpki.mtls.site", *args],
-            env=self.env,
-            cwd=self.dir,
-        )
-        (self.dir / f"site-{len(self.runs) + 1}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-        self.runs.append(proc)
-        return proc
-
-
-def yaml_quote(value: str) -> str:
-    import json
-
-    return json.dumps(value)  # JSON strings are YAML strings
-
-
 @pytest.fixture
 def make_fleet(tmp_path, queues, sqs_ansible_env):
-    """make_fleet(n=3) -> Fleet: an offline root host, a CA host and n fleet nodes, all local
-    connection, written like demo/run's inventory, on this test's queues."""
-    import grp
-    import pwd
+    """make_fleet(n=3) -> Fleet: write_fleet on this test's queues of the session's moto server."""
 
     def make(n: int = 3) -> Fleet:
-        base = tmp_path / "fleet"
-        (base / "nodes").mkdir(parents=True)
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        group = grp.getgrgid(os.getegid()).gr_name
-        q = yaml_quote
-        lines = [
-            "# Written by tests/collection (demo/run's inventory shape). Every host runs on this machine.",
-            "all:",
-            "  vars:",
-            "    ansible_connection: local",
-            '    ansible_python_interpreter: "{{ ansible_playbook_python }}"',
-            "    ca_setup_root_host: offline_root",
-            f"    ca_setup_root_dir: {q(str(base / 'offline-root'))}",
-            f"    ca_setup_dir: {q(str(base / 'ca'))}",
-            f"    ca_setup_owner: {q(user)}",
-            f"    ca_setup_group: {q(group)}",
-            "    ca_setup_organization_name: fleetpki tests",
-            f"    ca_worker_ca_dir: {q(str(base / 'ca'))}",
-            f"    ca_worker_owner: {q(user)}",
-            f"    ca_worker_group: {q(group)}",
-            f"    ca_worker_csr_queue_url: {q(queues.csr)}",
-            f"    ca_worker_reply_queue_prefix: {q(queues.reply_prefix)}",
-            f"    mtls_client_csr_queue_url: {q(queues.csr)}",
-            f"    mtls_client_reply_queue_prefix: {q(queues.reply_prefix)}",
-            f"    fleetpki_root_ca_file: {q(str(base / 'root-ca.pem'))}",
-            "    mtls_client_fetch_timeout: 60",
-            "    mtls_client_reload: command",
-            f"    mtls_client_reload_command: {q('touch ' + str(base / 'nodes') + '/{{ inventory_hostname }}.reloaded')}",
-            "  hosts:",
-            "    offline_root:",
-            "  children:",
-            "    ca:",
-            "      hosts:",
-            "        ca1:",
-            "    fleet:",
-            "      hosts:",
-        ]
-        nodes: dict[str, dict[str, Any]] = {}
-        for i in range(1, n + 1):
-            host = f"node{i}"
-            spec = {
-                "instance_id": f"i-{i:017d}",
-                "path": base / "nodes" / host,
-                "sans": [f"DNS:{host}.fleet.internal", "IP:127.0.0.1"],
-            }
-            nodes[host] = spec
-            lines += [
-                f"        {host}:",
-                f"          mtls_client_instance_id: {q(spec['instance_id'])}",
-                f"          mtls_client_path: {q(str(spec['path']))}",
-                "          mtls_client_subject_alt_name:",
-                *[f"            - {q(s)}" for s in spec["sans"]],
-            ]
-        inventory = base / "inventory.yml"
-        inventory.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return Fleet(
-            dir=base,
-            inventory=inventory,
-            nodes=nodes,
-            root_ca=base / "root-ca.pem",
-            ca_dir=base / "ca",
-            offline_root_dir=base / "offline-root",
-            queues=queues,
-            env=dict(sqs_ansible_env),
-        )
+        return write_fleet(tmp_path / "fleet", n, queues, sqs_ansible_env)
 
     return make
+

@@ -17,7 +17,7 @@ import pytest
 import helpers
 
 # The SQS fixtures shared with tests/collection.
-from sqs_fixtures import Queues, queues, sqs, sqs_server  # noqa: F401  (fixtures used by name)
+from sqs_fixtures import Queues, own_sqs, queues, sqs, sqs_server  # noqa: F401  (fixtures used by name)
 
 
 def pytest_configure(config):

@@ -4,7 +4,10 @@ a boto3 client on it, and a fresh set of queues per test."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -125,3 +128,91 @@ def queues(sqs) -> Queues:
             sqs.delete_queue(QueueUrl=url)
         except Exception:  # noqa: BLE001 - cleanup only
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# A moto server of one test's own, to kill and restart (the session's is shared)
+# --------------------------------------------------------------------------------------------
+
+
+class OwnMotoServer:
+    """moto on a fixed loopback port, started and SIGKILLed by PID, restarted empty on that port."""
+
+    REGION = "us-east-1"
+
+    def __init__(self, run_dir: Path, server_env: dict[str, str] | None = None):
+        self.dir = run_dir
+        self.server_env = server_env or {}  # e.g. moto's INITIAL_NO_AUTH_ACTION_COUNT
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.env = {
+            "AWS_ENDPOINT_URL_SQS": self.endpoint,
+            "AWS_REGION": self.REGION,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def start(self) -> None:
+        python = helpers.REPO_ROOT / ".venv" / "bin" / "python"
+        assert python.is_file(), f"{python} is missing: run scripts/venv first (moto lives in the project's .venv)"
+        self.starts += 1
+        log = open(self.dir / f"moto-{self.starts}.log", "wb")  # noqa: SIM115 - kept open by the child
+        self.proc = subprocess.Popen(
+            [str(python), str(helpers.REPO_ROOT / "scripts" / "moto_server.py"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **self.server_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        up = helpers.sqs_admin.wait_until_up(self.endpoint, timeout=30, pid=self.proc.pid)
+        assert up, f"moto did not answer on {self.endpoint}; log: {(self.dir / f'moto-{self.starts}.log').read_text(errors='replace')[-2000:]}"
+
+    def client(self):
+        """A boto3 SQS client on this server, for creating and inspecting queues."""
+        return helpers.sqs_admin.make_client(self.endpoint, self.REGION)
+
+    def create_queues(self, prefix: str) -> Queues:
+        """The CSR queue with its dead-letter queue, and the shared queue, named prefix-...: what
+        the operator's template makes (idempotent). Reply queues are the nodes' to create."""
+        urls = helpers.sqs_admin.create_prefixed(self.client(), prefix)
+        return Queues(
+            prefix=prefix,
+            csr=urls["csr_queue_url"],
+            dlq=urls["csr_dlq_url"],
+            shared=urls["shared_cert_queue_url"],
+            reply_prefix=f"{prefix}-reply-",
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: the server loses every queue and message it held."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def own_sqs(tmp_path):
+    """A moto server of this test's own (OwnMotoServer), started; stopped by PID at the end."""
+    server = OwnMotoServer(tmp_path / "own-sqs")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -38,11 +38,29 @@ def test_deletes_only_queues_of_instances_not_kept(run_module, sqs, queues):
 def test_refuses_to_delete_more_than_max_delete(run_module, sqs, queues):
     make_reply_queues(sqs, queues, ["i-1", "i-2", "i-3"])
     result, _ = run_module(
-        "mtls_reply_queues", {"keep_instance_ids": [], "reply_queue_prefix": queues.reply_prefix, "max_delete": 2}
+        "mtls_reply_queues", {"keep_instance_ids": ["i-9"], "reply_queue_prefix": queues.reply_prefix, "max_delete": 2}
     )
     assert result["failed"] is True
-    assert "max_delete" in result["msg"]
+    assert "max_delete=2" in result["msg"]
+    assert len(result["stale_queue_urls"]) == 3
     assert len(queues_with_prefix(sqs, queues.reply_prefix)) == 3
+
+
+def test_an_empty_keep_list_deletes_nothing_unless_forced(run_module, sqs, queues):
+    """An inventory that failed to load gives []: that must not wipe the fleet's reply queues."""
+    urls = make_reply_queues(sqs, queues, ["i-1", "i-2", "i-3"])
+    args = {"keep_instance_ids": [], "reply_queue_prefix": queues.reply_prefix}
+    for check in (True, False):
+        result, _ = run_module("mtls_reply_queues", args, check=check)
+        assert result["failed"] is True, result
+        assert "keep_instance_ids is empty" in result["msg"] and "force: true" in result["msg"], result["msg"]
+        assert sorted(result["stale_queue_urls"]) == sorted(urls.values())
+        assert len(queues_with_prefix(sqs, queues.reply_prefix)) == 3, "a queue was deleted"
+
+    result, proc = run_module("mtls_reply_queues", dict(args, force=True))
+    assert_ok(result, proc)
+    assert sorted(result["deleted_queue_urls"]) == sorted(urls.values())
+    assert queues_with_prefix(sqs, queues.reply_prefix) == []
 
 
 def test_a_short_prefix_is_refused(run_module, queues):

@@ -371,6 +371,8 @@ def ca_worker_vars(tmp_path: Path, queues, sqs_server, ca) -> dict:
         "ca_worker_csr_queue_url": queues.csr,
         "ca_worker_ca_dir": str(ca_dir),
         "ca_worker_owner": ME,
+        # The service's wiring is under test here, not who may send: the tests send as no node.
+        "ca_worker_identity_proof": "none",
         "ca_worker_reply_queue_prefix": queues.reply_prefix,
         "ca_worker_shared_cert_queue_url": queues.shared,
         "ca_worker_aws_endpoint_url": sqs_server.endpoint,

@@ -22,8 +22,9 @@ description:
     fleet leaves one behind for every instance it retires. This module lists the queues with the
     prefix and deletes those whose instance id is not in O(keep_instance_ids), typically the fleet's
     inventory.
-  - Refuses to delete more than O(max_delete) queues in one run, so a mistake in the inventory cannot
-    wipe the fleet's queues.
+  - Refuses to delete more than O(max_delete) queues in one run, and refuses an empty O(keep_instance_ids)
+    unless O(force=true) (an inventory that failed to load gives an empty list), so a mistake in the
+    inventory cannot wipe the fleet's queues.
   - In check mode it lists what it would delete and deletes nothing.
 attributes:
   check_mode:
@@ -54,6 +55,12 @@ options:
       - Fail instead of deleting when more than this many queues would go.
     type: int
     default: 100
+  force:
+    description:
+      - Delete every reply queue with the prefix when O(keep_instance_ids) is empty (a fleet that is gone).
+        Without it an empty list fails and deletes nothing. O(max_delete) still applies.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -65,6 +72,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error:
+  description:
+    - When an AWS call failed, what amazon.aws returns beside C(msg) - C(kind) (V(no_credentials),
+      V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
+      V(other)), the service's C(code) and C(message) (or the SDK's whole error chain, which C(msg) leaves out),
+      and the C(operation).
+  returned: when an SQS call failed or a queue URL names another region
+  type: dict
+  sample: {"kind": "access_denied", "code": "AccessDenied", "operation": "SendMessage",
+           "message": "AccessDenied: User: arn:aws:iam::123456789012:user/node is not authorized to perform: sqs:SendMessage"}
 deleted_queue_urls:
   description:
     - URLs of the queues deleted (in check mode, that would be deleted).
@@ -78,6 +95,14 @@ kept:
   returned: always
   type: int
   sample: 42
+stale_queue_urls:
+  description:
+    - URLs of the queues not in O(keep_instance_ids), when their deletion was refused (an empty list without
+      O(force), or more than O(max_delete)); nothing was deleted.
+  returned: when the deletion is refused
+  type: list
+  elements: str
+  sample: ["https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-reply-i-0123456789abcdef0"]
 sqs_calls:
   description:
     - Number of SQS API calls made, by operation, and C(total).

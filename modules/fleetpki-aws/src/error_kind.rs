@@ -86,6 +86,32 @@ impl AwsErrorKind {
         }
     }
 
+    /// Its name in return values (`error.kind`), snake case.
+    pub fn name(self) -> &'static str {
+        match self {
+            AwsErrorKind::NoCredentials => "no_credentials",
+            AwsErrorKind::BadCredentials => "bad_credentials",
+            AwsErrorKind::AccessDenied => "access_denied",
+            AwsErrorKind::Throttling => "throttling",
+            AwsErrorKind::Unreachable => "unreachable",
+            AwsErrorKind::NotFound => "not_found",
+            AwsErrorKind::Other => "other",
+        }
+    }
+
+    /// What happened, in a few words (the message's cause; the SDK's detail goes elsewhere).
+    pub fn summary(self) -> &'static str {
+        match self {
+            AwsErrorKind::NoCredentials => "no AWS credentials were found",
+            AwsErrorKind::BadCredentials => "AWS refused the credentials",
+            AwsErrorKind::AccessDenied => "access denied",
+            AwsErrorKind::Throttling => "AWS throttled the call",
+            AwsErrorKind::Unreachable => "could not connect to the endpoint",
+            AwsErrorKind::NotFound => "not found",
+            AwsErrorKind::Other => "the call failed",
+        }
+    }
+
     /// What to do about it, for the messages ("" when the error says it all).
     pub fn hint(self) -> &'static str {
         match self {
@@ -93,7 +119,7 @@ impl AwsErrorKind {
             AwsErrorKind::BadCredentials => ". AWS refused the credentials: check access_key/secret_key or the profile, and renew an expired session token",
             AwsErrorKind::AccessDenied => ". The IAM policy of this identity does not allow this call (see docs/aws.md in the collection, \"What the stack creates\", and docs/signers.md, \"IAM policies\")",
             AwsErrorKind::Throttling => ". AWS throttled the calls: run again later, or with fewer hosts at once",
-            AwsErrorKind::Unreachable => ". Check endpoint_url / network access to AWS",
+            AwsErrorKind::Unreachable => ". Check endpoint_url (or AWS_ENDPOINT_URL_SQS), the region, and the network path to it",
             AwsErrorKind::NotFound | AwsErrorKind::Other => "",
         }
     }

@@ -20,6 +20,51 @@ pub enum AwsConfigError {
     NoRegion,
     #[error("access_key and secret_key must be given together")]
     PartialCredentials,
+    #[error("the queue {url} is in region {queue_region}, but the calls would go to region {region} (the region option, AWS_REGION or the profile's): set region: {queue_region}, or give the URL of a queue in {region}")]
+    RegionMismatch {
+        url: String,
+        queue_region: String,
+        region: String,
+    },
+}
+
+/// The region an AWS-shaped SQS queue URL names: `https://sqs.eu-west-1.amazonaws.com/…` (also
+/// `.amazonaws.com.cn` and the dual-stack `sqs.<region>.api.aws`) or the legacy
+/// `https://eu-west-1.queue.amazonaws.com/…`. None for any other host (a local server, a VPC
+/// endpoint's name), whose region cannot be told from the URL.
+pub fn queue_url_region(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split('/').next()?;
+    let host = authority.split(':').next()?;
+    let region = host
+        .strip_prefix("sqs.")
+        .and_then(|h| {
+            h.strip_suffix(".amazonaws.com")
+                .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
+                .or_else(|| h.strip_suffix(".api.aws"))
+        })
+        .or_else(|| host.strip_suffix(".queue.amazonaws.com"))?;
+    let well_formed = region.contains('-')
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    well_formed.then_some(region)
+}
+
+/// Refuses a queue URL of another region than the one the client's calls go to: SQS would answer
+/// that the queue does not exist (it exists, elsewhere), after a node had created its reply queue
+/// in the wrong region.
+pub fn check_queue_region(url: &str, region: &str) -> Result<(), AwsConfigError> {
+    match queue_url_region(url) {
+        Some(queue_region) if queue_region != region => Err(AwsConfigError::RegionMismatch {
+            url: url.to_string(),
+            queue_region: queue_region.to_string(),
+            region: region.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// amazon.aws's connection options. Unset ones fall back to the SDK's default chain
@@ -85,4 +130,61 @@ pub async fn load_config(options: &AwsOptions) -> Result<SdkConfig, AwsConfigErr
         return Err(AwsConfigError::NoRegion);
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_of_an_aws_queue_url() {
+        for (url, region) in [
+            (
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-csr",
+                Some("eu-west-1"),
+            ),
+            (
+                "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q",
+                Some("cn-north-1"),
+            ),
+            (
+                "https://sqs.us-gov-west-1.amazonaws.com/123456789012/q",
+                Some("us-gov-west-1"),
+            ),
+            (
+                "https://sqs.ap-south-2.api.aws/123456789012/q",
+                Some("ap-south-2"),
+            ),
+            (
+                "https://us-east-2.queue.amazonaws.com/123456789012/q",
+                Some("us-east-2"),
+            ),
+            ("http://127.0.0.1:4566/000000000000/fleetpki-csr", None),
+            ("http://localhost:9324/queue/q", None),
+            (
+                "https://vpce-0a1b.sqs.us-east-1.vpce.amazonaws.com/123456789012/q",
+                None,
+            ),
+            ("https://sqs.amazonaws.com/123456789012/q", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(queue_url_region(url), region, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_queue_of_another_region_is_refused_naming_both() {
+        let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-csr";
+        assert!(check_queue_region(url, "eu-west-1").is_ok());
+        assert!(check_queue_region("http://127.0.0.1:4566/000000000000/q", "us-east-1").is_ok());
+        let refused = check_queue_region(url, "us-east-1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("is in region eu-west-1")
+                && refused.contains("region us-east-1")
+                && refused.contains("set region: eu-west-1"),
+            "{refused}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ pub mod reason;
 pub mod record;
 pub mod remote;
 pub mod renewal;
+pub mod reply_queues;
 pub mod sign;
 pub mod wire;
 pub mod worker;

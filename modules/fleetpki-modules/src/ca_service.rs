@@ -76,8 +76,9 @@ fn run(config_path: &str) -> Result<(), String> {
         let mut worker = loop {
             match Worker::new(&sqs, &args, policy.clone(), &backend).await {
                 Ok(worker) => break worker,
-                // Waiting would not make the record writable: stop, and let systemd say why.
-                Err(e @ WorkerError::Record(_)) => return Err(e.to_string()),
+                // Waiting would not make the record writable, nor move a queue to our region:
+                // stop, and let systemd say why.
+                Err(e) if e.is_permanent() => return Err(e.to_string()),
                 Err(e) => {
                     log(&format!("cannot start: {e}; retrying"));
                     tokio::select! {

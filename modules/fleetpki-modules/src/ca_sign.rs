@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::rfc3339;
-use crate::common::{aws_options, calls_json, now_unix, runtime};
+use crate::common::{aws_options, calls_json, now_unix, runtime, sqs_error, sqs_failure};
 use crate::issuance_record::{IssuanceRecord, RecordError};
 use crate::signer::{
     signer_options, Backend, OpenError, PcaBackend, SignerArgs, SignerKind, AWS_KMS, AWS_PCA, FILE,
@@ -148,11 +148,11 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
 
     let runtime = runtime()?;
     runtime.block_on(async {
-        let sqs = Sqs::connect(&args.aws).await?;
+        let sqs = Sqs::connect(&args.aws).await.map_err(sqs_error)?;
         let mut outcome = if invocation.check_mode {
             // Never receive in check mode: receiving raises receive counts, and repeated
             // `--check` runs would push valid CSRs into the dead-letter queue.
-            let depth = sqs.depth(&args.csr_queue_url).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            let depth = sqs.depth(&args.csr_queue_url).await.map_err(|e| sqs_failure(e, &sqs))?;
             let mut outcome = Outcome::new(depth.visible > 0, format!("{} request(s) waiting; would process them", depth.visible))
                 .with("queue_depth", depth.visible)
                 .with("issued", 0)
@@ -162,7 +162,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             outcome.warnings = policy.warnings();
             outcome
         } else {
-            let mut worker = Worker::new(&sqs, &args, policy.clone(), &backend).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+            let mut worker = Worker::new(&sqs, &args, policy.clone(), &backend).await.map_err(|e| e.failure(&sqs))?;
             let limit = if args.max_requests == 0 { u64::MAX } else { args.max_requests as u64 };
             let result = worker.drain(limit).await;
             let tally = &worker.tally;
@@ -185,7 +185,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                 values
             };
             if let Err(e) = result {
-                let mut failure = Failure::from(e);
+                let mut failure = e.failure(&sqs);
                 failure.values = with_tally(failure.values);
                 return Err(failure);
             }
@@ -285,6 +285,26 @@ pub enum WorkerError {
     Record(#[from] RecordError),
 }
 
+impl WorkerError {
+    /// The task's failure: an SQS error as amazon.aws reports one (`error`, `sqs_calls`).
+    pub fn failure(self, sqs: &Sqs) -> Failure {
+        match self {
+            WorkerError::Sqs(e) => sqs_failure(e, sqs),
+            WorkerError::Record(e) => {
+                Failure::from(WorkerError::Record(e)).with("sqs_calls", calls_json(sqs.calls()))
+            }
+        }
+    }
+
+    /// Whether waiting cannot help (the service stops and says why instead of retrying).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Record(_) | WorkerError::Sqs(SqsError::Config(_))
+        )
+    }
+}
+
 pub struct Worker<'a> {
     sqs: &'a Sqs,
     args: &'a Args,
@@ -321,6 +341,15 @@ impl<'a> Worker<'a> {
     ) -> Result<Worker<'a>, WorkerError> {
         // Before anything is received: a worker that cannot record must not take requests.
         let record = IssuanceRecord::open(Path::new(&args.audit_log_path))?;
+        // A queue of another region would only ever answer "does not exist".
+        let queues = [
+            Some(&args.csr_queue_url),
+            args.dead_letter_queue_url.as_ref(),
+            args.shared_cert_queue_url.as_ref(),
+        ];
+        for url in queues.into_iter().flatten() {
+            sqs.check_region(url)?;
+        }
         let dead_letter_queue = match &args.dead_letter_queue_url {
             Some(url) => Some(url.clone()),
             None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,

@@ -27,12 +27,16 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::rfc3339;
-use crate::common::{aws_options, calls_json, file_options, key_perms, runtime};
+use crate::common::{
+    aws_options, calls_json, file_options, key_perms, runtime, sqs_error, sqs_failure,
+};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
 
 /// How long a received message stays hidden while we look at it.
 const VISIBILITY_SECONDS: i32 = 30;
+/// Between two receives on a reply queue SQS does not show yet (created a moment ago).
+const QUEUE_MISSING_PAUSE: Duration = Duration::from_secs(1);
 
 pub fn spec() -> ArgumentSpec {
     ArgumentSpec::new()
@@ -219,7 +223,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     }
     let runtime = runtime()?;
     runtime.block_on(async {
-        let sqs = Sqs::connect(&args.aws).await?;
+        let sqs = Sqs::connect(&args.aws).await.map_err(sqs_error)?;
         let with_calls = |f: Failure, sqs: &Sqs| f.with("sqs_calls", calls_json(sqs.calls()));
         let queue_url = match resolve_queue(&sqs, &args, &pending).await {
             Ok(url) => url,
@@ -229,7 +233,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
 
         if invocation.check_mode {
             // Never receive in check mode: it would raise receive counts and hide messages.
-            let depth = sqs.depth(&queue_url).await.map_err(|e| with_calls(e.into(), &sqs))?;
+            let depth = sqs.depth(&queue_url).await.map_err(|e| sqs_failure(e, &sqs))?;
             let mut outcome = paths(base).with("status", "pending").with("sqs_calls", calls_json(sqs.calls()));
             outcome.changed = depth.visible > 0 && args.reply_mode == ReplyMode::PerNode;
             outcome.msg = if outcome.changed {
@@ -270,7 +274,14 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                         pending.request_id
                     )).with("status", "no_request"), &sqs));
                 }
-                Err(e) => return Err(with_calls(e.into(), &sqs)),
+                // Created a moment ago and not shown yet: ask again while the timeout lasts.
+                Err(SqsError::QueueMissing(_))
+                    if args.reply_mode == ReplyMode::PerNode && started.elapsed() + QUEUE_MISSING_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(QUEUE_MISSING_PAUSE).await;
+                    continue;
+                }
+                Err(e) => return Err(sqs_failure(e, &sqs)),
             };
             for message in &messages {
                 match fetch.handle(message).await {
@@ -374,7 +385,8 @@ async fn resolve_queue(
                     &args.reply_queue_prefix,
                     &args.instance_id,
                 ))
-                .await?
+                .await
+                .map_err(sqs_error)?
                 .ok_or_else(|| {
                     Failure::new(
                         "this node's reply queue does not exist: run mtls_csr_submit first",
@@ -411,16 +423,25 @@ impl Fetch<'_> {
         let receipt = &message.receipt_handle;
         match judge_reply(&self.awaited, &reply, SystemTime::now()) {
             ReplyDecision::HandBack => {
-                self.sqs.hand_back(self.queue_url, receipt).await?;
+                self.sqs
+                    .hand_back(self.queue_url, receipt)
+                    .await
+                    .map_err(sqs_error)?;
                 Ok(Handled::Ignored(None))
             }
             ReplyDecision::Discard { warning } => {
-                self.sqs.delete(self.queue_url, receipt).await?;
+                self.sqs
+                    .delete(self.queue_url, receipt)
+                    .await
+                    .map_err(sqs_error)?;
                 Ok(Handled::Ignored(Some(warning)))
             }
             ReplyDecision::Refused { msg, .. } => {
                 self.layout.clear_pending_request()?;
-                self.sqs.delete(self.queue_url, receipt).await?;
+                self.sqs
+                    .delete(self.queue_url, receipt)
+                    .await
+                    .map_err(sqs_error)?;
                 Ok(Handled::Rejected(msg))
             }
             ReplyDecision::NotYetValid {
@@ -430,7 +451,10 @@ impl Fetch<'_> {
             } => {
                 // Kept beside the pending key (the staged answer), then deleted from the queue.
                 self.layout.stage_answer(&certificate_pem, &chain_pem)?;
-                self.sqs.delete(self.queue_url, receipt).await?;
+                self.sqs
+                    .delete(self.queue_url, receipt)
+                    .await
+                    .map_err(sqs_error)?;
                 Ok(Handled::Ignored(Some(msg)))
             }
             ReplyDecision::Install { info, chain_pem } => {

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ansible_module::{ArgumentError, OptionSpec, OptionType};
+use ansible_module::{ArgumentError, Failure, OptionSpec, OptionType};
 use fleetpki_core::layout::{parse_mode, FilePerms};
+use fleetpki_sqs::{Sqs, SqsError};
 use serde_json::Value;
 
 /// amazon.aws's connection options (see `plugins/doc_fragments/aws.py`).
@@ -88,6 +89,22 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 /// The SQS call counts as a JSON return value.
 pub fn calls_json(calls: BTreeMap<String, u64>) -> Value {
     serde_json::to_value(calls).unwrap_or_default()
+}
+
+/// A failed SQS call as amazon.aws reports one: a short `msg`, the service's code and message
+/// (or the SDK's error chain) in `error`, and the calls made so far in `sqs_calls`.
+pub fn sqs_failure(error: SqsError, sqs: &Sqs) -> Failure {
+    sqs_error(error).with("sqs_calls", calls_json(sqs.calls()))
+}
+
+/// `sqs_failure` before a client exists (its configuration failed).
+pub fn sqs_error(error: SqsError) -> Failure {
+    let detail = error.detail();
+    let failure = Failure::new(error.to_string());
+    match detail {
+        Some(detail) => failure.with("error", detail),
+        None => failure,
+    }
 }
 
 /// Unix seconds now.

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::common::{
     aws_options, calls_json, file_options, key_options, key_perms, now_unix, rfc3339, runtime,
+    sqs_error, sqs_failure,
 };
 
 pub const NAME: &str = "fleetpki.mtls.mtls_csr_submit";
@@ -277,14 +278,17 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     // 3. Publish.
     let runtime = runtime()?;
     runtime.block_on(async {
-        let sqs = Sqs::connect(&args.aws).await?;
+        let sqs = Sqs::connect(&args.aws).await.map_err(sqs_error)?;
+        // Before anything is created: a reply queue made in the wrong region would be a stray.
+        sqs.check_region(&args.csr_queue_url).map_err(|e| sqs_failure(e, &sqs))?;
         let reply_queue_url = match args.reply_mode {
             ReplyMode::PerNode => Some(
                 sqs.create_queue(
                     &reply_queue_name(&args.reply_queue_prefix, &args.instance_id),
                     &[],
                 )
-                .await?,
+                .await
+                .map_err(|e| sqs_failure(e, &sqs))?,
             ),
             ReplyMode::Shared => None,
         };
@@ -335,7 +339,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             }
             Err(error) => {
                 layout.clear_pending_request()?;
-                return Err(Failure::from(error).with("sqs_calls", calls_json(sqs.calls())));
+                return Err(sqs_failure(error, &sqs));
             }
         };
         outcome.changed = true;

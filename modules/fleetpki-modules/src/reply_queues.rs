@@ -1,17 +1,16 @@
 //! `mtls_reply_queues`: delete the reply queues of instances that are gone. Nodes create their
 //! own reply queue; an autoscaled fleet leaves one behind for every instance it retires.
 
-use std::collections::BTreeSet;
-
 use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
 use fleetpki_aws::AwsOptions;
+use fleetpki_core::reply_queues::plan_cleanup;
 use fleetpki_sqs::Sqs;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::common::{aws_options, calls_json, runtime};
+use crate::common::{aws_options, calls_json, runtime, sqs_error, sqs_failure};
 
 pub const NAME: &str = "fleetpki.mtls.mtls_reply_queues";
 
@@ -20,6 +19,7 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("keep_instance_ids", OptionType::List(ElementType::Str)).required())
         .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
         .option(OptionSpec::new("max_delete", OptionType::Int).default(100))
+        .option(OptionSpec::new("force", OptionType::Bool).default(false))
         .options(aws_options())
 }
 
@@ -28,6 +28,7 @@ struct Args {
     keep_instance_ids: Vec<String>,
     reply_queue_prefix: String,
     max_delete: i64,
+    force: bool,
     #[serde(flatten)]
     aws: AwsOptions,
 }
@@ -43,36 +44,45 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if args.max_delete < 0 {
         return Err(Failure::new("max_delete must be 0 or more"));
     }
-    let keep: BTreeSet<String> = args
-        .keep_instance_ids
-        .iter()
-        .map(|id| format!("{}{id}", args.reply_queue_prefix))
-        .collect();
+    let max_delete = args.max_delete as u64;
     runtime()?.block_on(async {
-        let sqs = Sqs::connect(&args.aws).await?;
-        let urls = sqs.list_queues(&args.reply_queue_prefix).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
-        let stale: Vec<&String> =
-            urls.iter().filter(|url| url.rsplit('/').next().is_some_and(|name| !keep.contains(name))).collect();
-        if stale.len() as i64 > args.max_delete {
-            // A mistake in the inventory must not wipe the fleet's queues.
-            return Err(Failure::new(format!(
-                "{} reply queues are not in keep_instance_ids, more than max_delete={}: check the list, or raise max_delete",
-                stale.len(),
-                args.max_delete
-            ))
-            .with("stale_queue_urls", json!(stale))
-            .with("sqs_calls", calls_json(sqs.calls())));
+        let sqs = Sqs::connect(&args.aws).await.map_err(sqs_error)?;
+        let urls = sqs
+            .list_queues(&args.reply_queue_prefix)
+            .await
+            .map_err(|e| sqs_failure(e, &sqs))?;
+        let plan = plan_cleanup(
+            &args.keep_instance_ids,
+            &args.reply_queue_prefix,
+            &urls,
+            max_delete,
+            args.force,
+        );
+        if let Some(refusal) = plan.refused {
+            return Err(Failure::new(refusal.to_string())
+                .with("stale_queue_urls", json!(plan.stale))
+                .with("sqs_calls", calls_json(sqs.calls())));
         }
+        let stale = plan.stale;
         if !invocation.check_mode {
             for url in &stale {
-                sqs.delete_queue(url).await.map_err(|e| Failure::from(e).with("sqs_calls", calls_json(sqs.calls())))?;
+                sqs.delete_queue(url)
+                    .await
+                    .map_err(|e| sqs_failure(e, &sqs))?;
             }
         }
-        let verb = if invocation.check_mode { "would delete" } else { "deleted" };
-        Ok(Outcome::new(!stale.is_empty(), format!("{verb} {} of {} reply queues", stale.len(), urls.len()))
-            .with("deleted_queue_urls", json!(stale))
-            .with("kept", urls.len() - stale.len())
-            .with("sqs_calls", calls_json(sqs.calls())))
+        let verb = if invocation.check_mode {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        Ok(Outcome::new(
+            !stale.is_empty(),
+            format!("{verb} {} of {} reply queues", stale.len(), urls.len()),
+        )
+        .with("deleted_queue_urls", json!(stale))
+        .with("kept", urls.len() - stale.len())
+        .with("sqs_calls", calls_json(sqs.calls())))
     })
 }
 

@@ -116,7 +116,7 @@ pub(crate) fn remote_error(code: String, message: String) -> RemoteSignError {
 /// What to do about an error code, for the messages.
 pub(crate) fn hint_for(code: &str) -> &'static str {
     match code {
-        "AccessDeniedException" => ". The IAM policy of this identity (or the key policy) does not allow this call: see README, Signers",
+        "AccessDeniedException" => ". The IAM policy of this identity (or the key policy) does not allow this call: see docs/signers.md in the collection, \"IAM policies\"",
         "DisabledException" => ". Enable the key (aws kms enable-key) and run again: queued requests wait",
         "NotFoundException" | "ResourceNotFoundException" => ". Check the key id / CA ARN and the region",
         "KMSInvalidStateException" | "InvalidStateException" => ". The key or CA is not in a usable state (pending deletion, disabled, expired)",

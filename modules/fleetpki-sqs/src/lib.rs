@@ -11,22 +11,84 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use fleetpki_aws::{
-    error_words, load_config, AwsConfigError, AwsErrorKind, AwsOptions, CallCounter,
+    check_queue_region, error_words, load_config, AwsConfigError, AwsErrorKind, AwsOptions,
+    CallCounter,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqsError {
     #[error(transparent)]
     Config(#[from] AwsConfigError),
-    #[error("SQS {operation} on {target} failed: {detail}{}", .kind.hint())]
+    /// A call that failed: the message says what happened and what to do in a few words; the
+    /// service's code and message, or the SDK's error chain, are in `detail()` (amazon.aws's
+    /// `error` return value), not in the message.
+    #[error("{}", call_message(.operation, .target, *.kind, .service_message.as_deref()))]
     Call {
         operation: &'static str,
         target: String,
-        detail: String,
         kind: AwsErrorKind,
+        /// The service's error code, when it answered with one.
+        code: Option<String>,
+        /// The service's own message when it answered, else the SDK's error chain in words.
+        message: String,
+        /// Whether `message` is the service's (short, and worth showing) or the SDK's.
+        service_message: Option<String>,
     },
     #[error("the queue {0} does not exist: create it first (see docs/aws.md in the collection, \"Deploy\")")]
     QueueMissing(String),
+}
+
+/// The message of a failed call: what, on what, why in words, and what to do.
+fn call_message(
+    operation: &str,
+    target: &str,
+    kind: AwsErrorKind,
+    service_message: Option<&str>,
+) -> String {
+    // The service's words say which identity lacks which permission, or what was wrong.
+    let said = match (kind, service_message) {
+        (AwsErrorKind::AccessDenied | AwsErrorKind::Other, Some(m)) if !m.is_empty() => {
+            format!(" ({m})")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "SQS {operation} on {target} failed: {}{said}{}",
+        kind.summary(),
+        kind.hint()
+    )
+}
+
+impl SqsError {
+    /// The detail amazon.aws returns beside `msg` as `error`: the kind, the service's code and
+    /// message (or the SDK's error chain), and the operation. None for errors that say it all.
+    pub fn detail(&self) -> Option<serde_json::Value> {
+        match self {
+            SqsError::Call {
+                operation,
+                kind,
+                code,
+                message,
+                ..
+            } => Some(serde_json::json!({
+                "kind": kind.name(),
+                "code": code,
+                "message": message,
+                "operation": operation,
+            })),
+            SqsError::QueueMissing(url) => Some(serde_json::json!({
+                "kind": AwsErrorKind::NotFound.name(),
+                "code": "AWS.SimpleQueueService.NonExistentQueue",
+                "message": format!("The specified queue {url} does not exist."),
+            })),
+            SqsError::Config(AwsConfigError::RegionMismatch { .. }) => Some(serde_json::json!({
+                "kind": "region_mismatch",
+                "code": null,
+                "message": self.to_string(),
+            })),
+            SqsError::Config(_) => None,
+        }
+    }
 }
 
 /// A received message, reduced to what the modules use.
@@ -54,6 +116,8 @@ pub struct QueueDepth {
 pub struct Sqs {
     client: Client,
     calls: CallCounter,
+    /// Where the calls go: a queue URL of another region is refused before it is called.
+    region: String,
 }
 
 impl Sqs {
@@ -62,6 +126,7 @@ impl Sqs {
         Ok(Sqs {
             client: Client::new(&config),
             calls: CallCounter::default(),
+            region: config.region().map(ToString::to_string).unwrap_or_default(),
         })
     }
 
@@ -75,7 +140,9 @@ impl Sqs {
             operation,
             target: target.to_string(),
             kind: AwsErrorKind::Other,
-            detail: error.to_string(),
+            code: None,
+            message: error.to_string(),
+            service_message: Some(error.to_string()),
         }
     }
 
@@ -86,19 +153,31 @@ impl Sqs {
     {
         // The service's own code and message when it answered (the SDK's description of an
         // error it has no type for is its Debug form); else the error chain in words.
-        let answered = error
-            .as_service_error()
-            .and_then(|e| e.code().map(|code| (code.to_string(), e.message())))
-            .map(|(code, message)| match message {
-                Some(message) => format!("{code}: {message}"),
-                None => code,
-            });
+        let (code, service_message) = match error.as_service_error() {
+            Some(e) => (
+                e.code().map(str::to_string),
+                e.message().map(str::to_string),
+            ),
+            None => (None, None),
+        };
+        let message = match (&code, &service_message) {
+            (Some(code), Some(m)) => format!("{code}: {m}"),
+            (Some(code), None) => code.clone(),
+            _ => error_words(&error),
+        };
         SqsError::Call {
             operation,
             target: target.to_string(),
             kind: AwsErrorKind::of(&error),
-            detail: answered.unwrap_or_else(|| error_words(&error)),
+            code,
+            message,
+            service_message,
         }
+    }
+
+    /// Refuses a queue URL of another region than the client's (before any call is made).
+    pub fn check_region(&self, queue_url: &str) -> Result<(), SqsError> {
+        Ok(check_queue_region(queue_url, &self.region)?)
     }
 
     /// Sends one message with String attributes; returns its message id.
@@ -108,6 +187,7 @@ impl Sqs {
         body: &str,
         attributes: &[(&str, &str)],
     ) -> Result<String, SqsError> {
+        self.check_region(queue_url)?;
         self.calls.add("SendMessage");
         let mut request = self
             .client
@@ -143,6 +223,7 @@ impl Sqs {
         wait_seconds: i32,
         visibility_timeout: Option<i32>,
     ) -> Result<Vec<Received>, SqsError> {
+        self.check_region(queue_url)?;
         self.calls.add("ReceiveMessage");
         let mut request = self
             .client
@@ -192,6 +273,7 @@ impl Sqs {
     }
 
     pub async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), SqsError> {
+        self.check_region(queue_url)?;
         self.calls.add("DeleteMessage");
         self.client
             .delete_message()
@@ -212,6 +294,7 @@ impl Sqs {
         if receipt_handles.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_region(queue_url)?;
         self.calls.add("DeleteMessageBatch");
         let entries = receipt_handles
             .iter()
@@ -246,6 +329,7 @@ impl Sqs {
     /// Makes a message visible again (hands it back). A handle that became invalid because
     /// another consumer received the message meanwhile is harmless and ignored.
     pub async fn hand_back(&self, queue_url: &str, receipt_handle: &str) -> Result<(), SqsError> {
+        self.check_region(queue_url)?;
         self.calls.add("ChangeMessageVisibility");
         match self
             .client
@@ -307,6 +391,7 @@ impl Sqs {
         queue_url: &str,
         names: &[QueueAttributeName],
     ) -> Result<HashMap<QueueAttributeName, String>, SqsError> {
+        self.check_region(queue_url)?;
         self.calls.add("GetQueueAttributes");
         let out = self
             .client
@@ -372,6 +457,7 @@ impl Sqs {
     }
 
     pub async fn delete_queue(&self, queue_url: &str) -> Result<(), SqsError> {
+        self.check_region(queue_url)?;
         self.calls.add("DeleteQueue");
         match self.client.delete_queue().queue_url(queue_url).send().await {
             Ok(_) => Ok(()),
@@ -410,25 +496,122 @@ impl Sqs {
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_sqs::error::{ErrorMetadata, SdkError};
+    use aws_sdk_sqs::error::{ConnectorError, ErrorMetadata, SdkError};
     use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
+    use fleetpki_aws::AwsConfigError;
 
-    use super::Sqs;
+    use super::{Sqs, SqsError};
+
+    type Sdk = SdkError<ReceiveMessageError, ()>;
+
+    fn answered(code: &str, message: &str) -> Sdk {
+        let error = ReceiveMessageError::generic(
+            ErrorMetadata::builder().code(code).message(message).build(),
+        );
+        SdkError::service_error(error, ())
+    }
+
+    fn not_sent(source: Box<dyn std::error::Error + Send + Sync>) -> Sdk {
+        SdkError::dispatch_failure(ConnectorError::other(source, None))
+    }
 
     #[test]
-    fn an_error_the_service_answered_is_said_by_its_code_and_message() {
-        let answered = ReceiveMessageError::generic(
-            ErrorMetadata::builder()
-                .code("AccessDenied")
-                .message("User is not authorized to perform sqs:ReceiveMessage")
-                .build(),
+    fn access_denied_names_who_may_not_do_what_and_keeps_the_code_apart() {
+        let error = Sqs::fail(
+            "ReceiveMessage",
+            "the CSR queue",
+            answered("AccessDenied", "User: arn:aws:iam::123456789012:user/node is not authorized to perform: sqs:ReceiveMessage"),
         );
-        let error: SdkError<_, ()> = SdkError::service_error(answered, ());
-        let text = Sqs::fail("ReceiveMessage", "the CSR queue", error).to_string();
-        assert!(
-            text.contains("AccessDenied: User is not authorized to perform sqs:ReceiveMessage"),
-            "{text}"
-        );
+        let text = error.to_string();
+        assert!(text.starts_with("SQS ReceiveMessage on the CSR queue failed: access denied (User: arn:aws:iam::123456789012:user/node is not authorized"), "{text}");
+        assert!(text.contains("IAM policy"), "{text}");
         assert!(!text.contains("Error {") && !text.contains("{ "), "{text}");
+        let detail = error.detail().unwrap();
+        assert_eq!(detail["kind"], "access_denied");
+        assert_eq!(detail["code"], "AccessDenied");
+        assert_eq!(detail["operation"], "ReceiveMessage");
+    }
+
+    #[test]
+    fn each_kind_gets_its_own_short_message_with_the_detail_apart() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let long_chain = "no providers in chain provided credentials: ".repeat(30);
+        let cases: Vec<(Sdk, &str)> = vec![
+            (
+                not_sent(Box::new(CredentialsError::not_loaded(long_chain.clone()))),
+                "no_credentials",
+            ),
+            (
+                answered(
+                    "InvalidClientTokenId",
+                    "The security token included in the request is invalid.",
+                ),
+                "bad_credentials",
+            ),
+            (answered("AccessDenied", "not authorized"), "access_denied"),
+            (
+                answered("ThrottlingException", "Rate exceeded"),
+                "throttling",
+            ),
+            (
+                SdkError::dispatch_failure(ConnectorError::io(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "tcp connect error: Connection refused (os error 111)",
+                )))),
+                "unreachable",
+            ),
+        ];
+        let mut messages = Vec::new();
+        for (sdk, kind) in cases {
+            let error = Sqs::fail(
+                "SendMessage",
+                "https://sqs.eu-west-1.amazonaws.com/1/q",
+                sdk,
+            );
+            let text = error.to_string();
+            assert_eq!(error.detail().unwrap()["kind"], kind);
+            assert!(
+                text.len() < 400,
+                "{kind}: {} characters: {text}",
+                text.len()
+            );
+            assert!(
+                !text.contains("no providers in chain"),
+                "{kind}: the SDK's detail is in the message: {text}"
+            );
+            assert!(
+                !text.contains("Some(")
+                    && !text.contains("{ ")
+                    && !text.contains("DispatchFailure"),
+                "{text}"
+            );
+            assert!(
+                !messages.contains(&text),
+                "{kind} says what another kind says: {text}"
+            );
+            messages.push(text);
+        }
+        assert!(
+            messages[0].contains("no AWS credentials were found")
+                && !messages[0].contains("network"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[4].contains("could not connect") && messages[4].contains("endpoint_url"),
+            "{}",
+            messages[4]
+        );
+    }
+
+    #[test]
+    fn a_queue_of_another_region_is_a_configuration_error_with_its_own_kind() {
+        let error = SqsError::from(AwsConfigError::RegionMismatch {
+            url: "https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-csr".into(),
+            queue_region: "eu-west-1".into(),
+            region: "us-east-1".into(),
+        });
+        assert_eq!(error.detail().unwrap()["kind"], "region_mismatch");
+        assert!(error.to_string().contains("set region: eu-west-1"));
     }
 }

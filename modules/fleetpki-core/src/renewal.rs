@@ -207,8 +207,10 @@ pub fn decide(
 }
 
 /// How long after its request a missing reply queue is not yet taken as lost: SQS may answer
-/// "does not exist" for a queue created a moment ago.
-pub const REPLY_QUEUE_GRACE_SECONDS: i64 = 60;
+/// "does not exist" for a queue created a moment ago (AWS asks for one second after CreateQueue;
+/// ten leaves room for a slow region). Kept short because the usual cause is a queue server that
+/// lost its state, and every second of grace is a run in which the node cannot heal.
+pub const REPLY_QUEUE_GRACE_SECONDS: i64 = 10;
 
 /// Whether a pending request (submitted at `submitted_at`, unix seconds) whose reply queue
 /// was not found can never be answered: the queue is gone, and not merely too new to be seen.
@@ -383,7 +385,16 @@ mod decision_tests {
             !reply_queue_lost(submitted - 5, now, false),
             "5 s old: SQS may not show it yet"
         );
-        assert!(reply_queue_lost(submitted - 61, now, false));
+        assert!(!reply_queue_lost(
+            submitted - REPLY_QUEUE_GRACE_SECONDS,
+            now,
+            false
+        ));
+        assert!(reply_queue_lost(
+            submitted - REPLY_QUEUE_GRACE_SECONDS - 1,
+            now,
+            false
+        ));
         assert!(!reply_queue_lost(submitted - 3600, now, true));
     }
 

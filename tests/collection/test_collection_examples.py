@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,7 @@ def test_examples_run_against_the_local_sqs_server(examples, ansible_env, sqs_se
 
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump(FLEET_INVENTORY, sort_keys=False), encoding="utf-8")
+    web_secret = secrets.token_hex(16)
 
     def play(name: str, tasks: list[dict] | None = None, hosts: str = "localhost"):
         """Run PLAYS[name] (the examples), or the given tasks, as one play (localhost, or hosts of
@@ -166,9 +168,10 @@ def test_examples_run_against_the_local_sqs_server(examples, ansible_env, sqs_se
         tasks = tasks if tasks is not None else [examples[m][i] for m, i in PLAYS[name]]
         text = sub.apply(yaml.safe_dump(tasks, sort_keys=False))
         playbook = tmp_path / f"examples-{name}.yml"
-        header = {"name": f"EXAMPLES: {name}", "hosts": hosts, "gather_facts": False}
+        # The examples' vault variable (the web node's enrollment secret, in its submit and the CA's policy).
+        header = {"name": f"EXAMPLES: {name}", "hosts": hosts, "gather_facts": False, "vars": {"web_enrollment_secret": web_secret}}
         if hosts == "localhost":
-            header.update(connection="local", vars={"ansible_python_interpreter": "{{ ansible_playbook_python }}"})
+            header.update(connection="local", vars={**header["vars"], "ansible_python_interpreter": "{{ ansible_playbook_python }}"})
         playbook.write_text(
             "---\n" + yaml.safe_dump([{**header, "tasks": yaml.safe_load(text)}], sort_keys=False), encoding="utf-8"
         )

@@ -4,6 +4,7 @@ SQS outage fails only the nodes that wait for a certificate."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 from collection_helpers import describe_run, play_recap, run, tool, write_fleet
@@ -54,31 +55,43 @@ def test_the_site_without_an_identity_proof_fails_before_anything_naming_the_cho
 
 
 def test_sqs_down_leaves_nodes_that_are_not_due_green(tmp_path, ansible_env, own_sqs):
-    queues = own_sqs.create_queues(f"t{uuid.uuid4().hex[:10]}")
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    queues = own_sqs.create_queues(prefix)
     env = dict(ansible_env)
     env.update(own_sqs.env)
     fleet = write_fleet(tmp_path / "fleet", 3, queues, env)
     hosts = {"ca1", *fleet.nodes}
     enrolled = fleet.site()
     assert enrolled.returncode == 0, describe_run(enrolled)
+    inventory = fleet.inventory.read_text(encoding="utf-8")
 
+    # 1. SQS down, nobody due: every host green, although the CA drain cannot reach SQS.
     own_sqs.kill()
-    # Nobody due: every host green, although the CA drain cannot reach SQS.
     quiet = fleet.site()
     recap = play_recap(quiet.stdout)
     assert set(recap) == hosts, describe_run(quiet)
     assert quiet.returncode == 0 and not any(r["failed"] for r in recap.values()), describe_run(quiet)
     assert "The CA drain on ca1 failed" in quiet.stdout, "the drain's failure was not reported"
 
-    # node1 due (a forced rotation): it fails, naming the outage; the others stay green.
-    text = fleet.inventory.read_text(encoding="utf-8")
-    fleet.inventory.write_text(
-        text.replace("        node1:\n", "        node1:\n          mtls_client_force: true\n"), encoding="utf-8"
-    )
-    due = fleet.site()
+    # 2. SQS back (empty, its queues re-created), but the CA host cannot reach it; node1 is due
+    #    (a forced rotation) and submits: it fails for want of the drain, the others stay green.
+    own_sqs.start()
+    assert own_sqs.create_queues(prefix) == queues
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+        fleet.inventory.write_text(
+            inventory.replace("  vars:\n", f"  vars:\n    ca_worker_aws_endpoint_url: {closed}\n", 1).replace(
+                "        node1:\n", "        node1:\n          mtls_client_force: true\n"
+            ),
+            encoding="utf-8",
+        )
+        due = fleet.site()
     recap = play_recap(due.stdout)
     assert due.returncode != 0, describe_run(due)
-    assert recap["node1"]["failed"] == 1, describe_run(due)
-    assert {h: r["failed"] for h, r in recap.items() if h != "node1"} == {"ca1": 0, "node2": 0, "node3": 0}, describe_run(due)
+    assert {h: r["failed"] for h, r in recap.items()} == {"ca1": 0, "node1": 1, "node2": 0, "node3": 0}, describe_run(due)
+    failed_task = due.stdout.split("fatal: [node1]", 1)[0].rsplit("TASK [", 1)[1].split("]", 1)[0]
+    assert failed_task == "fleetpki.mtls.mtls_client : Fail the nodes whose request waits for the failed drain", describe_run(due)
+    assert "The CA drain on ca1 failed" in due.stdout
     for node in fleet.nodes.values():
         assert (node["path"] / "current" / "cert.pem").exists()

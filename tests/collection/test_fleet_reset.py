@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -21,12 +22,17 @@ from pathlib import Path
 import pytest
 
 import helpers
-from collection_helpers import PLAYBOOK_TIMEOUT, describe_run, play_recap, write_fleet
+from collection_helpers import PLAYBOOK_TIMEOUT, REPO_ROOT, describe_run, play_recap, write_fleet
 
 NODES = 20
 # mtls_csr_submit and mtls_cert_fetch take a reply queue that is missing as lost only for a
-# request more than this old (SQS may not show a queue created a moment ago): their docs.
-REPLY_QUEUE_GRACE_SECONDS = 10
+# request more than this old (SQS may not show a queue created a moment ago): its one definition.
+REPLY_QUEUE_GRACE_SECONDS = int(
+    re.search(
+        r"pub const REPLY_QUEUE_GRACE_SECONDS: i64 = (\d+);",
+        (REPO_ROOT / "modules" / "fleetpki-core" / "src" / "renewal.rs").read_text(encoding="utf-8"),
+    )[1]
+)
 
 pytestmark = pytest.mark.one_leg
 

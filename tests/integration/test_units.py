@@ -74,14 +74,15 @@ MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
 @pytest.fixture(scope="module")
 def collections_path(tmp_path_factory) -> Path:
-    """ansible_collections/fleetpki/mtls holding a copy of the roles and, as plugins/modules, the
-    module binaries built in target/ (what the roles copy to the hosts)."""
+    """ansible_collections/fleetpki/mtls holding a copy of the roles, the filter plugins they use
+    and, as plugins/modules, the module binaries built in target/ (what the roles copy to the hosts)."""
     root = tmp_path_factory.mktemp("collections")
     dest = root / "ansible_collections" / "fleetpki" / "mtls"
     dest.mkdir(parents=True)
     shutil.copytree(COLLECTION / "roles", dest / "roles")
     shutil.copytree(COLLECTION / "meta", dest / "meta")
     shutil.copy(COLLECTION / "galaxy.yml", dest / "galaxy.yml")
+    shutil.copytree(COLLECTION / "plugins" / "filter", dest / "plugins" / "filter")  # the roles' typo guard
     modules = dest / "plugins" / "modules"
     modules.mkdir(parents=True)
     for name in helpers.MODULES:

@@ -283,7 +283,9 @@ EXAMPLES = r"""
     audit_log_path: /etc/fleetpki/ca/audit.jsonl
     max_requests: 50
     policy:
-      identity_proof: none
+      identity_proof: enrollment_secret
+      enrollment_secrets:
+        i-0fedcba9876543210: "{{ web_enrollment_secret }}"  # from Ansible Vault
       max_lifetime_days: 30
       instances:
         - instance_id_pattern: i-*
@@ -298,12 +300,12 @@ error:
   description:
     - When an AWS call failed, what amazon.aws returns beside C(msg) - C(kind) (V(no_credentials),
       V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
-      V(other)), the service's C(code) and C(message) (or the SDK's whole error chain, which C(msg) leaves out),
-      and the C(operation).
+      V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
+      which C(msg) leaves out), and the C(operation) that failed, when a call did.
   returned: when an SQS call failed or a queue URL names another region
   type: dict
-  sample: {"kind": "access_denied", "code": "AccessDenied", "operation": "SendMessage",
-           "message": "AccessDenied: User: arn:aws:iam::123456789012:user/node is not authorized to perform: sqs:SendMessage"}
+  sample: {"kind": "access_denied", "code": "AccessDenied", "operation": "ReceiveMessage",
+           "message": "AccessDenied: User: arn:aws:iam::123456789012:user/node is not authorized to perform: sqs:ReceiveMessage"}
 issued:
   description:
     - Number of certificates issued.

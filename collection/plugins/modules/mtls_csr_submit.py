@@ -194,6 +194,8 @@ EXAMPLES = r"""
     owner: www-data
     group: www-data
     mode: "0600"
+    # Proves to the CA that the request is this node's (identity_proof enrollment_secret).
+    enrollment_secret: "{{ web_enrollment_secret }}"  # from Ansible Vault
 """
 
 RETURN = r"""
@@ -201,8 +203,8 @@ error:
   description:
     - When an AWS call failed, what amazon.aws returns beside C(msg) - C(kind) (V(no_credentials),
       V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
-      V(other)), the service's C(code) and C(message) (or the SDK's whole error chain, which C(msg) leaves out),
-      and the C(operation).
+      V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
+      which C(msg) leaves out), and the C(operation) that failed, when a call did.
   returned: when an SQS call failed or a queue URL names another region
   type: dict
   sample: {"kind": "access_denied", "code": "AccessDenied", "operation": "SendMessage",

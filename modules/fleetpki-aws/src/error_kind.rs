@@ -105,24 +105,44 @@ impl AwsErrorKind {
             AwsErrorKind::NoCredentials => "no AWS credentials were found",
             AwsErrorKind::BadCredentials => "AWS refused the credentials",
             AwsErrorKind::AccessDenied => "access denied",
-            AwsErrorKind::Throttling => "AWS throttled the call",
-            AwsErrorKind::Unreachable => "could not connect to the endpoint",
-            AwsErrorKind::NotFound => "not found",
-            AwsErrorKind::Other => "the call failed",
+            AwsErrorKind::Throttling => "AWS throttled the calls",
+            AwsErrorKind::Unreachable => {
+                "the endpoint could not be reached, or gave no usable answer"
+            }
+            AwsErrorKind::NotFound => "it does not exist",
+            AwsErrorKind::Other => "the service refused the call",
         }
     }
 
-    /// What to do about it, for the messages ("" when the error says it all).
-    pub fn hint(self) -> &'static str {
+    /// What to do about it ("" when only the service's own words can say).
+    pub fn fix(self) -> &'static str {
         match self {
-            AwsErrorKind::NoCredentials => ". No AWS credentials were found: set access_key/secret_key or profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or give the host an instance profile",
-            AwsErrorKind::BadCredentials => ". AWS refused the credentials: check access_key/secret_key or the profile, and renew an expired session token",
-            AwsErrorKind::AccessDenied => ". The IAM policy of this identity does not allow this call (see docs/aws.md in the collection, \"What the stack creates\", and docs/signers.md, \"IAM policies\")",
-            AwsErrorKind::Throttling => ". AWS throttled the calls: run again later, or with fewer hosts at once",
-            AwsErrorKind::Unreachable => ". Check endpoint_url (or AWS_ENDPOINT_URL_SQS), the region, and the network path to it",
-            AwsErrorKind::NotFound | AwsErrorKind::Other => "",
+            AwsErrorKind::NoCredentials => "give this host credentials: access_key and secret_key, or profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an instance profile",
+            AwsErrorKind::BadCredentials => "check access_key/secret_key or the profile, and renew an expired session token",
+            AwsErrorKind::AccessDenied => "the IAM policy of this identity must allow this call (see docs/aws.md in the collection, \"What the stack creates\", and docs/signers.md, \"IAM policies\")",
+            AwsErrorKind::Throttling => "run again later, or with fewer hosts at once",
+            AwsErrorKind::Unreachable => "check endpoint_url (or the AWS_ENDPOINT_URL_* variable of the service), the region, and the network path to it",
+            AwsErrorKind::NotFound => "check the name or URL, and the region",
+            AwsErrorKind::Other => "",
         }
     }
+
+    /// The cause and what to do, appended to a message that says what failed ("" for `Other`).
+    pub fn hint(self) -> String {
+        match self.fix() {
+            "" => String::new(),
+            fix => format!(". {}: {fix}", capitalised(self.summary())),
+        }
+    }
+}
+
+/// `text` with its first letter in upper case: a fragment made the start of a sentence.
+pub fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// The first of `error` and its sources that is a `T`.
@@ -210,6 +230,7 @@ mod tests {
             AwsErrorKind::AccessDenied,
             AwsErrorKind::Throttling,
             AwsErrorKind::Unreachable,
+            AwsErrorKind::NotFound,
         ]
         .map(AwsErrorKind::hint);
         for (i, hint) in hints.iter().enumerate() {

@@ -78,9 +78,9 @@ fn run(config_path: &str) -> Result<(), String> {
                 Ok(worker) => break worker,
                 // Waiting would not make the record writable, nor move a queue to our region:
                 // stop, and let systemd say why.
-                Err(e) if e.is_permanent() => return Err(e.to_string()),
+                Err(e) if e.is_permanent() => return Err(e.with_detail()),
                 Err(e) => {
-                    log(&format!("cannot start: {e}; retrying"));
+                    log(&format!("cannot start: {}; retrying", e.with_detail()));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = terminate.recv() => return Ok(()),
@@ -149,14 +149,14 @@ fn run(config_path: &str) -> Result<(), String> {
             match result {
                 Ok(_) => failures = 0,
                 // Nothing more may be signed that cannot be recorded.
-                Err(e @ WorkerError::Record(_)) => {
+                Err(e) if e.is_permanent() => {
                     stop(&worker)?;
-                    return Err(e.to_string());
+                    return Err(e.with_detail());
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
-                    log(&format!("SQS error ({e}); retrying in {} ms", delay.as_millis()));
+                    log(&format!("SQS error ({}); retrying in {} ms", e.with_detail(), delay.as_millis()));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = terminate.recv() => break,

@@ -296,6 +296,21 @@ impl WorkerError {
         }
     }
 
+    /// The message with the SDK's or service's detail after it: for the service's journal,
+    /// which has no `error` key to keep it in.
+    pub fn with_detail(&self) -> String {
+        let detail = match self {
+            WorkerError::Sqs(e) => e
+                .detail()
+                .and_then(|d| d["message"].as_str().map(str::to_string)),
+            WorkerError::Record(_) => None,
+        };
+        match detail {
+            Some(detail) => format!("{self} (detail: {detail})"),
+            None => self.to_string(),
+        }
+    }
+
     /// Whether waiting cannot help (the service stops and says why instead of retrying).
     pub fn is_permanent(&self) -> bool {
         matches!(

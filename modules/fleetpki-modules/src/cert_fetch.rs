@@ -281,6 +281,13 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                     tokio::time::sleep(QUEUE_MISSING_PAUSE).await;
                     continue;
                 }
+                // Not shown yet, and no time left to ask again: the request stays pending.
+                Err(SqsError::QueueMissing(_)) if args.reply_mode == ReplyMode::PerNode => {
+                    warnings.push(format!(
+                        "this node's reply queue {queue_url} is not visible yet (it was created a moment ago)"
+                    ));
+                    break;
+                }
                 Err(e) => return Err(sqs_failure(e, &sqs)),
             };
             for message in &messages {

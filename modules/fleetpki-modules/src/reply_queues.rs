@@ -63,7 +63,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                 .with("stale_queue_urls", json!(plan.stale))
                 .with("sqs_calls", calls_json(sqs.calls())));
         }
-        let stale = plan.stale;
+        let (stale, kept) = (plan.stale, plan.kept);
         if !invocation.check_mode {
             for url in &stale {
                 sqs.delete_queue(url)
@@ -81,7 +81,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             format!("{verb} {} of {} reply queues", stale.len(), urls.len()),
         )
         .with("deleted_queue_urls", json!(stale))
-        .with("kept", urls.len() - stale.len())
+        .with("kept", kept)
         .with("sqs_calls", calls_json(sqs.calls())))
     })
 }

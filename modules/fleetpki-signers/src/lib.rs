@@ -12,14 +12,13 @@ pub use fleetpki_core::remote::RemoteSignError;
 /// Errors of the setup calls (creating or describing keys and CAs), each with what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
-    #[error("{service} {operation} on {target} failed: {code}: {message}{hint}")]
+    #[error("{service} {operation} on {target} failed: {code}: {message}{}", hint_for(.code))]
     Call {
         service: &'static str,
         operation: &'static str,
         target: String,
         code: String,
         message: String,
-        hint: &'static str,
         kind: AwsErrorKind,
     },
     #[error("the KMS key {0} does not exist: create it, or give an alias (alias/...) that mtls_ca_init may create")]
@@ -49,7 +48,6 @@ impl SignerError {
             service,
             operation,
             target: target.to_string(),
-            hint: hint_for(&code),
             code,
             message,
             kind,
@@ -114,18 +112,19 @@ pub(crate) fn remote_error(code: String, message: String) -> RemoteSignError {
 }
 
 /// What to do about an error code, for the messages.
-pub(crate) fn hint_for(code: &str) -> &'static str {
-    match code {
+pub(crate) fn hint_for(code: &str) -> String {
+    let fixed: &str = match code {
         "AccessDeniedException" => ". The IAM policy of this identity (or the key policy) does not allow this call: see docs/signers.md in the collection, \"IAM policies\"",
         "DisabledException" => ". Enable the key (aws kms enable-key) and run again: queued requests wait",
         "NotFoundException" | "ResourceNotFoundException" => ". Check the key id / CA ARN and the region",
         "KMSInvalidStateException" | "InvalidStateException" => ". The key or CA is not in a usable state (pending deletion, disabled, expired)",
         "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException" => ". The account's request quota was exceeded after retries: lower the worker's batch concurrency or ask for a quota increase",
-        "ConnectionError" => AwsErrorKind::Unreachable.hint(),
-        "NoCredentials" => AwsErrorKind::NoCredentials.hint(),
-        "InvalidCredentials" => AwsErrorKind::BadCredentials.hint(),
+        "ConnectionError" => return AwsErrorKind::Unreachable.hint(),
+        "NoCredentials" => return AwsErrorKind::NoCredentials.hint(),
+        "InvalidCredentials" => return AwsErrorKind::BadCredentials.hint(),
         _ => "",
-    }
+    };
+    fixed.to_string()
 }
 
 /// A runtime of its own for AWS calls made from synchronous code (rcgen's signing callback

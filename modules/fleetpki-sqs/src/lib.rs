@@ -11,8 +11,8 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use fleetpki_aws::{
-    check_queue_region, error_words, load_config, AwsConfigError, AwsErrorKind, AwsOptions,
-    CallCounter,
+    capitalised, check_queue_region, error_words, load_config, AwsConfigError, AwsErrorKind,
+    AwsOptions, CallCounter,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -22,16 +22,16 @@ pub enum SqsError {
     /// A call that failed: the message says what happened and what to do in a few words; the
     /// service's code and message, or the SDK's error chain, are in `detail()` (amazon.aws's
     /// `error` return value), not in the message.
-    #[error("{}", call_message(.operation, .target, *.kind, .service_message.as_deref()))]
+    #[error("{}", call_message(.operation, .target, *.kind, .code.as_deref(), .service_message.as_deref(), .message))]
     Call {
         operation: &'static str,
         target: String,
         kind: AwsErrorKind,
         /// The service's error code, when it answered with one.
         code: Option<String>,
-        /// The service's own message when it answered, else the SDK's error chain in words.
+        /// The service's code and message when it answered, else the SDK's error chain in words.
         message: String,
-        /// Whether `message` is the service's (short, and worth showing) or the SDK's.
+        /// The service's own message, when it answered with one (short, and worth showing).
         service_message: Option<String>,
     },
     #[error("the queue {0} does not exist: create it first (see docs/aws.md in the collection, \"Deploy\")")]
@@ -43,20 +43,27 @@ fn call_message(
     operation: &str,
     target: &str,
     kind: AwsErrorKind,
+    code: Option<&str>,
     service_message: Option<&str>,
+    message: &str,
 ) -> String {
-    // The service's words say which identity lacks which permission, or what was wrong.
-    let said = match (kind, service_message) {
-        (AwsErrorKind::AccessDenied | AwsErrorKind::Other, Some(m)) if !m.is_empty() => {
-            format!(" ({m})")
+    let what = format!("SQS {operation} on {target} failed");
+    match (kind, code, service_message) {
+        // Only the service's own words can say what was wrong.
+        (AwsErrorKind::Other, Some(code), Some(said)) => {
+            format!("{what}: SQS answered {code}: {said}")
         }
-        _ => String::new(),
-    };
-    format!(
-        "SQS {operation} on {target} failed: {}{said}{}",
-        kind.summary(),
-        kind.hint()
-    )
+        (AwsErrorKind::Other, Some(code), None) => format!("{what}: SQS answered {code}"),
+        (AwsErrorKind::Other, None, _) => format!("{what}: {message}"),
+        // The service's words name the identity and the action it may not perform.
+        (AwsErrorKind::AccessDenied, _, Some(said)) if !said.is_empty() => {
+            format!(
+                "{what}: access denied ({said}). {}",
+                capitalised(kind.fix())
+            )
+        }
+        _ => format!("{what}: {}. {}", kind.summary(), capitalised(kind.fix())),
+    }
 }
 
 impl SqsError {
@@ -78,8 +85,8 @@ impl SqsError {
             })),
             SqsError::QueueMissing(url) => Some(serde_json::json!({
                 "kind": AwsErrorKind::NotFound.name(),
-                "code": "AWS.SimpleQueueService.NonExistentQueue",
-                "message": format!("The specified queue {url} does not exist."),
+                "code": null,
+                "message": format!("the queue {url} does not exist"),
             })),
             SqsError::Config(AwsConfigError::RegionMismatch { .. }) => Some(serde_json::json!({
                 "kind": "region_mismatch",
@@ -526,6 +533,7 @@ mod tests {
         assert!(text.starts_with("SQS ReceiveMessage on the CSR queue failed: access denied (User: arn:aws:iam::123456789012:user/node is not authorized"), "{text}");
         assert!(text.contains("IAM policy"), "{text}");
         assert!(!text.contains("Error {") && !text.contains("{ "), "{text}");
+        assert_eq!(text.matches("access denied").count(), 1, "{text}");
         let detail = error.detail().unwrap();
         assert_eq!(detail["kind"], "access_denied");
         assert_eq!(detail["code"], "AccessDenied");
@@ -598,9 +606,39 @@ mod tests {
             messages[0]
         );
         assert!(
-            messages[4].contains("could not connect") && messages[4].contains("endpoint_url"),
+            messages[4].contains("could not be reached") && messages[4].contains("endpoint_url"),
             "{}",
             messages[4]
+        );
+        for text in &messages {
+            let lower = text.to_lowercase();
+            let cause = lower
+                .split("failed: ")
+                .nth(1)
+                .and_then(|rest| rest.split(['.', '(']).next())
+                .unwrap_or_default();
+            assert_eq!(
+                lower.matches(cause.trim()).count(),
+                1,
+                "the cause is said twice: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_answer_is_said_in_the_service_words() {
+        let text = Sqs::fail(
+            "SendMessage",
+            "q",
+            answered(
+                "InvalidParameterValue",
+                "Value for parameter MessageBody is invalid.",
+            ),
+        )
+        .to_string();
+        assert_eq!(
+            text,
+            "SQS SendMessage on q failed: SQS answered InvalidParameterValue: Value for parameter MessageBody is invalid."
         );
     }
 

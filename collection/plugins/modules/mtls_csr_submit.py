@@ -221,7 +221,7 @@ reason:
     - V(no_certificate), V(certificate_unreadable), V(key_changed), V(names_changed), V(profile_changed), V(expired),
       V(inside_renewal_window), V(request_unanswered), V(forced), V(forced_retry) (a rotation forced by an earlier run
       that never reached the CA) or V(reply_queue_missing) (the pending request's reply queue no longer exists, so no
-      answer can come; looked up for a request more than 10 s old, outside check mode - if SQS cannot be reached the
+      answer can come; looked up whenever a request is pending, outside check mode - if SQS cannot be reached the
       request stays pending, with a warning) submit a request; V(request_pending) and V(valid) do not.
   returned: always
   type: str

@@ -206,10 +206,10 @@ pub fn decide(
     Decision { reason, current }
 }
 
-/// How long after its request a missing reply queue is not yet taken as lost: SQS may answer
-/// "does not exist" for a queue created a moment ago (AWS asks for one second after CreateQueue;
-/// ten leaves room for a slow region). Kept short because the usual cause is a queue server that
-/// lost its state, and every second of grace is a run in which the node cannot heal.
+/// How long after its request `mtls_cert_fetch`, in the same run as the submit, does not take a
+/// missing reply queue as lost: SQS may answer "does not exist" for a queue created a moment ago
+/// (AWS asks for one second after CreateQueue; ten leave room for a slow region). A later
+/// `mtls_csr_submit` needs no grace: the queue existed when its request was sent.
 pub const REPLY_QUEUE_GRACE_SECONDS: i64 = 10;
 
 /// Whether a pending request (submitted at `submitted_at`, unix seconds) whose reply queue
@@ -219,7 +219,7 @@ pub fn reply_queue_lost(submitted_at: i64, now: OffsetDateTime, reply_queue_exis
 }
 
 /// The decision once the pending request's reply queue was looked up (per-node mode only, and
-/// never in check mode): a request whose queue is lost can never be answered.
+/// never in check mode): a request whose queue is gone (`queue_lost`) can never be answered.
 pub fn recheck_pending(reason: SubmitReason, queue_lost: bool) -> SubmitReason {
     match reason {
         SubmitReason::RequestPending if queue_lost => SubmitReason::ReplyQueueMissing,

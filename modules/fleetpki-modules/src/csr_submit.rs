@@ -11,9 +11,7 @@ use fleetpki_core::keys::{load_private_key, Curve, KeySpec, KeyType};
 use fleetpki_core::layout::{Layout, PendingRequest};
 use fleetpki_core::names::parse_names;
 use fleetpki_core::policy::{enrollment_proof_v2, is_valid_instance_id};
-use fleetpki_core::renewal::{
-    decide, recheck_pending, reply_queue_lost, RenewBefore, SubmitReason, Wanted,
-};
+use fleetpki_core::renewal::{decide, recheck_pending, RenewBefore, SubmitReason, Wanted};
 use fleetpki_core::wire::reply_queue_name;
 use fleetpki_core::wire::{
     CsrMessage, IdentityProof, Profile, ReplyMode, INSTANCE_ID_ATTRIBUTE, WIRE_VERSION,
@@ -172,25 +170,20 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     );
     let mut reason = decision.reason;
     let mut lookup_warning = None;
-    // A pending request waits on its own reply queue: if the queue server lost it, no answer
-    // can ever come. (Looked up outside check mode only, which decides from local state.)
+    // A pending request waits on its own reply queue, which existed when the request was sent
+    // (by an earlier run): if it is gone, the queue server lost it and no answer can ever come.
+    // (Looked up outside check mode only, which decides from local state.)
     if let (SubmitReason::RequestPending, Some(p), false) =
         (reason, &pending, invocation.check_mode)
     {
-        if p.reply_mode == ReplyMode::PerNode
-            && reply_queue_lost(p.submitted_at, time::OffsetDateTime::now_utc(), false)
-        {
+        if p.reply_mode == ReplyMode::PerNode {
             let exists = runtime()?.block_on(async {
                 let sqs = Sqs::connect(&args.aws).await?;
                 let name = reply_queue_name(&args.reply_queue_prefix, &args.instance_id);
                 sqs.queue_url(&name).await.map(|url| url.is_some())
             });
             match exists {
-                Ok(exists) => {
-                    let lost =
-                        reply_queue_lost(p.submitted_at, time::OffsetDateTime::now_utc(), exists);
-                    reason = recheck_pending(reason, lost);
-                }
+                Ok(exists) => reason = recheck_pending(reason, !exists),
                 // Unreachable now: the request stays pending, as it would without the check.
                 Err(e) => {
                     lookup_warning = Some(format!(

@@ -67,3 +67,44 @@ def test_a_short_prefix_is_refused(run_module, queues):
     result, _ = run_module("mtls_reply_queues", {"keep_instance_ids": [], "reply_queue_prefix": "f"})
     assert result["failed"] is True
     assert "reply_queue_prefix" in result["msg"]
+
+
+def test_remove_instance_ids_deletes_exactly_those_queues(run_module, sqs, queues):
+    """A node's state=absent: its own queue goes, looked up by name; nothing else is listed or touched."""
+    urls = make_reply_queues(sqs, queues, ["i-1", "i-10", "i-2"])
+    args = {"remove_instance_ids": ["i-1", "i-9"], "reply_queue_prefix": queues.reply_prefix}
+
+    result, proc = run_module("mtls_reply_queues", args, check=True)
+    assert_ok(result, proc)
+    assert (result["changed"], result["deleted_queue_urls"]) == (True, [urls["i-1"]])
+    assert len(queues_with_prefix(sqs, queues.reply_prefix)) == 3, "check mode deleted a queue"
+
+    result, proc = run_module("mtls_reply_queues", args)
+    assert_ok(result, proc)
+    assert result["deleted_queue_urls"] == [urls["i-1"]]
+    # i-10 shares the prefix "i-1": only an exact name is deleted.
+    assert queues_with_prefix(sqs, queues.reply_prefix) == sorted([urls["i-10"], urls["i-2"]])
+    assert "ListQueues" not in result["sqs_calls"]
+    assert "1 of the 2 reply queues named" in result["msg"], result["msg"]
+
+    result, proc = run_module("mtls_reply_queues", args)
+    assert_ok(result, proc)
+    assert (result["changed"], result["deleted_queue_urls"]) == (False, [])
+
+
+def test_remove_instance_ids_refuses_what_is_not_an_instance_id(run_module, sqs, queues):
+    urls = make_reply_queues(sqs, queues, ["i-1"])
+    result, _ = run_module(
+        "mtls_reply_queues", {"remove_instance_ids": ["i-1", "i-*"], "reply_queue_prefix": queues.reply_prefix}
+    )
+    assert result["failed"] is True
+    assert "'i-*'" in result["msg"] and "nothing was deleted" in result["msg"], result["msg"]
+    assert queues_with_prefix(sqs, queues.reply_prefix) == [urls["i-1"]]
+
+    both, _ = run_module(
+        "mtls_reply_queues",
+        {"remove_instance_ids": ["i-1"], "keep_instance_ids": ["i-1"], "reply_queue_prefix": queues.reply_prefix},
+    )
+    assert both["failed"] is True and "mutually exclusive" in both["msg"], both["msg"]
+    neither, _ = run_module("mtls_reply_queues", {"reply_queue_prefix": queues.reply_prefix})
+    assert neither["failed"] is True and "keep_instance_ids" in neither["msg"], neither["msg"]

@@ -25,6 +25,9 @@ description:
   - Refuses to delete more than O(max_delete) queues in one run, and refuses an empty O(keep_instance_ids)
     unless O(force=true) (an inventory that failed to load gives an empty list), so a mistake in the
     inventory cannot wipe the fleet's queues.
+  - With O(remove_instance_ids) instead, it deletes exactly the reply queues of those instances (looked up by
+    name, without listing), as the P(fleetpki.mtls.mtls_client#role) role does with C(mtls_client_state=absent).
+    Run again, it finds none and changes nothing.
   - In check mode it lists what it would delete and deletes nothing.
 attributes:
   check_mode:
@@ -40,10 +43,16 @@ extends_documentation_fragment:
 options:
   keep_instance_ids:
     description:
-      - Instance ids whose reply queues are kept.
+      - Instance ids whose reply queues are kept; every other queue with O(reply_queue_prefix) is deleted.
+      - Exactly one of O(keep_instance_ids) and O(remove_instance_ids) is required.
     type: list
     elements: str
-    required: true
+  remove_instance_ids:
+    description:
+      - Instance ids whose reply queues are deleted; no other queue is touched.
+      - Each must be an instance id (1 to 64 letters, digits, V(-) or V(_)), or nothing is deleted.
+    type: list
+    elements: str
   reply_queue_prefix:
     description:
       - Name prefix of the reply queues, as given to the node modules.
@@ -69,6 +78,12 @@ EXAMPLES = r"""
     keep_instance_ids: "{{ groups['fleet'] | map('extract', hostvars, 'mtls_client_instance_id') | list }}"
     region: eu-west-1
   run_once: true
+
+- name: Delete this node's own reply queue (the node is being retired)
+  fleetpki.mtls.mtls_reply_queues:
+    remove_instance_ids:
+      - "{{ mtls_client_instance_id }}"
+    region: eu-west-1
 """
 
 RETURN = r"""
@@ -91,7 +106,7 @@ deleted_queue_urls:
   sample: ["https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-reply-i-0123456789abcdef0"]
 kept:
   description:
-    - Number of reply queues kept.
+    - Number of reply queues kept (0 with O(remove_instance_ids)).
   returned: always
   type: int
   sample: 42

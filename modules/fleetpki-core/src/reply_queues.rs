@@ -1,9 +1,13 @@
 //! Which reply queues `mtls_reply_queues` may delete: those of instances no longer in the fleet,
-//! and never so many, or with so little to go on, that a broken inventory wipes the fleet's.
+//! and never so many, or with so little to go on, that a broken inventory wipes the fleet's; or
+//! exactly the queues of instances being removed (a node's `state: absent`).
 
 use std::collections::BTreeSet;
 
 use thiserror::Error;
+
+use crate::policy::is_valid_instance_id;
+use crate::wire::reply_queue_name;
 
 /// Why nothing is deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -64,6 +68,30 @@ pub fn plan_cleanup<'a>(
     }
 }
 
+/// An instance id in `remove_instance_ids` that cannot name a reply queue.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("remove_instance_ids has '{0}', which is not an instance id (1 to 64 letters, digits, '-' or '_'): nothing was deleted")]
+pub struct InvalidInstanceId(pub String);
+
+/// The names of the reply queues of `instance_ids` (deduplicated, in order): exactly theirs, so
+/// no other queue matches by prefix. Refused as a whole when one id cannot be a queue name.
+pub fn removal_names(
+    prefix: &str,
+    instance_ids: &[String],
+) -> Result<Vec<String>, InvalidInstanceId> {
+    let mut seen = BTreeSet::new();
+    let mut names = Vec::new();
+    for id in instance_ids {
+        if !is_valid_instance_id(id) {
+            return Err(InvalidInstanceId(id.clone()));
+        }
+        if seen.insert(id.as_str()) {
+            names.push(reply_queue_name(prefix, id));
+        }
+    }
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +145,21 @@ mod tests {
             refused
         );
         assert_eq!(plan_cleanup(&[], PREFIX, &all, 2, true).refused, refused);
+    }
+
+    #[test]
+    fn removal_names_exactly_the_queues_of_the_instances_given() {
+        assert_eq!(
+            removal_names(PREFIX, &ids(&["i-1", "i-2", "i-1"])),
+            Ok(vec![format!("{PREFIX}i-1"), format!("{PREFIX}i-2")])
+        );
+        assert_eq!(removal_names(PREFIX, &[]), Ok(vec![]));
+        // A wildcard or a path could reach other queues: the whole list is refused.
+        assert_eq!(
+            removal_names(PREFIX, &ids(&["i-1", "i-*"])),
+            Err(InvalidInstanceId("i-*".into()))
+        );
+        assert!(removal_names(PREFIX, &ids(&[""])).is_err());
     }
 
     #[test]

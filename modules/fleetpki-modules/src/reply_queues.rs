@@ -1,11 +1,12 @@
 //! `mtls_reply_queues`: delete the reply queues of instances that are gone. Nodes create their
-//! own reply queue; an autoscaled fleet leaves one behind for every instance it retires.
+//! own reply queue; an autoscaled fleet leaves one behind for every instance it retires, and a
+//! node removed with the `mtls_client` role's `state: absent` deletes its own.
 
 use ansible_module::{
     ArgumentSpec, ElementType, Failure, Invocation, OptionSpec, OptionType, Outcome,
 };
 use fleetpki_aws::AwsOptions;
-use fleetpki_core::reply_queues::plan_cleanup;
+use fleetpki_core::reply_queues::{plan_cleanup, removal_names};
 use fleetpki_sqs::Sqs;
 use serde::Deserialize;
 use serde_json::json;
@@ -16,16 +17,26 @@ pub const NAME: &str = "fleetpki.mtls.mtls_reply_queues";
 
 pub fn spec() -> ArgumentSpec {
     ArgumentSpec::new()
-        .option(OptionSpec::new("keep_instance_ids", OptionType::List(ElementType::Str)).required())
+        .option(OptionSpec::new(
+            "keep_instance_ids",
+            OptionType::List(ElementType::Str),
+        ))
+        .option(OptionSpec::new(
+            "remove_instance_ids",
+            OptionType::List(ElementType::Str),
+        ))
         .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
         .option(OptionSpec::new("max_delete", OptionType::Int).default(100))
         .option(OptionSpec::new("force", OptionType::Bool).default(false))
         .options(aws_options())
+        .mutually_exclusive(&["keep_instance_ids", "remove_instance_ids"])
+        .required_one_of(&["keep_instance_ids", "remove_instance_ids"])
 }
 
 #[derive(Debug, Deserialize)]
 struct Args {
-    keep_instance_ids: Vec<String>,
+    keep_instance_ids: Option<Vec<String>>,
+    remove_instance_ids: Option<Vec<String>>,
     reply_queue_prefix: String,
     max_delete: i64,
     force: bool,
@@ -45,6 +56,13 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         return Err(Failure::new("max_delete must be 0 or more"));
     }
     let max_delete = args.max_delete as u64;
+    // The spec makes the two lists exclusive, and one of them required.
+    if let Some(remove) = &args.remove_instance_ids {
+        let names = removal_names(&args.reply_queue_prefix, remove)
+            .map_err(|e| Failure::new(e.to_string()))?;
+        return remove_queues(&names, &args.aws, invocation.check_mode);
+    }
+    let keep_instance_ids = args.keep_instance_ids.unwrap_or_default();
     runtime()?.block_on(async {
         let sqs = Sqs::connect(&args.aws).await.map_err(sqs_error)?;
         let urls = sqs
@@ -52,7 +70,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .await
             .map_err(|e| sqs_failure(e, &sqs))?;
         let plan = plan_cleanup(
-            &args.keep_instance_ids,
+            &keep_instance_ids,
             &args.reply_queue_prefix,
             &urls,
             max_delete,
@@ -82,6 +100,48 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         )
         .with("deleted_queue_urls", json!(stale))
         .with("kept", kept)
+        .with("sqs_calls", calls_json(sqs.calls())))
+    })
+}
+
+/// Deletes the queues named `names` that exist (looked up by name, so no ListQueues permission is
+/// needed and no other queue can match). Run again, it finds none and changes nothing.
+fn remove_queues(names: &[String], aws: &AwsOptions, check_mode: bool) -> Result<Outcome, Failure> {
+    runtime()?.block_on(async {
+        let sqs = Sqs::connect(aws).await.map_err(sqs_error)?;
+        let mut found = Vec::new();
+        for name in names {
+            if let Some(url) = sqs
+                .queue_url(name)
+                .await
+                .map_err(|e| sqs_failure(e, &sqs))?
+            {
+                found.push(url);
+            }
+        }
+        if !check_mode {
+            for url in &found {
+                sqs.delete_queue(url)
+                    .await
+                    .map_err(|e| sqs_failure(e, &sqs))?;
+            }
+        }
+        let verb = if check_mode {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        Ok(Outcome::new(
+            !found.is_empty(),
+            format!(
+                "{verb} {} of the {} reply queues named ({} did not exist)",
+                found.len(),
+                names.len(),
+                names.len() - found.len()
+            ),
+        )
+        .with("deleted_queue_urls", json!(found))
+        .with("kept", 0)
         .with("sqs_calls", calls_json(sqs.calls())))
     })
 }

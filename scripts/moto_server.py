@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""moto's server (`moto_server -H HOST -p PORT ...`, same arguments) with four fidelity patches.
+"""moto's server (`moto_server -H HOST -p PORT ...`, same arguments) with four fidelity patches
+and one way to make it throttle.
 
 scripts/sqs-server starts this with .venv/bin/python instead of .venv/bin/moto_server. Its name
 must keep containing "moto_server": sqs-server's is_our_server() looks for it in the command line.
@@ -57,6 +58,14 @@ must keep containing "moto_server": sqs-server's is_our_server() looks for it in
    error as JSON (its `to_json()`), same code and HTTP status; query-protocol requests stay XML.
    tests/integration/test_aws_errors.py needs it to see AccessDenied as AWS says it.
 
+5. Throttling on request. moto never throttles. With FLEETPKI_MOTO_THROTTLE set to a comma-separated
+   list of JSON-protocol actions (e.g. `SendMessage,CreateQueue`), every request for one of them
+   is answered as real SQS answers a throttled call (HTTP 400, `{"__type": "ThrottlingException",
+   "message": "Rate exceeded"}`), before moto handles it; other actions (the readiness probe's
+   ListQueues) stay moto's. moto's own INITIAL_NO_AUTH_ACTION_COUNT is the model: a switch of
+   the test server, off unless set. tests/integration/test_aws_errors.py needs it to see
+   throttling as AWS reports it, after the SDK's own retries.
+
 Everything else is moto as installed; nothing is written to disk.
 """
 
@@ -64,6 +73,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import sys
 
 from moto.core.exceptions import JsonRESTError
@@ -484,8 +494,11 @@ def _patch_digest_responses() -> None:
         setattr(KmsResponse, name, make(original))
 
 
+THROTTLE_VAR = "FLEETPKI_MOTO_THROTTLE"
+
+
 def _patch_auth_errors_in_json() -> None:
-    """Patch 4 (see the module docstring)."""
+    """Patches 4 and 5 (see the module docstring): both answer before moto authorizes a call."""
     from moto.core.exceptions import _RESTError
     from moto.core.responses import BaseResponse
 
@@ -493,8 +506,14 @@ def _patch_auth_errors_in_json() -> None:
     if getattr(original, "_fleetpki_patched", False):
         return
 
+    throttled = {a.strip() for a in os.environ.get(THROTTLE_VAR, "").split(",") if a.strip()}
+
     @functools.wraps(original)
     def authorize(self, *args, **kwargs):
+        target = self.headers.get("X-Amz-Target") or ""
+        if throttled and target.rsplit(".", 1)[-1] in throttled:
+            # Patch 5: throttled before moto acts on the request.
+            raise JsonRESTError("ThrottlingException", "Rate exceeded")
         try:
             return original(self, *args, **kwargs)
         except _RESTError as refused:

@@ -2,8 +2,8 @@
 service's code and message (or the SDK's error chain) apart in `error`, told apart by the typed
 kind of the error (never by its text). Each against moto: no credentials at all, a queue URL of
 another region (nothing is created), the server down, access denied (an IAM user without a
-policy, on a moto server that enforces IAM: INITIAL_NO_AUTH_ACTION_COUNT). Throttling, which moto
-cannot be made to answer, is covered by the Rust unit tests of fleetpki-sqs."""
+policy, on a moto server that enforces IAM: INITIAL_NO_AUTH_ACTION_COUNT), throttling (the server
+throttles the node's calls: scripts/moto_server.py, FLEETPKI_MOTO_THROTTLE)."""
 
 from __future__ import annotations
 
@@ -122,4 +122,30 @@ def test_access_denied(make_node, iam_enforcing_sqs):
     assert result["error"]["kind"] == "access_denied", result
     assert result["error"]["code"] == "AccessDenied", result
     assert "access denied" in result["msg"] and "node-without-policy" in result["msg"] and "IAM policy" in result["msg"], result["msg"]
+    assert_reads_well(result)
+
+
+@pytest.fixture
+def throttling_sqs(tmp_path):
+    """A moto server that throttles every call a node's submit makes (not the readiness probe)."""
+    server = OwnMotoServer(
+        tmp_path / "throttling-sqs",
+        server_env={"FLEETPKI_MOTO_THROTTLE": "GetQueueUrl,CreateQueue,GetQueueAttributes,SendMessage"},
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_throttling(make_node, throttling_sqs):
+    node = make_node(5)
+    env = helpers.module_env(throttling_sqs.env)
+    csr_url = f"{throttling_sqs.endpoint}/123456789012/fleetpki-csr"
+    result, proc = node.run_module("mtls_csr_submit", node.submit_args(csr_queue_url=csr_url), env=env)
+    assert result["failed"] is True, helpers.describe(result, proc)
+    assert result["error"]["kind"] == "throttling", result
+    assert result["error"]["code"] == "ThrottlingException", result
+    assert "throttled" in result["msg"] and "run again later" in result["msg"].lower(), result["msg"]
     assert_reads_well(result)

@@ -565,3 +565,24 @@ def test_session_ca_keys_are_private(ca):
     assert file_mode(ca.root_privatekey_path) == 0o600
     assert file_mode(ca.intermediate_privatekey_path) == 0o600
     assert_openssl_verifies(ca.intermediate_cert_path, ca.root_cert_path, ca.intermediate_cert_path, "any")
+
+
+def test_a_request_with_no_subject_alternative_name_warns_when_it_is_sent(make_node):
+    """An empty subject_alt_name is what a typo in the variable that feeds it gives: the node is
+    told, once, when the request goes out (the CA may allow it: the certificate names the id only)."""
+    NO_NAMES = "names no subject alternative name"
+    bare = make_node(1, sans=[])
+    for check in (True, False):
+        result, proc = bare.submit(check=check)
+        assert_ok(result, proc)
+        assert result["submitted"] is not check, result
+        warnings = [w for w in result.get("warnings", []) if NO_NAMES in w]
+        assert len(warnings) == 1 and bare.instance_id in warnings[0] and "Set subject_alt_name" in warnings[0], result
+    # Pending: nothing is sent, nothing to say again.
+    again, proc = bare.submit()
+    assert_ok(again, proc)
+    assert not [w for w in again.get("warnings", []) if NO_NAMES in w], again
+
+    named, proc = make_node(2).submit()
+    assert_ok(named, proc)
+    assert not [w for w in named.get("warnings", []) if NO_NAMES in w], named

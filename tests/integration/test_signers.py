@@ -35,6 +35,7 @@ import ipaddress
 import json
 import re
 import signal
+import socket
 import subprocess
 import threading
 import uuid
@@ -545,7 +546,32 @@ def test_kms_ca_init_refuses_a_key_arn_that_does_not_exist(tmp_path, run_aws, km
     assert result.get("failed") is True, describe(result, proc)
     msg = result.get("msg") or ""
     assert "NotFoundException" in msg or missing in msg, f"msg does not say the key is missing: {msg!r}"
+    # As amazon.aws reports it: the service's code and words apart, in `error`.
+    assert result["error"]["code"] == "NotFoundException" and result["error"]["operation"] == "GetPublicKey", result
     assert {k["KeyId"] for k in kms.list_keys()["Keys"]} == keys_before, "a key was created for a key ARN"
+    assert not sca.ca.intermediate_cert_path.exists(), "an intermediate certificate was written"
+
+
+def test_kms_unreachable_says_so_briefly_with_the_detail_apart(tmp_path, run_aws, aws_env):
+    """KMS out of reach: a short message naming the cause and the fix; the SDK's chain in `error`."""
+    sca = signer_ca_layout(tmp_path, "aws_kms")
+    sca.kms_key_id = unique_alias()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        env = dict(aws_env, AWS_ENDPOINT_URL_KMS=f"http://127.0.0.1:{closed.getsockname()[1]}")
+        result, proc = run_aws("mtls_ca_init", sca.init_args(), env=env)
+    assert result.get("failed") is True, describe(result, proc)
+    msg = result["msg"]
+    assert msg.startswith(f"KMS GetPublicKey on {sca.kms_key_id} failed: the endpoint could not be reached"), msg
+    assert "Check endpoint_url" in msg and len(msg) < 400, msg
+    for debug in ("Some(", "DispatchFailure", "ConnectorError", "{ "):
+        assert debug not in msg, f"Rust debug text {debug!r} in {msg!r}"
+    assert (result["error"]["kind"], result["error"]["code"], result["error"]["operation"]) == (
+        "unreachable",
+        None,
+        "GetPublicKey",
+    ), result
+    assert result["error"]["message"], result
     assert not sca.ca.intermediate_cert_path.exists(), "an intermediate certificate was written"
 
 
@@ -657,6 +683,7 @@ def test_disabled_kms_key_leaves_requests_queued_until_it_is_enabled(
     submitted = submit_all(later)
     result, proc = run_aws("mtls_ca_sign", args)
     assert_unavailable_up_front(result, proc, "DisabledException", "aws_kms")
+    assert (result["error"]["code"], result["error"]["operation"]) == ("DisabledException", "GetPublicKey"), result
     assert_untouched_and_unanswered(sqs, queues, submitted, later, queued=len(later))
     assert not [line for line in read_audit(audit) if line.get("decision") == "retry"], "nothing was received"
     for node in later:  # the nodes wait: nothing to install yet, no error

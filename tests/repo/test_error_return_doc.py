@@ -1,5 +1,6 @@
-"""The `error` return value is documented once in substance: the four modules that call SQS
-describe it alike (Ansible has no doc fragments for RETURN), each with a sample of its own call."""
+"""The `error` return value is documented once in substance: the four modules that call SQS, and
+the two that call KMS or ACM PCA only, describe it alike (Ansible has no doc fragments for RETURN),
+each with a sample of its own call."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SQS_MODULES = ("mtls_csr_submit", "mtls_cert_fetch", "mtls_ca_sign", "mtls_reply_queues")
+SIGNER_ONLY_MODULES = ("mtls_ca_init", "mtls_ca_revoke")
 
 
 def documented_return(module: str) -> dict:
@@ -32,3 +34,12 @@ def test_every_sqs_module_documents_the_error_value_alike():
         sample = entry["sample"]
         assert set(sample) == {"kind", "code", "message", "operation"}, (module, sample)
         assert f"sqs:{sample['operation']}" in sample["message"], (module, sample)
+
+
+def test_the_signer_only_modules_describe_the_error_value_as_the_sqs_modules_do():
+    reference = documented_return(SQS_MODULES[0])["error"]
+    for module in SIGNER_ONLY_MODULES:
+        entry = documented_return(module).get("error")
+        assert entry is not None, f"no `error` in RETURN of {module}"
+        assert entry["description"] == reference["description"] and entry["type"] == reference["type"], module
+        assert "KMS" in entry["returned"] and set(entry["sample"]) == {"kind", "code", "message", "operation"}, module

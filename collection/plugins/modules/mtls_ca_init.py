@@ -232,6 +232,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error:
+  description:
+    - When an AWS call failed, what amazon.aws returns beside C(msg) - C(kind) (V(no_credentials),
+      V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
+      V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
+      which C(msg) leaves out), and the C(operation) that failed, when a call did.
+  returned: when a KMS or ACM PCA call failed
+  type: dict
+  sample: {"kind": "other", "code": "DisabledException", "operation": "GetPublicKey",
+           "message": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab is disabled"}
 root_created:
   description:
     - Whether a new root CA was created (in check mode, whether one would be).

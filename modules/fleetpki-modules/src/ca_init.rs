@@ -28,7 +28,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::rfc3339;
-use crate::common::{aws_options, calls_json, file_options, key_options, key_perms};
+use crate::common::{
+    aws_options, calls_json, file_options, key_options, key_perms, signer_failure,
+};
 use crate::signer::{
     aws_runtime, refuse_foreign_options, signer_options, SignerArgs, SignerKind, AWS_KMS, AWS_PCA,
     FILE,
@@ -522,7 +524,7 @@ fn kms_intermediate(
     let kms = Kms::new(&config);
     let result = (|| {
         let existing_cert = read_optional(&args.intermediate_cert_path)?;
-        let public = match runtime.block_on(kms.public_key(key_id))? {
+        let public = match runtime.block_on(kms.public_key(key_id)).map_err(|e| signer_failure(&e))? {
             Some(public) => public,
             None if existing_cert.is_some() => {
                 return Err(Failure::new(format!(
@@ -530,7 +532,7 @@ fn kms_intermediate(
                     args.intermediate_cert_path
                 )))
             }
-            None if !key_id.starts_with("alias/") => return Err(fleetpki_signers::SignerError::KeyNotFound(key_id.into()).into()),
+            None if !key_id.starts_with("alias/") => return Err(signer_failure(&fleetpki_signers::SignerError::KeyNotFound(key_id.into()))),
             None if check => {
                 created.extend(["kms_key", "intermediate"]);
                 facts.kms_key_created = true;
@@ -538,11 +540,11 @@ fn kms_intermediate(
             }
             None => {
                 let description = format!("fleetpki.mtls intermediate CA key ({})", args.intermediate_common_name);
-                runtime.block_on(kms.create_signing_key(&args.kms_key_spec, Some(key_id), &description))?;
+                runtime.block_on(kms.create_signing_key(&args.kms_key_spec, Some(key_id), &description)).map_err(|e| signer_failure(&e))?;
                 created.push("kms_key");
                 facts.kms_key_created = true;
                 runtime
-                    .block_on(kms.public_key(key_id))?
+                    .block_on(kms.public_key(key_id)).map_err(|e| signer_failure(&e))?
                     .ok_or_else(|| Failure::new(format!("the KMS key behind {key_id} was created but cannot be found")))?
             }
         };
@@ -608,7 +610,9 @@ fn pca_intermediate(
     let (runtime, config) = aws_runtime(&args.aws)?;
     let pca = Pca::new(&config);
     let result = (|| {
-        let state = runtime.block_on(pca.describe(arn))?;
+        let state = runtime
+            .block_on(pca.describe(arn))
+            .map_err(|e| signer_failure(&e))?;
         if state.ca_type != "SUBORDINATE" {
             return Err(Failure::new(format!(
                 "the Private CA {arn} is a {} CA: the root stays offline, so use a SUBORDINATE CA",
@@ -617,7 +621,9 @@ fn pca_intermediate(
         }
         let pem = match state.status.as_str() {
             "PENDING_CERTIFICATE" => {
-                let csr = runtime.block_on(pca.ca_csr(arn))?;
+                let csr = runtime
+                    .block_on(pca.ca_csr(arn))
+                    .map_err(|e| signer_failure(&e))?;
                 let pem = certify_intermediate_csr(
                     &csr,
                     args.intermediate_lifetime_days,
@@ -626,12 +632,16 @@ fn pca_intermediate(
                     now,
                 )?;
                 if !check {
-                    runtime.block_on(pca.import_ca_certificate(arn, &pem, root_pem))?;
+                    runtime
+                        .block_on(pca.import_ca_certificate(arn, &pem, root_pem))
+                        .map_err(|e| signer_failure(&e))?;
                 }
                 created.push("intermediate");
                 pem
             }
-            "ACTIVE" => runtime.block_on(pca.ca_certificate(arn))?,
+            "ACTIVE" => runtime
+                .block_on(pca.ca_certificate(arn))
+                .map_err(|e| signer_failure(&e))?,
             other => {
                 return Err(Failure::new(format!(
                     "the Private CA {arn} is {other}: it must be PENDING_CERTIFICATE or ACTIVE"

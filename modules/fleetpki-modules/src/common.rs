@@ -107,6 +107,16 @@ pub fn sqs_error(error: SqsError) -> Failure {
     }
 }
 
+/// A failed KMS or ACM PCA setup call as amazon.aws reports it: the message, and the call's
+/// kind, code, words and operation in `error`.
+pub fn signer_failure(error: &fleetpki_signers::SignerError) -> Failure {
+    let failure = Failure::new(error.to_string());
+    match error.detail() {
+        Some(detail) => failure.with("error", detail),
+        None => failure,
+    }
+}
+
 /// Unix seconds now.
 pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()

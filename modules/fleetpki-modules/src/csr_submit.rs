@@ -209,6 +209,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         outcome = outcome.with("request_id", p.request_id.clone());
     }
     outcome.warnings.extend(lookup_warning);
+    if reason.submits() && names.is_empty() {
+        // A typo in the variable that feeds subject_alt_name looks exactly like this.
+        outcome.warnings.push(format!(
+            "the request for {} names no subject alternative name (subject_alt_name is empty): its certificate will \
+             name the instance id only, and TLS peers that check a host name or address will refuse it. Set \
+             subject_alt_name to the node's DNS:names and IP:addresses if it serves TLS",
+            args.instance_id
+        ));
+    }
     if !reason.submits() {
         outcome.msg = match reason.as_str() {
             "request_pending" => {

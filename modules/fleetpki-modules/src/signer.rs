@@ -15,7 +15,7 @@ use fleetpki_signers::BlockingRuntime;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::common::calls_json;
+use crate::common::{calls_json, signer_failure};
 
 /// The `signer` option's choices: the one definition its spec, checks and results derive from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -207,15 +207,14 @@ impl Backend {
                 let public = runtime
                     .block_on(kms.public_key(key_id))
                     .map_err(|e| {
-                        OpenError::from_signer(&e, Failure::new(e.to_string()))
+                        OpenError::from_signer(&e, signer_failure(&e))
                             .with_calls("kms_calls", calls_json(kms.calls()))
                     })?
                     .ok_or_else(|| {
                         OpenError::Unavailable(
-                            Failure::new(
-                                fleetpki_signers::SignerError::KeyNotFound(key_id.into())
-                                    .to_string(),
-                            )
+                            signer_failure(&fleetpki_signers::SignerError::KeyNotFound(
+                                key_id.into(),
+                            ))
                             .with("kms_calls", calls_json(kms.calls())),
                         )
                     })?;

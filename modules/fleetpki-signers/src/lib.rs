@@ -12,12 +12,14 @@ pub use fleetpki_core::remote::RemoteSignError;
 /// Errors of the setup calls (creating or describing keys and CAs), each with what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
-    #[error("{service} {operation} on {target} failed: {code}: {message}{}", hint_for(.code))]
+    #[error("{}", call_message(.service, .operation, .target, .code.as_deref(), .message, *.kind))]
     Call {
         service: &'static str,
         operation: &'static str,
         target: String,
-        code: String,
+        /// The service's error code; `None` when it never answered (no credentials, no connection).
+        code: Option<String>,
+        /// The service's words, or the SDK's error chain when it never answered.
         message: String,
         kind: AwsErrorKind,
     },
@@ -48,9 +50,36 @@ impl SignerError {
             service,
             operation,
             target: target.to_string(),
-            code,
+            code: error.code().map(|_| code),
             message,
             kind,
+        }
+    }
+
+    /// What amazon.aws returns beside `msg` for a failed call (the module's `error` key): the
+    /// kind, the service's code and words (or the SDK's whole error chain), the operation.
+    pub fn detail(&self) -> Option<serde_json::Value> {
+        match self {
+            SignerError::Call {
+                operation,
+                code,
+                message,
+                kind,
+                ..
+            } => Some(serde_json::json!({
+                "kind": kind.name(),
+                "code": code,
+                "message": message,
+                "operation": operation,
+            })),
+            // KMS answered GetPublicKey with NotFoundException ([`kms::Kms::public_key`]).
+            SignerError::KeyNotFound(_) => Some(serde_json::json!({
+                "kind": AwsErrorKind::NotFound.name(),
+                "code": "NotFoundException",
+                "message": self.to_string(),
+                "operation": "GetPublicKey",
+            })),
+            _ => None,
         }
     }
 
@@ -108,6 +137,30 @@ pub(crate) fn remote_error(code: String, message: String) -> RemoteSignError {
             RemoteSignError::refused(code, message)
         }
         _ => RemoteSignError::outage(code, message),
+    }
+}
+
+/// The message of a failed call: the service's code and words when it answered (they name the
+/// key or CA and what is wrong with it) and what to do; when it never answered, the cause in a few
+/// words and what to do; the SDK's error chain stays in [`SignerError::detail`].
+fn call_message(
+    service: &str,
+    operation: &str,
+    target: &str,
+    code: Option<&str>,
+    message: &str,
+    kind: AwsErrorKind,
+) -> String {
+    match code {
+        Some(code) => format!(
+            "{service} {operation} on {target} failed: {code}: {message}{}",
+            hint_for(code)
+        ),
+        None => format!(
+            "{service} {operation} on {target} failed: {}. {}",
+            kind.summary(),
+            fleetpki_aws::capitalised(kind.fix())
+        ),
     }
 }
 
@@ -188,7 +241,7 @@ impl Drop for BlockingRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::{error_parts, hint_for, remote_error, AwsErrorKind};
+    use super::{error_parts, hint_for, remote_error, AwsErrorKind, SignerError};
     use aws_credential_types::provider::error::CredentialsError;
     use aws_sdk_kms::error::{ConnectorError, SdkError};
     use aws_sdk_kms::operation::sign::SignError;
@@ -217,6 +270,47 @@ mod tests {
         assert_eq!(
             (code.as_str(), kind),
             ("ConnectionError", AwsErrorKind::Unreachable)
+        );
+    }
+
+    #[test]
+    fn a_call_the_service_never_answered_says_the_cause_and_fix_and_keeps_the_chain_apart() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error: SdkError<SignError, Response> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        let failed = SignerError::call("KMS", "Sign", "alias/ca", &error);
+        let msg = failed.to_string();
+        assert!(
+            msg.starts_with("KMS Sign on alias/ca failed: the endpoint could not be reached")
+                && msg.contains(". Check endpoint_url"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("refused"),
+            "the SDK's chain belongs in the detail: {msg}"
+        );
+        let detail = failed.detail().unwrap();
+        assert_eq!(detail["kind"], "unreachable");
+        assert_eq!(detail["code"], serde_json::Value::Null);
+        assert_eq!(detail["operation"], "Sign");
+        assert!(
+            detail["message"].as_str().unwrap().contains("refused"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_reported_as_kms_answered_it() {
+        let detail = SignerError::KeyNotFound("alias/gone".into())
+            .detail()
+            .unwrap();
+        assert_eq!(
+            (&detail["kind"], &detail["code"], &detail["operation"]),
+            (
+                &serde_json::json!("not_found"),
+                &serde_json::json!("NotFoundException"),
+                &serde_json::json!("GetPublicKey")
+            )
         );
     }
 

@@ -84,16 +84,21 @@ def test_the_server_down(make_node, sqs_env, sign_args, closed_endpoint):
     assert node.pending_request["request_id"] == submitted["request_id"]
 
 
-@pytest.fixture
-def iam_enforcing_sqs(tmp_path):
-    """A moto server that enforces IAM after its first 3 calls: the readiness probe (ListQueues),
-    CreateUser and CreateAccessKey of a user with no policy at all."""
-    server = OwnMotoServer(tmp_path / "iam-sqs", server_env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+def own_server(run_dir, server_env: dict[str, str]):
+    """A moto server of the test's own with `server_env`, stopped by PID at the end."""
+    server = OwnMotoServer(run_dir, server_env=server_env)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def iam_enforcing_sqs(tmp_path):
+    """A moto server that enforces IAM after its first 3 calls: the readiness probe (ListQueues),
+    CreateUser and CreateAccessKey of a user with no policy at all."""
+    yield from own_server(tmp_path / "iam-sqs", {"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
 
 
 def test_access_denied(make_node, iam_enforcing_sqs):
@@ -128,15 +133,9 @@ def test_access_denied(make_node, iam_enforcing_sqs):
 @pytest.fixture
 def throttling_sqs(tmp_path):
     """A moto server that throttles every call a node's submit makes (not the readiness probe)."""
-    server = OwnMotoServer(
-        tmp_path / "throttling-sqs",
-        server_env={"FLEETPKI_MOTO_THROTTLE": "GetQueueUrl,CreateQueue,GetQueueAttributes,SendMessage"},
+    yield from own_server(
+        tmp_path / "throttling-sqs", {"FLEETPKI_MOTO_THROTTLE": "GetQueueUrl,CreateQueue,GetQueueAttributes,SendMessage"}
     )
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def test_throttling(make_node, throttling_sqs):

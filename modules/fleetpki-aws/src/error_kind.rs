@@ -242,6 +242,22 @@ mod tests {
     }
 }
 
+/// What amazon.aws returns beside `msg` for a failed call, the modules' `error` value: the kind
+/// (an [`AwsErrorKind`] name, or `region_mismatch`), the service's code (null when it never
+/// answered) and words (or the SDK's error chain), and the operation when a call failed.
+pub fn error_detail(
+    kind: &str,
+    code: Option<&str>,
+    message: &str,
+    operation: Option<&str>,
+) -> serde_json::Value {
+    let mut detail = serde_json::json!({ "kind": kind, "code": code, "message": message });
+    if let Some(operation) = operation {
+        detail["operation"] = operation.into();
+    }
+    detail
+}
+
 /// An SDK error in words: its message and those of its sources, each once, joined by ": ".
 /// (The SDK's `DisplayErrorContext` ends with the error's `Debug` form, which is not for people.)
 pub fn error_words(error: &(dyn std::error::Error + 'static)) -> String {

@@ -11,7 +11,7 @@ use aws_config::{BehaviorVersion, Region};
 use serde::Deserialize;
 
 pub use aws_config::SdkConfig;
-pub use error_kind::{capitalised, error_words, AwsErrorKind};
+pub use error_kind::{capitalised, error_detail, error_words, AwsErrorKind};
 
 /// Why no SDK configuration could be made from the options.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ pub mod kms;
 pub mod pca;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
+use fleetpki_aws::error_detail;
 pub use fleetpki_aws::{AwsErrorKind, CallCounter};
 pub use fleetpki_core::remote::RemoteSignError;
 
@@ -66,27 +67,19 @@ impl SignerError {
                 message,
                 kind,
                 ..
-            } => Some(serde_json::json!({
-                "kind": kind.name(),
-                "code": code,
-                "message": message,
-                "operation": operation,
-            })),
+            } => Some(error_detail(
+                kind.name(),
+                code.as_deref(),
+                message,
+                Some(operation),
+            )),
             // KMS answered GetPublicKey with NotFoundException ([`kms::Kms::public_key`]).
-            SignerError::KeyNotFound(_) => Some(serde_json::json!({
-                "kind": AwsErrorKind::NotFound.name(),
-                "code": "NotFoundException",
-                "message": self.to_string(),
-                "operation": "GetPublicKey",
-            })),
-            _ => None,
-        }
-    }
-
-    /// The kind of the AWS call's failure, for an error that came from a call.
-    pub fn aws_kind(&self) -> Option<AwsErrorKind> {
-        match self {
-            SignerError::Call { kind, .. } => Some(*kind),
+            SignerError::KeyNotFound(_) => Some(error_detail(
+                AwsErrorKind::NotFound.name(),
+                Some("NotFoundException"),
+                &self.to_string(),
+                Some("GetPublicKey"),
+            )),
             _ => None,
         }
     }

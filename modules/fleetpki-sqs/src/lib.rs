@@ -11,8 +11,8 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use fleetpki_aws::{
-    capitalised, check_queue_region, error_words, load_config, AwsConfigError, AwsErrorKind,
-    AwsOptions, CallCounter,
+    capitalised, check_queue_region, error_detail, error_words, load_config, AwsConfigError,
+    AwsErrorKind, AwsOptions, CallCounter,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,22 +77,24 @@ impl SqsError {
                 code,
                 message,
                 ..
-            } => Some(serde_json::json!({
-                "kind": kind.name(),
-                "code": code,
-                "message": message,
-                "operation": operation,
-            })),
-            SqsError::QueueMissing(url) => Some(serde_json::json!({
-                "kind": AwsErrorKind::NotFound.name(),
-                "code": null,
-                "message": format!("the queue {url} does not exist"),
-            })),
-            SqsError::Config(AwsConfigError::RegionMismatch { .. }) => Some(serde_json::json!({
-                "kind": "region_mismatch",
-                "code": null,
-                "message": self.to_string(),
-            })),
+            } => Some(error_detail(
+                kind.name(),
+                code.as_deref(),
+                message,
+                Some(operation),
+            )),
+            SqsError::QueueMissing(url) => Some(error_detail(
+                AwsErrorKind::NotFound.name(),
+                None,
+                &format!("the queue {url} does not exist"),
+                None,
+            )),
+            SqsError::Config(AwsConfigError::RegionMismatch { .. }) => Some(error_detail(
+                "region_mismatch",
+                None,
+                &self.to_string(),
+                None,
+            )),
             SqsError::Config(_) => None,
         }
     }

@@ -122,6 +122,8 @@ def test_the_roles_adopt_a_seed_ca_and_seed_nodes(make_fleet, tmp_path):
         assert (pki / "service.key.seed").stat().st_mode & 0o777 == 0o600
         assert (pki / "service.pem").read_bytes() != old_certs[host]
         assert not (pki / "bin" / "submit_csr.py").exists() and not (pki / "bin" / "retrieve_cert.py").exists()
+        # The service reloaded after its paths became links (the handler of mtls_client_reload).
+        assert fleet.marker(host).stat().st_mtime >= (pki / "service.pem").lstat().st_mtime, f"{host} did not reload"
 
     again = adopt(fleet, seed_ca, seed_nodes)
     assert again.returncode == 0, describe_run(again)

@@ -586,3 +586,36 @@ def test_a_request_with_no_subject_alternative_name_warns_when_it_is_sent(make_n
     named, proc = make_node(2).submit()
     assert_ok(named, proc)
     assert not [w for w in named.get("warnings", []) if NO_NAMES in w], named
+
+
+def test_diff_shows_the_request_and_the_certificates_fields_before_and_after(make_node, sign):
+    """--diff as community.crypto's x509_certificate shows it: fields, not PEM."""
+    node = make_node(3)
+    submitted, proc = node.submit(diff=True)
+    assert_ok(submitted, proc)
+    assert submitted["diff"]["before"] is None, submitted
+    assert submitted["diff"]["after"] == {
+        "subject_alt_name": node.sans,
+        "certificate_profile": "mtls",
+        "private_key": "new ECDSA P-256",
+    }, submitted
+    assert_ok(*sign())
+    installed, proc = node.fetch(diff=True)
+    assert_ok(installed, proc)
+    after = installed["diff"]["after"]
+    assert installed["diff"]["before"] is None, installed
+    assert after["serial_number"] == installed["serial"] and after["not_after"] == installed["not_after"], installed
+    assert after["subject_alt_name"] == node.sans, installed
+    fingerprint = after["public_key_fingerprint_sha256"]
+    assert len(fingerprint) == 95 and fingerprint.count(":") == 31, fingerprint
+
+    # A forced rotation: the request replaces the installed certificate, then the new one it.
+    rotated, proc = node.submit(diff=True, force=True)
+    assert_ok(rotated, proc)
+    assert rotated["diff"]["before"]["serial_number"] == installed["serial"], rotated
+    assert_ok(*sign())
+    second, proc = node.fetch(diff=True)
+    assert_ok(second, proc)
+    assert second["diff"]["before"] == after, second
+    assert second["diff"]["after"]["serial_number"] == second["serial"] != installed["serial"], second
+    assert second["diff"]["after"]["public_key_fingerprint_sha256"] != fingerprint, "the key was not rotated"

@@ -107,4 +107,5 @@ def test_remove_instance_ids_refuses_what_is_not_an_instance_id(run_module, sqs,
     )
     assert both["failed"] is True and "mutually exclusive" in both["msg"], both["msg"]
     neither, _ = run_module("mtls_reply_queues", {"reply_queue_prefix": queues.reply_prefix})
-    assert neither["failed"] is True and "keep_instance_ids" in neither["msg"], neither["msg"]
+    assert neither["failed"] is True, neither
+    assert "keep_instance_ids" in neither["msg"] and "remove_instance_ids" in neither["msg"], neither["msg"]

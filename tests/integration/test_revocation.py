@@ -77,8 +77,8 @@ def crl_dir(tmp_path) -> Path:
 def revoke(run_module, ca, crl_dir):
     """revoke(check=False, **options) -> (result, proc): one mtls_ca_revoke run on the session CA."""
 
-    def run(check: bool = False, **overrides: Any):
-        return run_module(MODULE, revoke_args(ca, crl_dir, **overrides), check=check)
+    def run(check: bool = False, diff: bool = False, **overrides: Any):
+        return run_module(MODULE, revoke_args(ca, crl_dir, **overrides), check=check, diff=diff)
 
     return run
 
@@ -439,3 +439,23 @@ def test_state_file_that_is_not_ours_is_refused(revoke, crl_dir):
     result, proc = revoke(serials=["4a1b"])
     assert result.get("failed") is True and "revocations.json" in result.get("msg", ""), describe(result, proc)
     assert tree_snapshot(crl_dir) == before
+
+
+def test_diff_shows_the_crl_number_and_revoked_serials_before_and_after(fleet, revoke, crl_dir):
+    first, proc = revoke(diff=True)
+    assert_ok(first, proc)
+    assert first["diff"] == {"before": None, "after": {"crl_number": 1, "revoked_serials": []}}, first
+
+    target = fleet.serials[1]
+    result, proc = revoke(diff=True, check=True, serials=[target])
+    assert_ok(result, proc)
+    expected = {"before": {"crl_number": 1, "revoked_serials": []}, "after": {"crl_number": 2, "revoked_serials": [target]}}
+    assert result["diff"] == expected, result
+    result, proc = revoke(diff=True, serials=[target])
+    assert_ok(result, proc)
+    assert result["diff"] == expected, result
+    assert crl_number(load_crl(crl_dir / "crl.pem")) == 2
+
+    unchanged, proc = revoke(diff=True, serials=[target])
+    assert_ok(unchanged, proc)
+    assert unchanged["changed"] is False and "diff" not in unchanged, unchanged

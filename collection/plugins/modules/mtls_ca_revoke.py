@@ -42,7 +42,9 @@ attributes:
   check_mode:
     support: full
   diff_mode:
-    support: none
+    support: full
+    details:
+      - Before and after, the CRL's number and the serials it revokes.
   platform:
     platforms: posix
 options:
@@ -171,7 +173,7 @@ error:
       V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
       V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
       which C(msg) leaves out), and the C(operation) that failed, when a call did.
-  returned: when a KMS or ACM PCA call failed
+  returned: when a KMS or ACM PCA call that finds, creates or describes the signer failed (a failed C(Sign) says so in C(msg) only)
   type: dict
   sample: {"kind": "other", "code": "DisabledException", "operation": "GetPublicKey",
            "message": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab is disabled"}

@@ -302,7 +302,7 @@ error:
       V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
       V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
       which C(msg) leaves out), and the C(operation) that failed, when a call did.
-  returned: when an AWS call failed or a queue URL names another region
+  returned: when an SQS call, or a KMS or ACM PCA call that finds, creates or describes the signer, failed, or a queue URL names another region
   type: dict
   sample: {"kind": "access_denied", "code": "AccessDenied", "operation": "ReceiveMessage",
            "message": "AccessDenied: User: arn:aws:iam::123456789012:user/node is not authorized to perform: sqs:ReceiveMessage"}

@@ -22,9 +22,9 @@ description:
     fleet leaves one behind for every instance it retires. This module lists the queues with the
     prefix and deletes those whose instance id is not in O(keep_instance_ids), typically the fleet's
     inventory.
-  - Refuses to delete more than O(max_delete) queues in one run, and refuses an empty O(keep_instance_ids)
-    unless O(force=true) (an inventory that failed to load gives an empty list), so a mistake in the
-    inventory cannot wipe the fleet's queues.
+  - With O(keep_instance_ids), refuses to delete more than O(max_delete) queues in one run, and refuses an empty
+    O(keep_instance_ids) unless O(force=true) (an inventory that failed to load gives an empty list), so a mistake
+    in the inventory cannot wipe the fleet's queues.
   - With O(remove_instance_ids) instead, it deletes exactly the reply queues of those instances (looked up by
     name, without listing), as the P(fleetpki.mtls.mtls_client#role) role does with C(mtls_client_state=absent).
     Run again, it finds none and changes nothing.
@@ -51,6 +51,7 @@ options:
     description:
       - Instance ids whose reply queues are deleted; no other queue is touched.
       - Each must be an instance id (1 to 64 letters, digits, V(-) or V(_)), or nothing is deleted.
+      - O(max_delete) and O(force) do not apply, since only the queues named are deleted.
     type: list
     elements: str
   reply_queue_prefix:
@@ -93,14 +94,15 @@ error:
       V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
       V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
       which C(msg) leaves out), and the C(operation) that failed, when a call did.
-  returned: when an AWS call failed or a queue URL names another region
+  returned: when an SQS call, or a KMS or ACM PCA call that finds, creates or describes the signer, failed, or a queue URL names another region
   type: dict
   sample: {"kind": "access_denied", "code": "AccessDenied", "operation": "ListQueues",
            "message": "AccessDenied: User: arn:aws:iam::123456789012:user/node is not authorized to perform: sqs:ListQueues"}
 deleted_queue_urls:
   description:
-    - URLs of the queues deleted (in check mode, that would be deleted).
-  returned: always
+    - URLs of the queues deleted (in check mode, that would be deleted); on a failure with O(remove_instance_ids),
+      those deleted before it.
+  returned: always, and on a failure after some were deleted
   type: list
   elements: str
   sample: ["https://sqs.eu-west-1.amazonaws.com/123456789012/fleetpki-reply-i-0123456789abcdef0"]

@@ -161,8 +161,9 @@ pub struct Outcome {
     /// Module-specific return values.
     pub values: Map<String, Value>,
     pub warnings: Vec<String>,
-    /// `(before, after)` texts, shown by Ansible in diff mode.
-    pub diff: Option<(String, String)>,
+    /// `(before, after)`, shown by Ansible in diff mode: texts, or objects (which Ansible shows
+    /// as sorted JSON, field by field, as community.crypto's modules return them).
+    pub diff: Option<(Value, Value)>,
 }
 
 impl Outcome {

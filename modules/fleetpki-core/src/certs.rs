@@ -37,6 +37,23 @@ impl CertificateInfo {
     pub fn pem(&self) -> String {
         to_pem(&self.der)
     }
+
+    /// What `--diff` shows of a certificate: the fields a person compares before and after, as
+    /// community.crypto's x509_certificate shows them (not the PEM).
+    pub fn diff_fields(&self) -> serde_json::Value {
+        let fingerprint = sha256_hex(&self.spki_der)
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| String::from_utf8_lossy(pair).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        serde_json::json!({
+            "serial_number": self.serial_hex,
+            "subject_alt_name": self.names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "not_after": crate::rfc3339(self.not_after),
+            "public_key_fingerprint_sha256": fingerprint,
+        })
+    }
 }
 
 pub fn to_pem(der: &[u8]) -> String {

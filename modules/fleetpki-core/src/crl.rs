@@ -136,6 +136,13 @@ pub struct CrlInfo {
     pub serials: Vec<String>,
 }
 
+/// What `--diff` shows of a CRL: its number and the serials it revokes (sorted).
+pub fn crl_diff_fields(crl_number: u64, serials: &[String]) -> serde_json::Value {
+    let mut serials = serials.to_vec();
+    serials.sort();
+    serde_json::json!({ "crl_number": crl_number, "revoked_serials": serials })
+}
+
 /// Parses a PEM CRL; serials come back in canonical form (see `normalize_serial`).
 pub fn parse_crl(pem: &str) -> Result<CrlInfo, PkiError> {
     let bad = |e: x509_cert::der::Error| PkiError::CertificateParse {

@@ -94,6 +94,17 @@ pub struct PendingRequest {
     pub submitted_at: i64,
 }
 
+impl PendingRequest {
+    /// What `--diff` shows of the request waiting for its certificate.
+    pub fn diff_fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "request_id": self.request_id,
+            "subject_alt_name": self.names,
+            "certificate_profile": self.profile.as_str(),
+        })
+    }
+}
+
 /// The installed key and certificate, as the service sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledPair {

@@ -413,3 +413,45 @@ fn unusable_policies_are_refused_with_a_reason() {
         assert!(err.contains(needle), "{text}: {err}");
     }
 }
+
+#[test]
+fn diff_shows_a_certificates_fields_and_a_crls_sorted_serials() {
+    let ca = make_ca("diff", KeySpec::EcP256);
+    let key = KeySpec::EcP256.generate().unwrap();
+    let names = parse_names(&["DNS:node1.example", "IP:127.0.0.1"]).unwrap();
+    let csr = parse_and_verify_csr(&build_csr(&key, ID, &names).unwrap()).unwrap();
+    let issued = ca
+        .signer
+        .sign(
+            &csr,
+            ID,
+            Profile::Mtls,
+            std::time::Duration::from_secs(3600),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let info = parse_certificate(&issued.certificate_pem, "leaf").unwrap();
+    let fields = info.diff_fields();
+    assert_eq!(fields["serial_number"], info.serial_hex.as_str());
+    assert_eq!(
+        fields["subject_alt_name"],
+        serde_json::json!(["DNS:node1.example", "IP:127.0.0.1"])
+    );
+    assert_eq!(
+        fields["not_after"],
+        fleetpki_core::rfc3339(info.not_after).as_str()
+    );
+    // The SHA-256 of the public key the certificate is for: the key, not the certificate.
+    let fingerprint = fields["public_key_fingerprint_sha256"].as_str().unwrap();
+    assert_eq!(
+        fingerprint.replace(':', ""),
+        fleetpki_core::sha256_hex(&info.spki_der)
+    );
+    assert_eq!(fingerprint.len(), 32 * 3 - 1);
+
+    let crl = fleetpki_core::crl::crl_diff_fields(7, &["0b".into(), "0a".into()]);
+    assert_eq!(
+        crl,
+        serde_json::json!({"crl_number": 7, "revoked_serials": ["0a", "0b"]})
+    );
+}

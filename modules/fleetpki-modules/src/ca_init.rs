@@ -274,8 +274,12 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             .with("root_created", created.contains(&"root"))
             .with("intermediate_created", true);
         outcome.diff = Some((
-            String::new(),
-            created.iter().map(|c| format!("{c}\n")).collect(),
+            String::new().into(),
+            created
+                .iter()
+                .map(|c| format!("{c}\n"))
+                .collect::<String>()
+                .into(),
         ));
         return Ok(signer_facts(outcome));
     };
@@ -352,8 +356,12 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     .with("root_crl_next_update", root_crl_next_update.map(rfc3339));
     if changed {
         outcome.diff = Some((
-            String::new(),
-            created.iter().map(|c| format!("{c}\n")).collect(),
+            String::new().into(),
+            created
+                .iter()
+                .map(|c| format!("{c}\n"))
+                .collect::<String>()
+                .into(),
         ));
     }
     Ok(signer_facts(outcome))

@@ -16,8 +16,8 @@ use ansible_module::{
 };
 use fleetpki_aws::AwsOptions;
 use fleetpki_core::crl::{
-    bundle, normalise_pem, normalize_serial, parse_crl, reissue_reason, split_bundle, Reason,
-    Revocation,
+    bundle, crl_diff_fields, normalise_pem, normalize_serial, parse_crl, reissue_reason,
+    split_bundle, Reason, Revocation,
 };
 use fleetpki_core::layout::{write_atomic, FilePerms};
 use fleetpki_core::record::{self, RecordedCertificate};
@@ -290,6 +290,14 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         return Ok(finish(outcome));
     };
     outcome.changed = true;
+    // --diff: the CRL in place (its number is the state's, which only this module bumps) and the
+    // one issued now.
+    outcome.diff = Some((
+        current.as_ref().map_or(serde_json::Value::Null, |crl| {
+            crl_diff_fields(state.crl_number, &crl.serials)
+        }),
+        crl_diff_fields(state.crl_number + 1, &listed),
+    ));
     outcome.msg = format!(
         "{} a new CRL: {why}",
         if invocation.check_mode {

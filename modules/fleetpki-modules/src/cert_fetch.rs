@@ -359,6 +359,11 @@ fn install(
     chain_pem: &str,
     perms: &FilePerms,
 ) -> Result<Outcome, Failure> {
+    // The certificate it replaces, for --diff (a damaged one shows as nothing).
+    let before = layout
+        .read_current()?
+        .and_then(|pair| fleetpki_core::certs::parse_certificate(&pair.cert_pem, CERT_FILE).ok())
+        .map_or(Value::Null, |previous| previous.diff_fields());
     layout.install(&info.serial_hex, key_pem, &info.pem(), chain_pem, perms)?;
     let mut outcome = Outcome::new(
         true,
@@ -371,10 +376,7 @@ fn install(
     .with("request_id", pending.request_id.clone())
     .with("serial", info.serial_hex.clone())
     .with("not_after", rfc3339(info.not_after));
-    outcome.diff = Some((
-        "(previous certificate)\n".into(),
-        format!("certificate {}\n", info.serial_hex),
-    ));
+    outcome.diff = Some((before, info.diff_fields()));
     Ok(outcome)
 }
 

@@ -250,20 +250,21 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         "privatekey_path",
         layout.pending_key_path().display().to_string(),
     );
-    outcome.diff = Some((
-        pending
-            .as_ref()
-            .map(|p| format!("pending request {}\n", p.request_id))
-            .unwrap_or_default(),
-        format!(
-            "pending request (new) for {}\n",
-            names
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    ));
+    // --diff: what waits or is installed now, and the request that replaces it.
+    let before = match (&pending, &decision.current) {
+        (Some(p), _) => p.diff_fields(),
+        (None, Some(cert)) => cert.diff_fields(),
+        (None, None) => serde_json::Value::Null,
+    };
+    let after = serde_json::json!({
+        "subject_alt_name": names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "certificate_profile": args.certificate_profile.as_str(),
+        "private_key": match existing_key {
+            Some(_) => "the key waiting for its certificate, kept".to_string(),
+            None => format!("new {key_spec}"),
+        },
+    });
+    outcome.diff = Some((before, after));
     if invocation.check_mode {
         outcome.changed = true;
         outcome.msg = format!("would submit a new certificate request ({reason})");

@@ -120,10 +120,11 @@ fn remove_queues(names: &[String], aws: &AwsOptions, check_mode: bool) -> Result
             }
         }
         if !check_mode {
-            for url in &found {
-                sqs.delete_queue(url)
-                    .await
-                    .map_err(|e| sqs_failure(e, &sqs))?;
+            for (done, url) in found.iter().enumerate() {
+                // Said on failure too: those deleted before it are gone.
+                sqs.delete_queue(url).await.map_err(|e| {
+                    sqs_failure(e, &sqs).with("deleted_queue_urls", json!(found[..done]))
+                })?;
             }
         }
         let verb = if check_mode {

@@ -83,6 +83,14 @@ impl SignerError {
             _ => None,
         }
     }
+
+    /// The kind of the AWS call's failure, for an error that came from a call.
+    pub fn aws_kind(&self) -> Option<AwsErrorKind> {
+        match self {
+            SignerError::Call { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 /// The error code, message and kind of an SDK error: the service's own code
@@ -144,12 +152,16 @@ fn call_message(
     message: &str,
     kind: AwsErrorKind,
 ) -> String {
-    match code {
-        Some(code) => format!(
+    match (code, kind) {
+        (Some(code), _) => format!(
             "{service} {operation} on {target} failed: {code}: {message}{}",
             hint_for(code)
         ),
-        None => format!(
+        // Neither a service answer nor a kind to name: only the SDK's own words can say it.
+        (None, AwsErrorKind::Other) => {
+            format!("{service} {operation} on {target} failed: {message}")
+        }
+        (None, _) => format!(
             "{service} {operation} on {target} failed: {}. {}",
             kind.summary(),
             fleetpki_aws::capitalised(kind.fix())

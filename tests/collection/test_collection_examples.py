@@ -44,6 +44,8 @@ PLAYS = {
     "revoke": [("mtls_ca_revoke", 0), ("mtls_ca_revoke", 1)],
     # On the inventory's fleet group (its example reads groups['fleet']): see FLEET_INVENTORY.
     "reply-queues": [("mtls_reply_queues", 0)],
+    # The node is retired (what mtls_client_state=absent does with its queue).
+    "retire": [("mtls_reply_queues", 1)],
 }
 # For the plays that need an inventory: the node of the examples is the fleet; the web node left it.
 FLEET_INVENTORY = {
@@ -276,6 +278,10 @@ def test_examples_run_against_the_local_sqs_server(examples, ansible_env, sqs_se
     play("reply-queues", hosts="fleet")
     reply_queues_after = {u.rsplit("/", 1)[1] for u in client.list_queues(QueueNamePrefix="fleetpki-reply-").get("QueueUrls", [])}
     assert reply_queues_after == {"fleetpki-reply-i-0123456789abcdef0"}, reply_queues_after
+
+    # 6. The node is retired: its own reply queue goes, looked up by name.
+    play("retire", hosts="fleet")
+    assert client.list_queues(QueueNamePrefix="fleetpki-reply-").get("QueueUrls", []) == []
 
     # Nothing is left: every example queue (CSR, DLQ, shared, the reply queue) is empty.
     for url in client.list_queues().get("QueueUrls", []):

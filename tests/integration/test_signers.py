@@ -1320,6 +1320,14 @@ def test_kms_revoke_signs_the_crl_through_kms_and_pca_is_refused(
     assert refused.get("failed") is True and "aws_pca" in (refused.get("msg") or ""), describe(refused, proc)
     assert not (crl_dir / "pca-crl.pem").exists()
 
+    # A KMS key that is gone: the CRL is not touched, and KMS's answer is in `error`.
+    before = (crl_dir / "crl.pem").read_bytes()
+    missing_key = dict(args, kms_key_id=f"arn:aws:kms:{REGION}:123456789012:key/{uuid.uuid4()}", serials=["0abc"])
+    gone, proc = run_aws("mtls_ca_revoke", missing_key)
+    assert gone.get("failed") is True and "does not exist" in gone["msg"], describe(gone, proc)
+    assert (gone["error"]["kind"], gone["error"]["code"]) == ("not_found", "NotFoundException"), gone
+    assert (crl_dir / "crl.pem").read_bytes() == before
+
 
 def test_kms_crl_with_many_revocations_is_signed_through_a_digest(kms_ca, run_aws, tmp_path):
     """A CRL whose to-be-signed part is over 4096 bytes (KMS's limit for a RAW message): 120 made-up

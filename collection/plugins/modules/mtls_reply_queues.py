@@ -44,7 +44,7 @@ options:
   keep_instance_ids:
     description:
       - Instance ids whose reply queues are kept; every other queue with O(reply_queue_prefix) is deleted.
-      - Exactly one of O(keep_instance_ids) and O(remove_instance_ids) is required.
+      - Mutually exclusive with O(remove_instance_ids); one of them is required.
     type: list
     elements: str
   remove_instance_ids:
@@ -52,6 +52,7 @@ options:
       - Instance ids whose reply queues are deleted; no other queue is touched.
       - Each must be an instance id (1 to 64 letters, digits, V(-) or V(_)), or nothing is deleted.
       - O(max_delete) and O(force) do not apply, since only the queues named are deleted.
+      - Mutually exclusive with O(keep_instance_ids); one of them is required.
     type: list
     elements: str
   reply_queue_prefix:

@@ -99,19 +99,20 @@ pub fn sqs_failure(error: SqsError, sqs: &Sqs) -> Failure {
 
 /// `sqs_failure` before a client exists (its configuration failed).
 pub fn sqs_error(error: SqsError) -> Failure {
-    let detail = error.detail();
-    let failure = Failure::new(error.to_string());
-    match detail {
-        Some(detail) => failure.with("error", detail),
-        None => failure,
-    }
+    aws_failure(error.to_string(), error.detail())
 }
 
 /// A failed KMS or ACM PCA setup call as amazon.aws reports it: the message, and the call's
 /// kind, code, words and operation in `error`.
 pub fn signer_failure(error: &fleetpki_signers::SignerError) -> Failure {
-    let failure = Failure::new(error.to_string());
-    match error.detail() {
+    aws_failure(error.to_string(), error.detail())
+}
+
+/// A failed AWS call as amazon.aws reports it: `msg`, and the call's detail as `error` when the
+/// error has one.
+fn aws_failure(msg: String, detail: Option<serde_json::Value>) -> Failure {
+    let failure = Failure::new(msg);
+    match detail {
         Some(detail) => failure.with("error", detail),
         None => failure,
     }

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -236,6 +237,13 @@ def send_json(client, url: str, body: dict[str, Any] | str, instance_id: str | N
     if instance_id is not None:
         attrs["InstanceId"] = {"DataType": "String", "StringValue": instance_id}
     return client.send_message(QueueUrl=url, MessageBody=text, MessageAttributes=attrs)["MessageId"]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):

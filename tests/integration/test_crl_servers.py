@@ -34,10 +34,7 @@ def tool(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = helpers.free_port
 
 
 def wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20.0) -> None:

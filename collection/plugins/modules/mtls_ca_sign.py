@@ -194,6 +194,39 @@ options:
       - Seconds a received message stays hidden from other workers while it is processed.
     type: int
     default: 60
+  crl_path:
+    description:
+      - The CRL file the P(fleetpki.mtls.ca_worker#role) role keeps (the intermediate's CRL, then the root's), as
+        written by M(fleetpki.mtls.mtls_ca_revoke). Read only for the metrics, C(fleetpki_ca_crl_next_update_timestamp_seconds).
+    type: path
+  root_crl_path:
+    description:
+      - The root's CRL file, when it is kept apart from O(crl_path). Read only for the metrics.
+    type: path
+  metrics_listen:
+    description:
+      - An address and port, such as V(127.0.0.1:9469), on which the long-running worker (C(mtls_ca_sign serve))
+        serves its Prometheus metrics at C(/metrics), in the text exposition format. Off when not set.
+      - An address other than a loopback one logs a warning - anyone who reaches it reads request counts and queue
+        depths.
+      - A one-shot run (this module) does not listen; it warns, and writes O(metrics_textfile) instead.
+      - The series, their labels and the shipped alert rules are listed in C(docs/metrics.md) of the collection.
+    type: str
+  metrics_textfile:
+    description:
+      - A file the worker writes its metrics to, atomically and mode V(0644), in the text format of node_exporter's
+        textfile collector (name it C(*.prom) in the collector's directory). A one-shot run writes it once, after the
+        drain; C(mtls_ca_sign serve) rewrites it at each queue poll. Not written in check mode.
+      - Writing it costs two C(GetQueueAttributes) calls per write (the depth of the CSR queue and of its
+        dead-letter queue). A file that cannot be written is a warning, not a failure - the drain is done.
+    type: path
+  metrics_queue_poll_interval:
+    description:
+      - With O(metrics_listen) or O(metrics_textfile), the long-running worker asks the queues' depth at most once
+        in this many seconds, 1 to 86400; each ask is one C(GetQueueAttributes) call per queue, counted in
+        C(fleetpki_ca_sqs_calls_total).
+    type: int
+    default: 60
   audit_log_path:
     description:
       - The issuance record - the worker's audit log - one JSON line per decision, created with mode V(0600) if missing.

@@ -72,6 +72,15 @@ options:
       - URL of the shared certificate queue.
       - Required when O(reply_mode=shared).
     type: str
+  metrics_textfile:
+    description:
+      - A file to write this node's certificate metrics to after the run, for node_exporter's textfile collector
+        (name it C(*.prom) in the collector's directory) - notAfter and renewal time of the installed certificate, when
+        the pending request was sent, and the last fetch's result with a refusal's reason code. Written atomically,
+        mode V(0644), whatever the run's outcome; not in check mode.
+      - The series and the alert rules shipped with the collection are described in C(docs/metrics.md).
+      - A file that cannot be written is a warning; the run's work stands.
+    type: path
   owner:
     description:
       - Owner of the installed files.
@@ -143,7 +152,7 @@ status:
     - V(installed) when a new certificate was installed, V(pending) when the request is not answered yet
       (O(wait=false)), or its certificate is kept until it is valid (the node's clock is behind), V(unchanged) when
       the current certificate stays, V(no_request) when no request is pending (or it was just ended because its
-      reply queue no longer exists).
+      reply queue no longer exists), V(refused) when the CA refused the request (the task fails).
     - A refusal from the CA ends the request and fails the task naming the reason code; the next
       M(fleetpki.mtls.mtls_csr_submit) sends a new request at once. A certificate this node refuses is set aside
       (named in C(msg) and the warnings) and never ends the request.

@@ -28,6 +28,8 @@ const STAGED_CERT_FILE: &str = "cert.pem";
 const STAGED_CHAIN_FILE: &str = "chain.pem";
 /// Present while a forced rotation has not reached the CA yet (`force` during an outage).
 const ROTATION_WANTED_FILE: &str = "rotation-wanted";
+/// The node's last results (not secret), beside `current` and `pending`.
+const STATE_FILE: &str = "state.json";
 
 /// The environment variable of the test-only crash switch: `FLEETPKI_TEST_CRASH_AT=k` makes the
 /// process abort at crash point k of the install, so tests can prove every interruption is safe.
@@ -103,6 +105,34 @@ impl PendingRequest {
             "certificate_profile": self.profile.as_str(),
         })
     }
+}
+
+/// What the node's runs found, kept by the layout in `state.json` so it outlives the pending
+/// request (a refusal ends the request, and the report and metrics still say why).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The last fetch's status: `installed`, `pending`, `unchanged`, `no_request`, `refused`
+    /// or `failed`.
+    #[serde(default)]
+    pub last_result: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub last_result_at: Option<i64>,
+    /// The CA's last refusal of a request of this node.
+    #[serde(default)]
+    pub last_refusal: Option<RecordedRefusal>,
+    /// `renew_before` as the last submit used it: the installed certificate's renewal time.
+    #[serde(default)]
+    pub renew_before: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRefusal {
+    pub request_id: String,
+    pub reason_code: String,
+    pub message: String,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 /// The installed key and certificate, as the service sees them.
@@ -411,6 +441,31 @@ impl Layout {
     }
 
     /// Forgets the pending request (the key stays, so a retry can reuse it).
+    /// The node's last results; none yet is the default state.
+    pub fn read_state(&self) -> Result<NodeState, PkiError> {
+        let path = self.root.join(STATE_FILE);
+        match read_optional(&path)? {
+            None => Ok(NodeState::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| PkiError::Layout {
+                path,
+                detail: format!(
+                    "unreadable node state ({e}); delete it, the next run writes it again"
+                ),
+            }),
+        }
+    }
+
+    /// Replaces the node's state (atomically, world-readable: it holds no secret).
+    pub fn write_state(&self, state: &NodeState) -> Result<(), PkiError> {
+        ensure_dir(&self.root, 0o755)?;
+        let text = serde_json::to_vec_pretty(state).map_err(|e| PkiError::Build(e.to_string()))?;
+        write_atomic(
+            &self.root.join(STATE_FILE),
+            &text,
+            &FilePerms::private(None, None, 0o644),
+        )
+    }
+
     pub fn clear_pending_request(&self) -> Result<(), PkiError> {
         let path = self.pending_request_path();
         match fs::remove_file(&path) {

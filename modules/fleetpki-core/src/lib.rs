@@ -18,6 +18,7 @@ pub mod remote;
 pub mod renewal;
 pub mod reply_queues;
 pub mod sign;
+pub mod status;
 pub mod wire;
 pub mod worker;
 

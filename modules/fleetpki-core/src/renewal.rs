@@ -190,12 +190,7 @@ pub fn decide(
                     SubmitReason::ProfileChanged
                 } else if now >= cert.not_after {
                     SubmitReason::Expired
-                } else if now
-                    >= wanted
-                        .renew_before
-                        .renewal_time(cert.not_before, cert.not_after)
-                        - jitter(wanted.instance_id, cert)
-                {
+                } else if now >= renewal_due(wanted.renew_before, wanted.instance_id, cert) {
                     SubmitReason::RenewalWindow
                 } else {
                     SubmitReason::Valid
@@ -225,6 +220,16 @@ pub fn recheck_pending(reason: SubmitReason, queue_lost: bool) -> SubmitReason {
         SubmitReason::RequestPending if queue_lost => SubmitReason::ReplyQueueMissing,
         other => other,
     }
+}
+
+/// When this host renews `cert`: `renew_before` before its notAfter, earlier by the host's
+/// fixed jitter.
+pub fn renewal_due(
+    renew_before: RenewBefore,
+    instance_id: &str,
+    cert: &CertificateInfo,
+) -> OffsetDateTime {
+    renew_before.renewal_time(cert.not_before, cert.not_after) - jitter(instance_id, cert)
 }
 
 fn jitter(instance_id: &str, cert: &CertificateInfo) -> time::Duration {

@@ -126,13 +126,14 @@ fn main() {
                 attributes: HashMap::from([(INSTANCE_ID_ATTRIBUTE.to_string(), id)]),
                 sender_id: None,
                 receive_count: Some(1),
+                sent_at_ms: None,
             }
         })
         .collect();
     // Every request must really be signed, or the rate would measure refusals.
     assert!(judge_batch(&policy, &routes, &signer, &requests)
         .iter()
-        .all(|v| matches!(v, Verdict::Sign { .. })));
+        .all(|(v, _)| matches!(v, Verdict::Sign { .. })));
 
     // Raw: one ECDSA P-256 verify (of a real CSR-sized message) and one sign, per request.
     let raw_key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
@@ -156,7 +157,7 @@ fn main() {
         let start = (i * 10) % (requests.len() - 10);
         judge_batch(&policy, &routes, &signer, &requests[start..start + 10])
             .iter()
-            .filter(|v| matches!(v, Verdict::Sign { .. }))
+            .filter(|(v, _)| matches!(v, Verdict::Sign { .. }))
             .count()
     };
     // judge_batch itself spreads a batch over the cores, so the all-core worker figure runs one
@@ -165,7 +166,7 @@ fn main() {
         let r = &requests[i % requests.len()];
         judge_batch(&policy, &routes, &signer, std::slice::from_ref(r))
             .iter()
-            .filter(|v| matches!(v, Verdict::Sign { .. }))
+            .filter(|(v, _)| matches!(v, Verdict::Sign { .. }))
             .count()
     };
 

@@ -6,13 +6,14 @@
 //! signs again: an outage raises a queued request's receive count once at most, so it never
 //! drifts into the dead-letter queue while the CA cannot sign.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ansible_module::Invocation;
 use fleetpki_sqs::Sqs;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::ca_sign::{load_policy, spec, Args, Worker, WorkerError, NAME};
+use crate::metrics::{serve_http, write_textfile};
 use crate::signer::OpenError;
 
 fn log(text: &str) {
@@ -43,6 +44,9 @@ fn run(config_path: &str) -> Result<(), String> {
     let invocation =
         Invocation::from_args_file(config_path, NAME, &spec()).map_err(|e| e.to_string())?;
     let args: Args = invocation.args().map_err(|e| e.to_string())?;
+    let metrics_address = args.metrics_address().map_err(|f| f.msg)?;
+    let poll_interval =
+        Duration::from_secs(args.metrics_queue_poll_interval.clamp(1, 86_400) as u64);
     let policy = load_policy(&args).map_err(|f| f.msg)?;
     for warning in policy.warnings() {
         log(&format!("warning: {warning}"));
@@ -93,6 +97,18 @@ fn run(config_path: &str) -> Result<(), String> {
         for warning in std::mem::take(&mut worker.warnings) {
             log(&format!("warning: {warning}"));
         }
+        let metrics_on = metrics_address.is_some() || args.metrics_textfile.is_some();
+        if let Some((address, warning)) = metrics_address {
+            if let Some(warning) = warning {
+                log(&format!("warning: {warning}"));
+            }
+            let bound = serve_http(address, worker.metrics.clone())
+                .await
+                .map_err(|e| format!("cannot serve metrics on {address} (metrics_listen): {e}; choose a free port, or unset metrics_listen"))?;
+            log(&format!("serving metrics on http://{bound}/metrics"));
+        }
+        // Polled before the first batch, then at most every metrics_queue_poll_interval.
+        let mut next_poll = Instant::now();
         log(&format!("serving {}", args.csr_queue_url));
         let mut policy_mtime = modified(&args.policy_path);
         let mut failures: u32 = 0;
@@ -121,6 +137,23 @@ fn run(config_path: &str) -> Result<(), String> {
                 Ok(batch) => worker.process(&batch).await,
                 Err(e) => Err(WorkerError::from(e)),
             };
+            if result.is_ok() && worker.signer_error.is_none() {
+                worker.metrics.drained(crate::common::now_unix());
+            }
+            if metrics_on && Instant::now() >= next_poll {
+                next_poll = Instant::now() + poll_interval;
+                if let Err(problem) = worker.poll_gauges().await {
+                    log(&format!("metrics: some gauges were not refreshed: {problem}"));
+                }
+                if let Some(path) = &args.metrics_textfile {
+                    let written = write_textfile(std::path::Path::new(path), &worker.metrics.encode());
+                    if let Err(e) = written {
+                        log(&format!("metrics: not written to {path} (metrics_textfile): {e}"));
+                    }
+                }
+            } else {
+                worker.metrics.sqs_calls(&sqs.calls());
+            }
             for warning in std::mem::take(&mut worker.warnings) {
                 log(&format!("warning: {warning}"));
             }
@@ -136,6 +169,7 @@ fn run(config_path: &str) -> Result<(), String> {
                     }
                     match backend.probe().await {
                         Ok(()) => {
+                            worker.metrics.signer_recovered();
                             log("signer available again; resuming");
                             break;
                         }

@@ -2,7 +2,10 @@
 //! allows, record it, answer the node, and delete a CSR only once its answer is published and
 //! recorded. A CA that is down simply leaves CSRs waiting in the queue.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_aws::AwsOptions;
@@ -24,6 +27,7 @@ use serde_json::{json, Value};
 use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, now_unix, runtime, sqs_error, sqs_failure};
 use crate::issuance_record::{IssuanceRecord, RecordError};
+use crate::metrics::{write_textfile, WorkerMetrics};
 use crate::signer::{
     signer_options, Backend, OpenError, PcaBackend, SignerArgs, SignerKind, AWS_KMS, AWS_PCA, FILE,
 };
@@ -52,6 +56,11 @@ pub fn spec() -> ArgumentSpec {
             SignerKind::AwsPca,
         ]))
         .option(OptionSpec::new("pca_template_arn", OptionType::Str))
+        .option(OptionSpec::new("crl_path", OptionType::Path))
+        .option(OptionSpec::new("root_crl_path", OptionType::Path))
+        .option(OptionSpec::new("metrics_listen", OptionType::Str))
+        .option(OptionSpec::new("metrics_textfile", OptionType::Path))
+        .option(OptionSpec::new("metrics_queue_poll_interval", OptionType::Int).default(60))
         .options(aws_options())
         .mutually_exclusive(&["policy", "policy_path"])
         .required_one_of(&["policy", "policy_path"])
@@ -79,6 +88,11 @@ pub struct Args {
     #[serde(flatten)]
     pub signer: SignerArgs,
     pub pca_template_arn: Option<String>,
+    pub crl_path: Option<String>,
+    pub root_crl_path: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub metrics_textfile: Option<String>,
+    pub metrics_queue_poll_interval: i64,
     #[serde(flatten)]
     pub aws: AwsOptions,
 }
@@ -94,6 +108,23 @@ impl Args {
             &self.ca_chain_path,
             self.pca_template_arn.clone(),
         )
+    }
+
+    /// `metrics_listen` as an address, and a warning when it is reachable from other hosts.
+    pub fn metrics_address(&self) -> Result<Option<(SocketAddr, Option<String>)>, Failure> {
+        let Some(text) = &self.metrics_listen else {
+            return Ok(None);
+        };
+        let address: SocketAddr = text.parse().map_err(|_| {
+            Failure::from(ansible_module::ArgumentError::Invalid {
+                name: "metrics_listen".into(),
+                problem: format!("'{text}' is not an IP address and port (for example 127.0.0.1:9469 or [::1]:9469)"),
+            })
+        })?;
+        let warning = (!address.ip().is_loopback()).then(|| {
+            format!("metrics_listen {address} is not a loopback address: anyone who reaches it reads the worker's request counts and queue depths; limit it with a firewall, or listen on 127.0.0.1 and let a local Prometheus or proxy scrape it")
+        });
+        Ok(Some((address, warning)))
     }
 }
 
@@ -141,6 +172,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     check_range("wait_time_seconds", args.wait_time_seconds, 0, 20)?;
     check_range("max_requests", args.max_requests, 0, i64::MAX)?;
     check_range("visibility_timeout", args.visibility_timeout, 0, 43_200)?;
+    check_range(
+        "metrics_queue_poll_interval",
+        args.metrics_queue_poll_interval,
+        1,
+        86_400,
+    )?;
+    let listen_warning = args.metrics_address()?.map(|_| {
+        "metrics_listen is used by the long-running worker (`mtls_ca_sign serve`) only; a one-shot drain writes its metrics to metrics_textfile".to_string()
+    });
     let policy = load_policy(&args)?;
     let backend = args
         .open_backend()
@@ -165,6 +205,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             let mut worker = Worker::new(&sqs, &args, policy.clone(), &backend).await.map_err(|e| e.failure(&sqs))?;
             let limit = if args.max_requests == 0 { u64::MAX } else { args.max_requests as u64 };
             let result = worker.drain(limit).await;
+            if let Some(path) = &args.metrics_textfile {
+                if result.is_ok() && worker.signer_error.is_none() {
+                    worker.metrics.drained(now_unix());
+                }
+                if let Err(e) = worker.write_metrics_textfile(path).await {
+                    worker.warnings.push(format!("the metrics were not written to {path}: {e}; the drain itself is done: make the directory writable for this user (node_exporter's textfile directory), or unset metrics_textfile"));
+                }
+            }
+            worker.warnings.extend(listen_warning);
             let tally = &worker.tally;
             let with_tally = |mut values: serde_json::Map<String, Value>| {
                 for (key, value) in [
@@ -336,6 +385,8 @@ pub struct Worker<'a> {
     routes: Routes,
     pub tally: Tally,
     pub warnings: Vec<String>,
+    /// Counted whether or not anything exposes them: a few atomics per request.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// One request of a batch while its disposition runs.
@@ -402,7 +453,43 @@ impl<'a> Worker<'a> {
             routes,
             tally: Tally::default(),
             warnings,
+            metrics: WorkerMetrics::new(backend.name()),
         })
+    }
+
+    /// Refreshes the gauges read from elsewhere: both queues' depth (one GetQueueAttributes
+    /// each, counted with the other calls), the CA certificates' and the CRLs' dates.
+    pub async fn poll_gauges(&self) -> Result<(), String> {
+        let metrics = &self.metrics;
+        metrics.chain(self.backend.chain_pem());
+        let crls = metrics.crls(
+            self.args.crl_path.as_deref(),
+            self.args.root_crl_path.as_deref(),
+        );
+        let mut problems: Vec<String> = crls.err().map(|e| e.to_string()).into_iter().collect();
+        let queues = [
+            ("csr", Some(&self.routes.csr_queue_url)),
+            ("dead_letter", self.routes.dead_letter_queue_url.as_ref()),
+        ];
+        for (name, url) in queues {
+            let Some(url) = url else { continue };
+            match self.sqs.depth(url).await {
+                Ok(depth) => metrics.queue_depth(name, depth),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        metrics.sqs_calls(&self.sqs.calls());
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(problems.join("; ")),
+        }
+    }
+
+    /// The one-shot drain's metrics, for node_exporter's textfile collector.
+    async fn write_metrics_textfile(&self, path: &str) -> Result<(), String> {
+        let polled = self.poll_gauges().await;
+        write_textfile(Path::new(path), &self.metrics.encode()).map_err(|e| e.to_string())?;
+        polled.map_err(|e| format!("written, but without some gauges ({e})"))
     }
 
     /// Receives and processes batches until the queue is empty or `limit` requests were handled.
@@ -447,7 +534,7 @@ impl<'a> Worker<'a> {
         if batch.is_empty() {
             return Ok(());
         }
-        let verdicts = match self.backend {
+        let judged = match self.backend {
             Backend::SigningKey { signer, .. } => match &self.remote_pool {
                 Some(pool) => {
                     pool.install(|| judge_batch(&self.policy, &self.routes, signer, batch))
@@ -456,6 +543,15 @@ impl<'a> Worker<'a> {
             },
             Backend::PrivateCa(pca) => self.issue_batch_through_pca(pca, batch).await?,
         };
+        let verdicts: Vec<Verdict> = judged
+            .into_iter()
+            .map(|(verdict, took)| {
+                if matches!(verdict, Verdict::Sign { .. }) {
+                    self.metrics.signed(took);
+                }
+                verdict
+            })
+            .collect();
         for verdict in &verdicts {
             if let Verdict::Sign { warnings, .. } = verdict {
                 self.warnings.extend(warnings.iter().cloned());
@@ -579,6 +675,18 @@ impl<'a> Worker<'a> {
 
     fn count(&mut self, received: &Received, disposition: &Disposition) {
         let message = disposition.message();
+        if let Some(fate) = disposition.fate() {
+            let queued_for = received.sent_at_ms.and_then(|sent| {
+                let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                u64::try_from(now_ms - i128::from(sent))
+                    .ok()
+                    .map(Duration::from_millis)
+            });
+            self.metrics.settled(fate, queued_for);
+            if matches!(fate, Fate::SignerUnavailable(_)) {
+                self.metrics.signer_failed(now_unix());
+            }
+        }
         match disposition.fate() {
             Some(Fate::Issued(issued)) => {
                 self.tally.issued += 1;
@@ -610,7 +718,7 @@ impl<'a> Worker<'a> {
         &self,
         backend: &PcaBackend,
         batch: &[Received],
-    ) -> Result<Vec<Verdict>, WorkerError> {
+    ) -> Result<Vec<(Verdict, Duration)>, WorkerError> {
         let planned = plan_batch_through_pca(&self.policy, &self.routes, backend, batch);
         let intents: Vec<AuditRecord> = planned
             .iter()
@@ -628,12 +736,14 @@ impl<'a> Worker<'a> {
         self.commit(&intents)?;
         Ok(
             futures_util::future::join_all(planned.into_iter().map(|plan| async move {
-                match plan {
+                let started = Instant::now();
+                let verdict = match plan {
                     Ok((accepted, issuance)) => {
                         issue_through_pca(backend, accepted, issuance).await
                     }
                     Err(refusal) => refusal,
-                }
+                };
+                (verdict, started.elapsed())
             }))
             .await,
         )
@@ -668,11 +778,14 @@ pub fn judge_batch(
     routes: &Routes,
     signer: &CaSigner,
     batch: &[Received],
-) -> Vec<Verdict> {
+) -> Vec<(Verdict, Duration)> {
     use rayon::prelude::*;
     batch
         .par_iter()
-        .map(|r| judge(policy, routes, signer, r))
+        .map(|r| {
+            let started = Instant::now();
+            (judge(policy, routes, signer, r), started.elapsed())
+        })
         .collect()
 }
 

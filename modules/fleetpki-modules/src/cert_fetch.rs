@@ -12,8 +12,8 @@ use fleetpki_core::certs::{
 };
 use fleetpki_core::keys::{load_private_key, public_key_spki};
 use fleetpki_core::layout::{
-    crash_point, FilePerms, Layout, PendingRequest, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE,
-    KEY_FILE, LOCK_WAIT,
+    crash_point, FilePerms, Layout, PendingRequest, RecordedRefusal, CERT_FILE, CHAIN_FILE,
+    FULLCHAIN_FILE, KEY_FILE, LOCK_WAIT,
 };
 use fleetpki_core::names::parse_names;
 use fleetpki_core::node::{
@@ -28,7 +28,8 @@ use serde_json::Value;
 
 use crate::common::rfc3339;
 use crate::common::{
-    aws_options, calls_json, file_options, key_perms, runtime, sqs_error, sqs_failure,
+    add_warnings, aws_options, calls_json, file_options, key_perms, metrics_textfile_option,
+    now_unix, runtime, sqs_error, sqs_failure, write_node_metrics,
 };
 
 pub const NAME: &str = "fleetpki.mtls.mtls_cert_fetch";
@@ -52,6 +53,7 @@ pub fn spec() -> ArgumentSpec {
         )
         .option(OptionSpec::new("reply_queue_prefix", OptionType::Str).default("fleetpki-reply-"))
         .option(OptionSpec::new("shared_cert_queue_url", OptionType::Str))
+        .option(metrics_textfile_option())
         .options(file_options())
         .options(aws_options())
 }
@@ -66,6 +68,7 @@ struct Args {
     reply_mode: ReplyMode,
     reply_queue_prefix: String,
     shared_cert_queue_url: Option<String>,
+    metrics_textfile: Option<String>,
     owner: Option<String>,
     group: Option<String>,
     mode: Value,
@@ -84,6 +87,44 @@ enum Handled {
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
+    let mut result = fetch(invocation, &args);
+    let layout = Layout::new(&args.path);
+    // Check mode changes nothing; a run that never reached a layout has nothing to record.
+    if invocation.check_mode || !layout.root().is_dir() {
+        return result;
+    }
+    let status = match &result {
+        Ok(outcome) => outcome.values.get("status"),
+        Err(failure) => failure.values.get("status"),
+    };
+    let status = status
+        .and_then(Value::as_str)
+        .unwrap_or("failed")
+        .to_string();
+    let mut warnings = record_result(&layout, &status);
+    if let Some(path) = &args.metrics_textfile {
+        warnings.extend(write_node_metrics(&layout, &args.instance_id, path));
+    }
+    add_warnings(&mut result, warnings);
+    result
+}
+
+/// Keeps this run's result in the layout's state (for the metrics and the report).
+fn record_result(layout: &Layout, status: &str) -> Vec<String> {
+    let written = layout.read_state().and_then(|mut state| {
+        state.last_result = Some(status.to_string());
+        state.last_result_at = Some(now_unix());
+        layout.write_state(&state)
+    });
+    match written {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!(
+            "this run's result was not recorded in the node's state: {e}"
+        )],
+    }
+}
+
+fn fetch(invocation: &Invocation, args: &Args) -> Result<Outcome, Failure> {
     // Checked before anything else, as mtls_csr_submit does: even with nothing pending.
     if !is_valid_instance_id(&args.instance_id) {
         return Err(ansible_module::ArgumentError::Invalid {
@@ -225,7 +266,7 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     runtime.block_on(async {
         let sqs = Sqs::connect(&args.aws).await.map_err(sqs_error)?;
         let with_calls = |f: Failure, sqs: &Sqs| f.with("sqs_calls", calls_json(sqs.calls()));
-        let queue_url = match resolve_queue(&sqs, &args, &pending).await {
+        let queue_url = match resolve_queue(&sqs, args, &pending).await {
             Ok(url) => url,
             Err(f) => return Err(with_calls(f, &sqs)),
         };
@@ -297,7 +338,9 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
                         outcome.warnings = warnings;
                         return Ok(outcome);
                     }
-                    Ok(Handled::Rejected(msg)) => return Err(with_calls(Failure::new(msg), &sqs)),
+                    Ok(Handled::Rejected(msg)) => {
+                        return Err(with_calls(Failure::new(msg).with("status", "refused"), &sqs))
+                    }
                     Ok(Handled::Ignored(warning)) => warnings.extend(warning),
                     Err(f) => return Err(with_calls(f, &sqs)),
                 }
@@ -445,7 +488,16 @@ impl Fetch<'_> {
                     .map_err(sqs_error)?;
                 Ok(Handled::Ignored(Some(warning)))
             }
-            ReplyDecision::Refused { msg, .. } => {
+            ReplyDecision::Refused { msg, reason_code } => {
+                // Kept past the end of the request: the metrics and the report name it.
+                let mut state = self.layout.read_state().unwrap_or_default();
+                state.last_refusal = Some(RecordedRefusal {
+                    request_id: self.request.request_id.clone(),
+                    reason_code,
+                    message: msg.clone(),
+                    at: now_unix(),
+                });
+                self.layout.write_state(&state)?;
                 self.layout.clear_pending_request()?;
                 self.sqs
                     .delete(self.queue_url, receipt)

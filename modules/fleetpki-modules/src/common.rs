@@ -119,6 +119,59 @@ fn aws_failure(msg: String, detail: Option<serde_json::Value>) -> Failure {
 }
 
 /// Unix seconds now.
+/// The node modules' `metrics_textfile` option (one definition for both).
+pub fn metrics_textfile_option() -> OptionSpec {
+    OptionSpec::new("metrics_textfile", OptionType::Path)
+}
+
+/// Writes the node's metrics from its layout to `path`; a warning when that fails (the run's
+/// own work is done by then, and stands).
+pub fn write_node_metrics(
+    layout: &fleetpki_core::layout::Layout,
+    instance_id: &str,
+    path: &str,
+) -> Option<String> {
+    let status = node_status(layout, instance_id).and_then(|status| {
+        let text = crate::metrics::node_exposition(&status, now_unix());
+        crate::metrics::write_textfile(std::path::Path::new(path), &text)
+    });
+    status.err().map(|e| {
+        format!("the metrics were not written to {path} (metrics_textfile): {e}; make its directory writable by this user, or unset metrics_textfile")
+    })
+}
+
+/// Adds warnings to a result, a failure's too (under its `warnings` key, as Ansible shows them).
+pub fn add_warnings(result: &mut Result<ansible_module::Outcome, Failure>, warnings: Vec<String>) {
+    match result {
+        Ok(outcome) => outcome.warnings.extend(warnings),
+        Err(failure) if !warnings.is_empty() => {
+            let mut all: Vec<Value> = failure
+                .values
+                .get("warnings")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            all.extend(warnings.into_iter().map(Value::from));
+            failure.values.insert("warnings".into(), Value::from(all));
+        }
+        Err(_) => {}
+    }
+}
+
+/// The node's status as its layout holds it.
+pub fn node_status(
+    layout: &fleetpki_core::layout::Layout,
+    instance_id: &str,
+) -> Result<fleetpki_core::status::NodeStatus, fleetpki_core::PkiError> {
+    let cert_pem = layout.read_current()?.map(|pair| pair.cert_pem);
+    Ok(fleetpki_core::status::NodeStatus::new(
+        instance_id,
+        cert_pem.as_deref(),
+        layout.read_pending()?,
+        layout.read_state()?,
+    ))
+}
+
 pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::{
-    aws_options, calls_json, file_options, key_options, key_perms, now_unix, rfc3339, runtime,
-    sqs_error, sqs_failure,
+    add_warnings, aws_options, calls_json, file_options, key_options, key_perms,
+    metrics_textfile_option, now_unix, rfc3339, runtime, sqs_error, sqs_failure,
+    write_node_metrics,
 };
 
 pub const NAME: &str = "fleetpki.mtls.mtls_csr_submit";
@@ -48,6 +49,7 @@ pub fn spec() -> ArgumentSpec {
                 .default(KeyRotation::Rotate.as_str()),
         )
         .option(OptionSpec::new("renew_before", OptionType::Str).default("33%"))
+        .option(metrics_textfile_option())
         .option(OptionSpec::new("resubmit_after", OptionType::Str).default("1h"))
         .option(OptionSpec::new("force", OptionType::Bool).default(false))
         .option(OptionSpec::new("lifetime_days", OptionType::Int))
@@ -95,6 +97,7 @@ struct Args {
     key_rotation: KeyRotation,
     renew_before: String,
     resubmit_after: String,
+    metrics_textfile: Option<String>,
     force: bool,
     lifetime_days: Option<u32>,
     reply_mode: ReplyMode,
@@ -116,6 +119,37 @@ fn invalid(name: &str, problem: impl Into<String>) -> Failure {
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
+    let mut result = submit(invocation, &args);
+    let layout = Layout::new(&args.path);
+    // Check mode changes nothing; a run refused on its arguments, or that never reached a
+    // layout, has nothing to record.
+    let valid =
+        is_valid_instance_id(&args.instance_id) && RenewBefore::parse(&args.renew_before).is_ok();
+    if invocation.check_mode || !valid || !layout.root().is_dir() {
+        return result;
+    }
+    // The renewal time of what is installed, for the metrics and the report.
+    let mut warnings: Vec<String> = layout
+        .read_state()
+        .and_then(|mut state| {
+            if state.renew_before.as_deref() == Some(args.renew_before.as_str()) {
+                return Ok(());
+            }
+            state.renew_before = Some(args.renew_before.clone());
+            layout.write_state(&state)
+        })
+        .err()
+        .map(|e| format!("renew_before was not recorded in the node's state: {e}"))
+        .into_iter()
+        .collect();
+    if let Some(path) = &args.metrics_textfile {
+        warnings.extend(write_node_metrics(&layout, &args.instance_id, path));
+    }
+    add_warnings(&mut result, warnings);
+    result
+}
+
+fn submit(invocation: &Invocation, args: &Args) -> Result<Outcome, Failure> {
     if !is_valid_instance_id(&args.instance_id) {
         return Err(invalid(
             "instance_id",

@@ -9,5 +9,6 @@ pub mod cert_fetch;
 pub mod common;
 pub mod csr_submit;
 pub mod issuance_record;
+pub mod metrics;
 pub mod reply_queues;
 pub mod signer;

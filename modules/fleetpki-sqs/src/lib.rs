@@ -111,6 +111,8 @@ pub struct Received {
     /// The `SenderId` system attribute.
     pub sender_id: Option<String>,
     pub receive_count: Option<u32>,
+    /// The `SentTimestamp` system attribute: when the queue accepted it (Unix milliseconds).
+    pub sent_at_ms: Option<i64>,
 }
 
 /// Approximate message counts of a queue (reading them does not touch any message).
@@ -242,7 +244,8 @@ impl Sqs {
             .wait_time_seconds(wait_seconds.clamp(0, 20))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::SenderId)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp);
         if let Some(timeout) = visibility_timeout {
             request = request.visibility_timeout(timeout);
         }
@@ -276,6 +279,9 @@ impl Sqs {
                     receive_count: system
                         .get(&MessageSystemAttributeName::ApproximateReceiveCount)
                         .and_then(|c| c.parse().ok()),
+                    sent_at_ms: system
+                        .get(&MessageSystemAttributeName::SentTimestamp)
+                        .and_then(|t| t.parse().ok()),
                 }
             })
             .collect())

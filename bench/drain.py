@@ -8,6 +8,14 @@ so a busy machine slows both alike; the figure to read is the ratio.
     bench/drain.py --binary before=/path/to/old/mtls_ca_sign --binary after=target/.../mtls_ca_sign
                    [--requests 2000] [--rounds 3] [--engine local-aws-sqs]
 
+One binary under two labels, with `--options LABEL=JSON` adding module options to one of them,
+measures what an option costs; the metrics' cost, for instance:
+
+    bench/drain.py --binary off=$B --binary on=$B --options 'on={"metrics_textfile": "METRICS_DIR/ca.prom"}' \
+                   --requests 10000 --rounds 5
+
+(METRICS_DIR is replaced by a directory of the run.)
+
 The issuance record (audit_log_path) is given to every binary (it is required since the record is
 written before each answer; an older binary writes it after).
 """
@@ -67,8 +75,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine", default="local-aws-sqs", choices=["local-aws-sqs", "moto"])
+    parser.add_argument("--options", action="append", default=[], help="LABEL=JSON: module options added for that label")
     args = parser.parse_args()
     binaries = {label: str(Path(path).resolve()) for label, path in (b.split("=", 1) for b in args.binary)}
+    extra = {label: json.loads(text) for label, text in (o.split("=", 1) for o in args.options)}
+    unknown = set(extra) - set(binaries)
+    if unknown:
+        parser.error(f"--options for labels with no --binary: {sorted(unknown)}")
 
     base = Path(tempfile.mkdtemp(prefix="fleetpki-drain-"))
     values = fleet.start_sqs(args.engine, base / "sqs", "aws")
@@ -85,6 +98,9 @@ def main() -> int:
         if init.get("failed"):
             raise SystemExit(f"mtls_ca_init failed: {init}")
         (ca / "policy.json").write_text(json.dumps(fleet.POLICY))
+        metrics_dir = base / "metrics"
+        metrics_dir.mkdir()
+        extra = {label: json.loads(json.dumps(o).replace("METRICS_DIR", str(metrics_dir))) for label, o in extra.items()}
         nodes = requests(args.requests, 0x0D0000000000000)
         for instance, _ in nodes:
             sqs.create_queue(QueueName=f"fleetpki-reply-{instance}")
@@ -94,7 +110,8 @@ def main() -> int:
                 fill(sqs, csr_queue, nodes)
                 opts = {"csr_queue_url": csr_queue, "ownca_path": ca_opts["intermediate_cert_path"],
                         "ownca_privatekey_path": ca_opts["intermediate_privatekey_path"], "ca_chain_path": ca_opts["chain_path"],
-                        "policy_path": str(ca / "policy.json"), "audit_log_path": str(base / f"record-{label}.jsonl")}  # fmt: skip
+                        "policy_path": str(ca / "policy.json"), "audit_log_path": str(base / f"record-{label}.jsonl"),
+                        **extra.get(label, {})}  # fmt: skip
                 fleet.BIN_DIR = Path(binary).parent
                 args_file = fleet.write_args(base / f"sign-{label}-{rnd}.json", "mtls_ca_sign", opts)
                 result = fleet.run_binary(Path(binary).name, args_file, env, 1800)
@@ -106,7 +123,7 @@ def main() -> int:
         summary = {label: {"median_per_s": round(statistics.median(r["per_s"] for r in runs), 1),
                            "median_cpu_s": round(statistics.median(r["cpu_s"] for r in runs), 3), "runs": runs}
                    for label, runs in results.items()}  # fmt: skip
-        print(json.dumps({"requests": args.requests, "engine": args.engine, "results": summary}, indent=2))
+        print(json.dumps({"requests": args.requests, "engine": args.engine, "options": extra, "results": summary}, indent=2))
     finally:
         fleet.stop_sqs(base / "sqs")
     return 0

@@ -39,7 +39,10 @@ ABS_PATH = re.compile(r"(?<![\w/.:-])/(?P<top>etc|srv)/")
 # EXAMPLES. Every example task must appear exactly once (test_every_example_task_is_run).
 PLAYS = {
     "ca": [("mtls_ca_init", 0), ("mtls_ca_init", 1)],
-    "node": [("mtls_csr_submit", 0), ("mtls_ca_sign", 0), ("mtls_cert_fetch", 0), ("mtls_cert_fetch", 1), ("mtls_cert_fetch", 2)],
+    "node": [
+        ("mtls_csr_submit", 0), ("mtls_ca_sign", 0), ("mtls_cert_fetch", 0), ("mtls_cert_fetch", 1), ("mtls_cert_fetch", 2),
+        ("mtls_cert_info", 0), ("mtls_cert_info", 1),
+    ],
     "web": [("mtls_csr_submit", 1), ("mtls_ca_sign", 1)],
     "revoke": [("mtls_ca_revoke", 0), ("mtls_ca_revoke", 1)],
     # On the inventory's fleet group (its example reads groups['fleet']): see FLEET_INVENTORY.

@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Where scripts/build puts the shipped binaries (glibc 2.17 build).
 BIN_DIR = REPO_ROOT / "target" / "x86_64-unknown-linux-gnu" / "release"
-MODULES = ("mtls_csr_submit", "mtls_ca_sign", "mtls_cert_fetch", "mtls_ca_init", "mtls_ca_revoke", "mtls_reply_queues")
+MODULES = ("mtls_csr_submit", "mtls_ca_sign", "mtls_cert_fetch", "mtls_cert_info", "mtls_ca_init", "mtls_ca_revoke", "mtls_reply_queues")
 COLLECTION = "fleetpki.mtls"
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))

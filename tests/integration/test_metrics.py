@@ -234,7 +234,8 @@ def test_prometheus_scrapes_the_worker_and_nodes_and_fires_the_shipped_alerts(
     renewal_at = float(renewal[0]["value"][1])
     assert renewal_at < overdue_cert.not_valid_after_utc.timestamp() - 2 * 86400 + 1, "renew_before 2d not applied"
     results = {s["metric"]["instance"]: s["metric"]["result"] for s in query(base, "fleetpki_node_last_result_info")}
-    assert results == {exporters[overdue.instance_id]: "installed", exporters[expired.instance_id]: "unchanged"}
+    # The expired node's fetch had nothing to fetch: no result recorded, no series.
+    assert results == {exporters[overdue.instance_id]: "installed"}, results
 
     # The shipped alerts fire: the overdue node, the expired node, the dead letter.
     def fired() -> set[tuple[str, str]]:
@@ -323,3 +324,56 @@ def test_raw_run_with_unwritable_node_textfile_still_installs(make_node, sign, t
     result = helpers.parse_single_json(proc.stdout)
     assert result.get("failed") is not True and result["status"] == "installed", describe(result)
     assert any("metrics_textfile" in w for w in result["warnings"]), describe(result)
+
+
+def test_cert_info_reports_certificate_pending_request_and_refusal(make_node, sign, run_module, tmp_path):
+    node = make_node(1)
+    refused = make_node(2, sans=["DNS:evil.example.com"])
+    assert_ok(*node.submit(renew_before="10d"))
+    assert_ok(*refused.submit())
+
+    info, proc = run_module("mtls_cert_info", {"path": str(node.path)})
+    assert_ok(info, proc)
+    assert info["changed"] is False
+    assert info["certificate"] is None and info["last_result"] is None, describe(info, proc)
+    pending = info["pending_request"]
+    assert pending["request_id"] == node.pending_request["request_id"]
+    assert pending["subject_alt_name"] == sorted(node.sans) and pending["age_seconds"] >= 0
+    assert info["instance_id"] == node.instance_id, "the instance id is the pending request's"
+
+    assert_ok(*sign())
+    assert_ok(*node.fetch())
+    result, proc = refused.fetch()
+    assert result["status"] == "refused", describe(result, proc)
+
+    before = helpers.tree_snapshot(node.path)
+    info, proc = run_module("mtls_cert_info", {"path": str(node.path), "instance_id": node.instance_id})
+    assert_ok(info, proc)
+    checked, proc = run_module("mtls_cert_info", {"path": str(node.path), "instance_id": node.instance_id}, check=True)
+    assert_ok(checked, proc)
+    assert helpers.tree_snapshot(node.path) == before, "mtls_cert_info changed the layout"
+    cert = helpers.load_cert(node.current / "cert.pem")
+    c = info["certificate"]
+    assert helpers.serial_int(c["serial_number"]) == cert.serial_number
+    assert c["subject_alt_name"] == helpers.cert_sans(cert)
+    assert c["not_after"] == helpers.rfc3339(cert.not_valid_after_utc)
+    assert c["public_key_type"] == "ECDSA secp256r1"
+    assert c["expired"] is False and c["renewal_overdue"] is False
+    assert c["days_left"] in (29, 30), c
+    # renew_before 10d, less up to 10 % of the lifetime of jitter.
+    due = dt.datetime.strptime(c["renewal_due"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    latest = cert.not_valid_after_utc - dt.timedelta(days=10)
+    assert latest - dt.timedelta(days=3) <= due <= latest, (due, latest)
+    assert info["pending_request"] is None and info["last_result"] == "installed" and info["last_result_at"]
+    assert {k: v for k, v in checked.items() if k != "invocation"} == {k: v for k, v in info.items() if k != "invocation"}
+
+    info, proc = run_module("mtls_cert_info", {"path": str(refused.path)})
+    assert_ok(info, proc)
+    assert info["certificate"] is None and info["pending_request"] is None
+    assert info["last_result"] == "refused"
+    assert info["last_refusal"]["reason_code"] == "san_not_allowed" and "evil.example.com" in info["last_refusal"]["message"]
+
+    missing, proc = run_module("mtls_cert_info", {"path": str(tmp_path / "never-enrolled")})
+    assert missing.get("failed") and "does not exist" in missing["msg"], describe(missing, proc)
+    bad, proc = run_module("mtls_cert_info", {"path": str(node.path), "instance_id": "../etc"})
+    helpers.assert_failed_naming(bad, "instance_id")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 class ModuleDocFragment:
     # What every fleetpki.mtls module is: a Rust binary (bin/<module>, which plugins/modules/<module>
-    # links to), built by cargo-zigbuild against glibc 2.17. One note for all six modules, so the
+    # links to), built by cargo-zigbuild against glibc 2.17. One note for all the modules, so the
     # claim is made once; the collection tests hold it to the binaries. No options of its own
     # (ansible-core wants the key in every fragment).
     DOCUMENTATION = r"""

@@ -287,6 +287,13 @@ pub(crate) fn general_name(name: &GeneralName) -> Option<SubjectAltName> {
     }
 }
 
+/// The key type of a DER SubjectPublicKeyInfo, in words (`ECDSA secp256r1`, `RSA-2048`).
+pub fn public_key_type(spki_der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode;
+    let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der).ok()?;
+    key_kind(&spki).ok().map(|kind| kind.to_string())
+}
+
 /// The key type of a SubjectPublicKeyInfo.
 pub(crate) fn key_kind(
     spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,

@@ -111,11 +111,12 @@ impl PendingRequest {
 /// request (a refusal ends the request, and the report and metrics still say why).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
-    /// The last fetch's status: `installed`, `pending`, `unchanged`, `no_request`, `refused`
-    /// or `failed`.
+    /// The status of the last fetch that had a request to fetch: `installed`, `pending`,
+    /// `refused`, `failed`, or `no_request` (a lost reply queue ended the request).
     #[serde(default)]
     pub last_result: Option<String>,
-    /// Unix seconds.
+    /// Since when the last result holds (Unix seconds): the state is rewritten only when the
+    /// result changes, so a run that changes nothing writes nothing.
     #[serde(default)]
     pub last_result_at: Option<i64>,
     /// The CA's last refusal of a request of this node.

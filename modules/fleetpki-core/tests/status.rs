@@ -60,9 +60,13 @@ fn the_renewal_time_is_renew_before_ahead_of_not_after_less_the_hosts_jitter() {
     let expected = cert.not_after
         - time::Duration::days(10)
         - time::Duration::seconds_f64(lifetime * renewal_jitter(ID));
-    assert_eq!(status.renewal_due, Some(expected));
+    assert_eq!(
+        status.renewal_due,
+        Some(expected.replace_nanosecond(0).unwrap())
+    );
     assert!(!status.renewal_overdue(OffsetDateTime::now_utc()));
     assert!(status.renewal_overdue(expected));
+    assert!(!status.renewal_overdue(expected - time::Duration::seconds(1)));
 
     // A share of the lifetime works the same way; no recorded renew_before means unknown.
     let share = NodeStatus::new(
@@ -115,4 +119,32 @@ fn an_unreadable_certificate_is_no_certificate() {
     let status = NodeStatus::new(ID, Some("not a certificate"), None, NodeState::default());
     assert!(status.certificate.is_none());
     assert!(status.renewal_due.is_none());
+}
+
+#[test]
+fn the_facts_say_days_left_expiry_and_overdue_at_the_time_asked() {
+    let pem = certificate("status-facts");
+    let state = NodeState {
+        renew_before: Some("10d".into()),
+        last_result: Some("refused".into()),
+        last_refusal: Some(refusal()),
+        ..NodeState::default()
+    };
+    let status = NodeStatus::new(ID, Some(&pem), None, state);
+    let cert = status.certificate.clone().unwrap();
+    let now = cert.not_before + time::Duration::days(1);
+    let facts = status.facts(now);
+    let c = &facts["certificate"];
+    assert_eq!(c["expired"], false);
+    assert_eq!(c["renewal_overdue"], false);
+    assert_eq!(c["days_left"], (cert.not_after - now).whole_days());
+    assert_eq!(c["public_key_type"], "ECDSA secp256r1");
+    assert_eq!(c["serial_number"], cert.serial_hex);
+    assert_eq!(facts["pending_request"], serde_json::Value::Null);
+    assert_eq!(facts["last_refusal"]["reason_code"], "san_not_allowed");
+
+    let late = status.facts(cert.not_after + time::Duration::seconds(1));
+    assert_eq!(late["certificate"]["expired"], true);
+    assert_eq!(late["certificate"]["renewal_overdue"], true);
+    assert_eq!(late["certificate"]["days_left"], 0);
 }

@@ -93,15 +93,22 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if invocation.check_mode || !layout.root().is_dir() {
         return result;
     }
+    // The result of a fetch that had a request to fetch; with none ("unchanged", "no_request"),
+    // the last such result stands.
     let status = match &result {
-        Ok(outcome) => outcome.values.get("status"),
-        Err(failure) => failure.values.get("status"),
+        Ok(outcome) => outcome.values.get("status").and_then(Value::as_str),
+        Err(failure) => Some(
+            failure
+                .values
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("failed"),
+        ),
     };
-    let status = status
-        .and_then(Value::as_str)
-        .unwrap_or("failed")
-        .to_string();
-    let mut warnings = record_result(&layout, &status);
+    let mut warnings = match status {
+        Some("unchanged" | "no_request") | None if result.is_ok() => Vec::new(),
+        status => record_result(&layout, status.unwrap_or("failed")),
+    };
     if let Some(path) = &args.metrics_textfile {
         warnings.extend(write_node_metrics(&layout, &args.instance_id, path));
     }
@@ -109,9 +116,15 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     result
 }
 
-/// Keeps this run's result in the layout's state (for the metrics and the report).
+/// Keeps this run's result in the layout's state (for the metrics and the report), when it
+/// differs from the last one: a run that changes nothing writes nothing.
 fn record_result(layout: &Layout, status: &str) -> Vec<String> {
-    let written = layout.read_state().and_then(|mut state| {
+    // Under the node's lock, as every change of the layout (the renewal timer may run now).
+    let written = layout.lock(LOCK_WAIT).and_then(|_lock| {
+        let mut state = layout.read_state()?;
+        if state.last_result.as_deref() == Some(status) {
+            return Ok(());
+        }
         state.last_result = Some(status.to_string());
         state.last_result_at = Some(now_unix());
         layout.write_state(&state)

@@ -130,8 +130,9 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     }
     // The renewal time of what is installed, for the metrics and the report.
     let mut warnings: Vec<String> = layout
-        .read_state()
-        .and_then(|mut state| {
+        .lock(fleetpki_core::layout::LOCK_WAIT)
+        .and_then(|_lock| {
+            let mut state = layout.read_state()?;
             if state.renew_before.as_deref() == Some(args.renew_before.as_str()) {
                 return Ok(());
             }

@@ -6,6 +6,7 @@ pub mod ca_revoke;
 pub mod ca_service;
 pub mod ca_sign;
 pub mod cert_fetch;
+pub mod cert_info;
 pub mod common;
 pub mod csr_submit;
 pub mod issuance_record;

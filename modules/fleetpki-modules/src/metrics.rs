@@ -347,7 +347,7 @@ pub fn node_exposition(status: &NodeStatus, now_unix: i64) -> String {
     if let Some(result) = &status.last_result {
         registry.register(
             "last_result",
-            "The last fetch's result (installed, pending, unchanged, no_request, refused, failed) and, for a refusal, its reason code",
+            "The result of the last fetch that had a request to fetch (installed, pending, refused, failed, or no_request when a lost reply queue ended it) and, for a refusal, its reason code",
             Info::new(ResultLabels {
                 result: result.clone(),
                 reason: status.last_reason_code().unwrap_or_default().to_string(),
@@ -357,15 +357,15 @@ pub fn node_exposition(status: &NodeStatus, now_unix: i64) -> String {
     if let Some(at) = status.last_result_at {
         timestamp(
             &mut registry,
-            "last_run_timestamp_seconds",
-            "When the node last fetched (Unix time)",
+            "last_result_timestamp_seconds",
+            "Since when the last result holds (Unix time)",
             at,
         );
     }
     timestamp(
         &mut registry,
         "metrics_written_timestamp_seconds",
-        "When this file was written (Unix time)",
+        "When this file was written, at the end of the node's last run (Unix time)",
         now_unix,
     );
     let mut text = String::new();
@@ -502,7 +502,7 @@ mod tests {
             Some("1")
         );
         assert_eq!(
-            sample(&text, "fleetpki_node_last_run_timestamp_seconds"),
+            sample(&text, "fleetpki_node_last_result_timestamp_seconds"),
             Some("1700000100.0")
         );
     }

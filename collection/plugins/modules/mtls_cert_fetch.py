@@ -72,15 +72,6 @@ options:
       - URL of the shared certificate queue.
       - Required when O(reply_mode=shared).
     type: str
-  metrics_textfile:
-    description:
-      - A file to write this node's certificate metrics to after the run, for node_exporter's textfile collector
-        (name it C(*.prom) in the collector's directory) - notAfter and renewal time of the installed certificate, when
-        the pending request was sent, and the last fetch's result with a refusal's reason code. Written atomically,
-        mode V(0644), whatever the run's outcome; not in check mode.
-      - The series and the alert rules shipped with the collection are described in C(docs/metrics.md).
-      - A file that cannot be written is a warning; the run's work stands.
-    type: path
   owner:
     description:
       - Owner of the installed files.
@@ -99,6 +90,7 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - fleetpki.mtls.aws
   - fleetpki.mtls.binary
+  - fleetpki.mtls.node_metrics
 attributes:
   check_mode:
     support: full

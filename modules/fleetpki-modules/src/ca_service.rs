@@ -107,7 +107,8 @@ fn run(config_path: &str) -> Result<(), String> {
                 .map_err(|e| format!("cannot serve metrics on {address} (metrics_listen): {e}; choose a free port, or unset metrics_listen"))?;
             log(&format!("serving metrics on http://{bound}/metrics"));
         }
-        // Polled before the first batch, then at most every metrics_queue_poll_interval.
+        // Polled after the first receive, then after a receive at most every
+        // metrics_queue_poll_interval (a receive long-polls up to 20 s on an empty queue).
         let mut next_poll = Instant::now();
         log(&format!("serving {}", args.csr_queue_url));
         let mut policy_mtime = modified(&args.policy_path);

@@ -24,8 +24,9 @@ description:
     last fetch's result and the CA's last refusal of this node.
   - Changes nothing, talks to no queue, and runs the same in check mode, like community.crypto's
     C(x509_certificate_info). The C(fleetpki.mtls.report) playbook gathers it across the inventory into one HTML page.
-  - The renewal time is known once M(fleetpki.mtls.mtls_csr_submit) has run on the node (it records its
-    C(renew_before) in the layout).
+  - The renewal time is known once M(fleetpki.mtls.mtls_csr_submit) has run on the node. It records the
+    C(renew_before) of each request it sends in the layout; a changed C(renew_before) shows here from the node's
+    next request on.
 attributes:
   check_mode:
     support: full

@@ -122,7 +122,8 @@ pub struct NodeState {
     /// The CA's last refusal of a request of this node.
     #[serde(default)]
     pub last_refusal: Option<RecordedRefusal>,
-    /// `renew_before` as the last submit used it: the installed certificate's renewal time.
+    /// `renew_before` as the last request used it (recorded when a request is sent): the
+    /// installed certificate's renewal time.
     #[serde(default)]
     pub renew_before: Option<String>,
 }

@@ -128,12 +128,16 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     if invocation.check_mode || !valid || !layout.root().is_dir() {
         return result;
     }
-    // The renewal time of what is installed, for the metrics and the report.
+    // The renewal time of what is installed, for the metrics and the report: renew_before as
+    // the last request used it (recorded when a request is sent, or once on a node that has
+    // none yet), so a run that sends nothing writes nothing.
+    let submitted = matches!(&result, Ok(outcome) if outcome.values.get("submitted") == Some(&Value::Bool(true)));
     let mut warnings: Vec<String> = layout
         .lock(fleetpki_core::layout::LOCK_WAIT)
         .and_then(|_lock| {
             let mut state = layout.read_state()?;
-            if state.renew_before.as_deref() == Some(args.renew_before.as_str()) {
+            let recorded = state.renew_before.as_deref();
+            if recorded == Some(args.renew_before.as_str()) || (recorded.is_some() && !submitted) {
                 return Ok(());
             }
             state.renew_before = Some(args.renew_before.clone());

@@ -118,7 +118,6 @@ fn aws_failure(msg: String, detail: Option<serde_json::Value>) -> Failure {
     }
 }
 
-/// Unix seconds now.
 /// The node modules' `metrics_textfile` option (one definition for both).
 pub fn metrics_textfile_option() -> OptionSpec {
     OptionSpec::new("metrics_textfile", OptionType::Path)
@@ -172,6 +171,7 @@ pub fn node_status(
     ))
 }
 
+/// Unix seconds now.
 pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod certs;
 pub mod crl;
 pub mod csr;
+pub mod drain;
 mod error;
 pub mod keys;
 pub mod layout;
@@ -37,7 +38,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
-/// Random bytes from the OS RNG.
+/// Random bytes from aws-lc's generator, seeded from the kernel's (docs/interfaces.md,
+/// "Randomness").
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
     use aws_lc_rs::rand::SecureRandom;
     let mut out = [0u8; N];

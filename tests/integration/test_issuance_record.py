@@ -4,7 +4,8 @@ instance by id then leaves no delivered certificate passing `openssl verify -crl
 line removed from or altered in the record is reported by mtls_ca_revoke.
 
 The worker is killed at each of its numbered crash points (`FLEETPKI_TEST_CRASH_AT`, which makes
-the binary abort there) and by SIGKILL at random moments while 400 requests drain. "Delivered" is
+the binary abort there) and by SIGKILL at random moments while 400 requests drain, 16 batches in
+flight; a drain stopped by SIGTERM finishes the batches in hand. "Delivered" is
 every certificate on any reply queue — duplicates included — a superset of what nodes install.
 The order of actions itself is unit-tested in Rust (`modules/fleetpki-core/tests/worker.rs`) and
 the chain format too (`fleetpki_core::record`).
@@ -169,8 +170,9 @@ def node_request(instance_id: str) -> tuple[str, dict[str, str]]:
     return json.dumps(body), {"InstanceId": instance_id}
 
 
-def test_sigkill_at_random_while_400_requests_drain_leaves_nothing_unrecorded(sign_args, sqs, queues, module_env, run_module, ca, tmp_path):
-    instances = [f"i-{0x400000 + n:017x}" for n in range(400)]
+def queue_requests(sqs, queues, count: int, first: int) -> tuple[list[str], list[str]]:
+    """Puts `count` node requests on the CSR queue; returns their instance ids and reply queues."""
+    instances = [f"i-{first + n:017x}" for n in range(count)]
     reply_urls = [sqs.create_queue(QueueName=queues.reply_prefix + i)["QueueUrl"] for i in instances]
     for start in range(0, len(instances), 10):
         entries = []
@@ -181,8 +183,16 @@ def test_sigkill_at_random_while_400_requests_drain_leaves_nothing_unrecorded(si
                 "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
             })  # fmt: skip
         assert not sqs.send_message_batch(QueueUrl=queues.csr, Entries=entries).get("Failed")
+    return instances, reply_urls
+
+
+def test_sigkill_at_random_while_400_requests_drain_leaves_nothing_unrecorded(sign_args, sqs, queues, module_env, run_module, ca, tmp_path):
+    instances, reply_urls = queue_requests(sqs, queues, 400, 0x400000)
     audit = tmp_path / "issuance.jsonl"
-    args_file = helpers.write_args(tmp_path / "sign.json", "mtls_ca_sign", sign_args(visibility_timeout=2, audit_log_path=str(audit)))
+    # 16 batches in flight (the default, said here because it is what is tested): a worker killed
+    # with up to 160 requests in hand.
+    args = sign_args(visibility_timeout=2, audit_log_path=str(audit), concurrency=16)
+    args_file = helpers.write_args(tmp_path / "sign.json", "mtls_ca_sign", args)
     rng = random.Random(18)
     kills = 0
     deadline = time.monotonic() + 300
@@ -209,6 +219,45 @@ def test_sigkill_at_random_while_400_requests_drain_leaves_nothing_unrecorded(si
     missing = [format(c.serial_number, "x") for c in delivered if recorded.get(c.serial_number) != instance_of(c)]
     assert missing == [], f"{len(missing)} delivered certificates are not in the record: {missing[:5]}"
     revoke_all_and_check(run_module, ca, tmp_path, audit, delivered)
+
+
+def test_sigterm_mid_drain_finishes_the_batches_in_hand_and_loses_nothing(sign_args, sqs, queues, module_env, ca, tmp_path):
+    """A one-shot drain told to stop takes no more requests, finishes every batch in hand
+    (answered, recorded, deleted) and says so; what it did not take waits in the queue."""
+    count = 300
+    _, reply_urls = queue_requests(sqs, queues, count, 0x500000)
+    audit = tmp_path / "issuance.jsonl"
+    args = sign_args(visibility_timeout=2, audit_log_path=str(audit), concurrency=16)
+    args_file = helpers.write_args(tmp_path / "sign.json", "mtls_ca_sign", args)
+    worker = subprocess.Popen(
+        [str(helpers.binary_path("mtls_ca_sign")), str(args_file)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=module_env, cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        helpers.wait_for(lambda: audit.is_file() and audit.read_text().count("\n") >= 20, timeout=60, interval=0.02, what="the drain's first record lines")
+        worker.send_signal(signal.SIGTERM)  # our own child, by its Popen
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, f"{worker.returncode}: {out.decode()}{err.decode()}"
+    result = helpers.parse_single_json(out.decode(), "mtls_ca_sign")
+    assert_ok(result)
+    assert any("stopped by a signal" in w for w in result.get("warnings", [])), describe(result)
+    issued = result["issued"]
+    assert 0 < issued < count, f"the signal did not stop the drain midway: {describe(result)}"
+    assert result["left_for_retry"] == 0 and result["rejected"] == 0 and result["dead_lettered"] == 0, describe(result)
+
+    # Every request issued was answered and recorded; none of them is still queued.
+    delivered = delivered_certificates(sqs, reply_urls)
+    assert len(delivered) == issued, f"{len(delivered)} certificates on the reply queues for {issued} issued"
+    recorded = recorded_serials(audit)
+    assert all(recorded.get(c.serial_number) == instance_of(c) for c in delivered), "a delivered certificate is not in the record"
+    # The rest waits: a receive the signal cancelled gives its requests back after the visibility
+    # timeout, so count once nothing is in flight.
+    helpers.wait_for(lambda: queue_attributes(sqs, queues.csr)["in_flight"] == 0, timeout=30, what="the cancelled receives' requests back in the queue")
+    assert queue_attributes(sqs, queues.csr)["visible"] == count - issued
 
 
 def test_a_removed_or_altered_record_line_is_reported(make_node, sign, run_module, ca, tmp_path):

@@ -417,7 +417,9 @@ def test_worker_killed_after_k_publishes_every_request_is_answered_and_installed
 
     proxy.hook, proxy.after_hook = hook, after
     audit = tmp_path / "audit.jsonl"
-    args = sign_args(batch_size=1, visibility_timeout=2, audit_log_path=str(audit))
+    # One request at a time, so "k answered" is one moment (a worker with several batches in flight
+    # is killed at random in test_issuance_record.py).
+    args = sign_args(batch_size=1, concurrency=1, visibility_timeout=2, audit_log_path=str(audit))
     env = dict(module_env, AWS_ENDPOINT_URL_SQS=proxy.url)
     args_file = helpers.write_args(tmp_path / "sign-killed.json", "mtls_ca_sign", args)
     started = time.monotonic()

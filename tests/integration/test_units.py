@@ -393,6 +393,7 @@ def ca_worker_vars(tmp_path: Path, queues, sqs_server, ca) -> dict:
         "ca_worker_service_unit_dir": str(tmp_path / "units"),
         "ca_worker_service_audit_log_path": str(tmp_path / "log" / "audit.jsonl"),
         "ca_worker_batch_size": 5,
+        "ca_worker_concurrency": 4,
     }
 
 
@@ -443,6 +444,7 @@ def test_ca_worker_role_installs_a_hardened_service_that_serves(
         "policy_path": str(ca_dir / "policy.json"),
         "reply_queue_prefix": queues.reply_prefix,
         "batch_size": 5,
+        "concurrency": 4,
         "visibility_timeout": 60,
         "shared_cert_queue_url": queues.shared,
         "audit_log_path": str(tmp_path / "log" / "audit.jsonl"),

@@ -189,6 +189,17 @@ options:
       - Stop after this many requests; V(0) drains until the queue is empty.
     type: int
     default: 0
+  concurrency:
+    description:
+      - Batches in flight at once, 1 to 64. A batch is one receive of up to O(batch_size) requests, their checks and
+        signatures, answers and record lines, and one delete; each request's own actions keep their order. Several
+        batches in flight hide the queue's round trips, so the drain is bound by the CPU on a nearby queue, and by
+        about O(concurrency) x O(batch_size) requests per three round trips on a distant one.
+      - At most O(concurrency) x O(batch_size) requests are in hand at once; those of a worker that dies come back
+        after O(visibility_timeout), and none is issued without its record line.
+      - V(1) receives the next batch only once the last is deleted.
+    type: int
+    default: 16
   visibility_timeout:
     description:
       - Seconds a received message stays hidden from other workers while it is processed.

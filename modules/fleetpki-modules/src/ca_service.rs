@@ -1,7 +1,7 @@
 //! `mtls_ca_sign serve CONFIG.json`: the same drain loop as the module, long-running. The config
 //! file is the module's own JSON arguments. It long-polls, reloads the policy file when it
 //! changes (autoscaled fleets add instances all the time), backs off with jitter on SQS errors,
-//! and on SIGTERM/SIGINT finishes the batch in hand and exits cleanly. When the signer fails
+//! and on SIGTERM/SIGINT finishes the batches in hand and exits cleanly. When the signer fails
 //! (a disabled KMS key), it stops taking requests and probes the signer, backing off, until it
 //! signs again: an outage raises a queued request's receive count once at most, so it never
 //! drifts into the dead-letter queue while the CA cannot sign.
@@ -12,9 +12,14 @@ use ansible_module::Invocation;
 use fleetpki_sqs::Sqs;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::ca_sign::{load_policy, spec, Args, Worker, WorkerError, NAME};
+use crate::ca_sign::{load_policy, spec, Args, Worker, NAME};
 use crate::metrics::{serve_http, write_textfile};
 use crate::signer::OpenError;
+
+/// A round of the service is this many batches' worth of requests at most (`concurrency` ×
+/// `batch_size` each): at full speed, the policy file and the metrics are looked at again every
+/// second or two, and the short pause between rounds costs a few per cent.
+const ROUND_BATCHES: u64 = 20;
 
 fn log(text: &str) {
     eprintln!("mtls_ca_sign: {text}");
@@ -44,6 +49,8 @@ fn run(config_path: &str) -> Result<(), String> {
     let invocation =
         Invocation::from_args_file(config_path, NAME, &spec()).map_err(|e| e.to_string())?;
     let args: Args = invocation.args().map_err(|e| e.to_string())?;
+    args.check_ranges()
+        .map_err(|f| format!("{config_path}: {}", f.msg))?;
     let metrics_address = args.metrics_address().map_err(|f| f.msg)?;
     let poll_interval =
         Duration::from_secs(args.metrics_queue_poll_interval.clamp(1, 86_400) as u64);
@@ -56,7 +63,7 @@ fn run(config_path: &str) -> Result<(), String> {
     let mut wait = Duration::from_secs(1);
     let backend = loop {
         match args.open_backend() {
-            Ok(backend) => break backend,
+            Ok(backend) => break std::sync::Arc::new(backend),
             Err(OpenError::Unavailable(f)) => {
                 log(&format!(
                     "signer unavailable at start ({}); retrying in {} s",
@@ -78,7 +85,7 @@ fn run(config_path: &str) -> Result<(), String> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let sqs = Sqs::connect(&args.aws).await.map_err(|e| e.to_string())?;
         let mut worker = loop {
-            match Worker::new(&sqs, &args, policy.clone(), &backend).await {
+            match Worker::new(&sqs, &args, policy.clone(), backend.clone()).await {
                 Ok(worker) => break worker,
                 // Waiting would not make the record writable, nor move a queue to our region:
                 // stop, and let systemd say why.
@@ -120,24 +127,27 @@ fn run(config_path: &str) -> Result<(), String> {
                 policy_mtime = mtime;
                 match load_policy(&args) {
                     Ok(policy) => {
-                        worker.policy = policy;
+                        worker.policy = std::sync::Arc::new(policy);
                         log("policy reloaded");
                     }
                     Err(f) => log(&format!("policy not reloaded, keeping the previous one: {}", f.msg)),
                 }
             }
-            // A signal cancels only the wait for requests; a batch in hand is finished
-            // (answered and deleted) before the next look at the signals.
-            let received = tokio::select! {
-                biased;
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
-                received = worker.receive(args.batch_size as i32, 20) => received,
-            };
-            let result = match received {
-                Ok(batch) => worker.process(&batch).await,
-                Err(e) => Err(WorkerError::from(e)),
-            };
+            // A round of batches, `concurrency` in flight, until a 20 s long poll comes back
+            // empty or ROUND_BATCHES batches' worth were received; then the policy, the metrics
+            // and the signer are looked at again. A signal cancels only the receives: the
+            // batches in hand are finished (answered, recorded, deleted) first.
+            let mut signalled = false;
+            let round = (args.concurrency * args.batch_size) as u64 * ROUND_BATCHES;
+            let result = worker
+                .drain(round, 20, async {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                    signalled = true;
+                })
+                .await;
             if result.is_ok() && worker.signer_error.is_none() {
                 worker.metrics.drained(crate::common::now_unix());
             }
@@ -157,6 +167,16 @@ fn run(config_path: &str) -> Result<(), String> {
             }
             for warning in std::mem::take(&mut worker.warnings) {
                 log(&format!("warning: {warning}"));
+            }
+            // Nothing more may be signed that cannot be recorded.
+            if let Err(e) = &result {
+                if e.is_permanent() {
+                    stop(&worker)?;
+                    return Err(e.with_detail());
+                }
+            }
+            if signalled {
+                break;
             }
             if let Some(error) = worker.signer_error.take() {
                 log(&format!("signer unavailable ({error}); the requests in hand went back to the queue; probing the signer before taking more"));
@@ -183,11 +203,6 @@ fn run(config_path: &str) -> Result<(), String> {
             }
             match result {
                 Ok(_) => failures = 0,
-                // Nothing more may be signed that cannot be recorded.
-                Err(e) if e.is_permanent() => {
-                    stop(&worker)?;
-                    return Err(e.with_detail());
-                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);

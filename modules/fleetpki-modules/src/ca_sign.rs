@@ -2,6 +2,7 @@
 //! allows, record it, answer the node, and delete a CSR only once its answer is published and
 //! recorded. A CA that is down simply leaves CSRs waiting in the queue.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ansible_module::{ArgumentSpec, Failure, Invocation, OptionSpec, OptionType, Outcome};
 use fleetpki_aws::AwsOptions;
+use fleetpki_core::drain::{DrainEnd, DrainFlow};
 use fleetpki_core::layout::crash_point;
 use fleetpki_core::policy::{Policy, ReasonCode};
 use fleetpki_core::remote::RemoteSignError;
@@ -21,18 +23,23 @@ use fleetpki_core::worker::{
 };
 use fleetpki_signers::pca::{template_for, Issuance};
 use fleetpki_sqs::{Received, Sqs, SqsError};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::rfc3339;
 use crate::common::{aws_options, calls_json, now_unix, runtime, sqs_error, sqs_failure};
-use crate::issuance_record::{IssuanceRecord, RecordError};
+use crate::issuance_record::{GroupCommit, IssuanceRecord, RecordError};
 use crate::metrics::{write_textfile, WorkerMetrics};
 use crate::signer::{
     signer_options, Backend, OpenError, PcaBackend, SignerArgs, SignerKind, AWS_KMS, AWS_PCA, FILE,
 };
 
 pub const NAME: &str = "fleetpki.mtls.mtls_ca_sign";
+
+/// The most batches a drain keeps in flight (`concurrency`): 64 × 10 requests in hand at once is
+/// far past what hides a remote queue's round trips.
+pub const MAX_CONCURRENCY: i64 = 64;
 
 pub fn spec() -> ArgumentSpec {
     ArgumentSpec::new()
@@ -48,6 +55,7 @@ pub fn spec() -> ArgumentSpec {
         .option(OptionSpec::new("batch_size", OptionType::Int).default(10))
         .option(OptionSpec::new("wait_time_seconds", OptionType::Int).default(1))
         .option(OptionSpec::new("max_requests", OptionType::Int).default(0))
+        .option(OptionSpec::new("concurrency", OptionType::Int).default(16))
         .option(OptionSpec::new("visibility_timeout", OptionType::Int).default(60))
         .option(OptionSpec::new("audit_log_path", OptionType::Path).required())
         .options(signer_options(&[
@@ -83,6 +91,7 @@ pub struct Args {
     pub batch_size: i64,
     pub wait_time_seconds: i64,
     pub max_requests: i64,
+    pub concurrency: i64,
     pub visibility_timeout: i64,
     pub audit_log_path: String,
     #[serde(flatten)]
@@ -107,6 +116,21 @@ impl Args {
             self.ownca_privatekey_path.as_deref(),
             &self.ca_chain_path,
             self.pca_template_arn.clone(),
+        )
+    }
+
+    /// The integer options within what SQS and the drain accept.
+    pub fn check_ranges(&self) -> Result<(), Failure> {
+        check_range("batch_size", self.batch_size, 1, 10)?;
+        check_range("wait_time_seconds", self.wait_time_seconds, 0, 20)?;
+        check_range("max_requests", self.max_requests, 0, i64::MAX)?;
+        check_range("concurrency", self.concurrency, 1, MAX_CONCURRENCY)?;
+        check_range("visibility_timeout", self.visibility_timeout, 0, 43_200)?;
+        check_range(
+            "metrics_queue_poll_interval",
+            self.metrics_queue_poll_interval,
+            1,
+            86_400,
         )
     }
 
@@ -168,23 +192,15 @@ pub fn load_policy(args: &Args) -> Result<Policy, Failure> {
 
 pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
     let args: Args = invocation.args()?;
-    check_range("batch_size", args.batch_size, 1, 10)?;
-    check_range("wait_time_seconds", args.wait_time_seconds, 0, 20)?;
-    check_range("max_requests", args.max_requests, 0, i64::MAX)?;
-    check_range("visibility_timeout", args.visibility_timeout, 0, 43_200)?;
-    check_range(
-        "metrics_queue_poll_interval",
-        args.metrics_queue_poll_interval,
-        1,
-        86_400,
-    )?;
+    args.check_ranges()?;
     let listen_warning = args.metrics_address()?.map(|_| {
         "metrics_listen is used by the long-running worker (`mtls_ca_sign serve`) only; a one-shot drain writes its metrics to metrics_textfile".to_string()
     });
     let policy = load_policy(&args)?;
-    let backend = args
-        .open_backend()
-        .map_err(|f| signer_unavailable_at_start(&args, f))?;
+    let backend = Arc::new(
+        args.open_backend()
+            .map_err(|f| signer_unavailable_at_start(&args, f))?,
+    );
 
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -202,9 +218,18 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
             outcome.warnings = policy.warnings();
             outcome
         } else {
-            let mut worker = Worker::new(&sqs, &args, policy.clone(), &backend).await.map_err(|e| e.failure(&sqs))?;
+            let mut worker = Worker::new(&sqs, &args, policy.clone(), backend.clone()).await.map_err(|e| e.failure(&sqs))?;
             let limit = if args.max_requests == 0 { u64::MAX } else { args.max_requests as u64 };
-            let result = worker.drain(limit).await;
+            let mut signalled = false;
+            let result = worker
+                .drain(limit, args.wait_time_seconds as i32, async {
+                    termination().await;
+                    signalled = true;
+                })
+                .await;
+            if signalled {
+                worker.warnings.push("stopped by a signal (SIGTERM or SIGINT) after finishing the requests in hand; those not yet received wait in the queue for the next run".into());
+            }
             if let Some(path) = &args.metrics_textfile {
                 if result.is_ok() && worker.signer_error.is_none() {
                     worker.metrics.drained(now_unix());
@@ -261,6 +286,25 @@ pub fn run(invocation: &Invocation) -> Result<Outcome, Failure> {
         }
         Ok(outcome)
     })
+}
+
+/// Resolves at the first SIGTERM or SIGINT: the one-shot drain then finishes the batches in hand
+/// instead of dying between an answer and its delete. Never resolves when the handlers cannot
+/// be installed (the drain then runs to its end, as before).
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// The signer failed its check before any request was received (a disabled or missing KMS
@@ -372,21 +416,43 @@ impl WorkerError {
 pub struct Worker<'a> {
     sqs: &'a Sqs,
     args: &'a Args,
-    /// Owned, so a long-running worker can swap in a reloaded policy.
-    pub policy: Policy,
-    backend: &'a Backend,
+    /// Owned, so a long-running worker can swap in a reloaded policy; shared with the threads
+    /// that judge the batches in flight.
+    pub policy: Arc<Policy>,
+    backend: Arc<Backend>,
     /// KMS signing waits on the network, not the CPU: a batch is signed on this wider pool.
     remote_pool: Option<rayon::ThreadPool>,
     /// Set when the signer failed: the drain stops, the requests in hand go back to the queue.
     pub signer_error: Option<RemoteSignError>,
     /// Service mode also writes each record line to stdout (for journald).
     pub audit_to_stdout: bool,
-    record: IssuanceRecord,
-    routes: Routes,
+    record: GroupCommit,
+    routes: Arc<Routes>,
     pub tally: Tally,
     pub warnings: Vec<String>,
     /// Counted whether or not anything exposes them: a few atomics per request.
     pub metrics: Arc<WorkerMetrics>,
+}
+
+/// What one batch adds to the drain's counts, warnings and signer state; the drain merges the
+/// batches' outcomes as they end (`Worker::absorb`).
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub tally: Tally,
+    pub warnings: Vec<String>,
+    /// The signer failed on a request of this batch.
+    pub signer_error: Option<RemoteSignError>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.issued += other.issued;
+        self.rejected += other.rejected;
+        self.dead_lettered += other.dead_lettered;
+        self.failed += other.failed;
+        self.serials.extend(other.serials);
+        self.retries.extend(other.retries);
+    }
 }
 
 /// One request of a batch while its disposition runs.
@@ -403,7 +469,7 @@ impl<'a> Worker<'a> {
         sqs: &'a Sqs,
         args: &'a Args,
         policy: Policy,
-        backend: &'a Backend,
+        backend: Arc<Backend>,
     ) -> Result<Worker<'a>, WorkerError> {
         // Before anything is received: a worker that cannot record must not take requests.
         let record = IssuanceRecord::open(Path::new(&args.audit_log_path))?;
@@ -424,7 +490,7 @@ impl<'a> Worker<'a> {
         if dead_letter_queue.is_none() {
             warnings.push("the CSR queue has no dead-letter queue (no RedrivePolicy, no dead_letter_queue_url): unprocessable messages stay in the queue".into());
         }
-        let remote_pool = match backend {
+        let remote_pool = match &*backend {
             Backend::SigningKey { kms: Some(_), .. } => rayon::ThreadPoolBuilder::new()
                 .num_threads(args.batch_size.clamp(1, 10) as usize)
                 .thread_name(|i| format!("kms-sign-{i}"))
@@ -441,19 +507,20 @@ impl<'a> Worker<'a> {
             signer: backend.name(),
             signer_ref: backend.signer_ref().map(str::to_string),
         };
+        let metrics = WorkerMetrics::new(backend.name());
         Ok(Worker {
             sqs,
             args,
-            policy,
+            policy: Arc::new(policy),
             backend,
             remote_pool,
             signer_error: None,
             audit_to_stdout: false,
-            record,
-            routes,
+            record: GroupCommit::new(record),
+            routes: Arc::new(routes),
             tally: Tally::default(),
             warnings,
-            metrics: WorkerMetrics::new(backend.name()),
+            metrics,
         })
     }
 
@@ -492,25 +559,93 @@ impl<'a> Worker<'a> {
         polled.map_err(|e| format!("written, but without some gauges ({e})"))
     }
 
-    /// Receives and processes batches until the queue is empty or `limit` requests were handled.
-    pub async fn drain(&mut self, limit: u64) -> Result<(), WorkerError> {
-        let mut handled = 0u64;
-        while handled < limit && self.signer_error.is_none() {
-            let want = (limit - handled).min(self.args.batch_size as u64) as i32;
-            let count = self.batch(want, self.args.wait_time_seconds as i32).await?;
-            if count == 0 {
-                break;
+    /// Receives and processes batches, `concurrency` of them in flight, until the queue is
+    /// empty, `limit` requests were received, a batch failed or the signer did, or `stop`
+    /// resolves (a signal). A stop cancels only receives (which lose nothing); every batch in
+    /// hand is finished: answered, recorded and deleted. Receives long-poll up to `wait` s.
+    pub async fn drain(
+        &mut self,
+        limit: u64,
+        wait: i32,
+        stop: impl Future<Output = ()>,
+    ) -> Result<DrainEnd, WorkerError> {
+        let mut flow = DrainFlow::new(
+            limit,
+            self.args.batch_size as u32,
+            self.args.concurrency as usize,
+        );
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let mut merged = BatchOutcome::default();
+        let mut error = None;
+        {
+            let this = &*self;
+            let mut batches = FuturesUnordered::new();
+            let mut stop = std::pin::pin!(stop);
+            let mut signalled = false;
+            loop {
+                while let Some(asked) = flow.next_batch() {
+                    let mut stopped = stopped.clone();
+                    batches.push(async move {
+                        let received = tokio::select! {
+                            biased;
+                            _ = stopped.wait_for(|stop| *stop) => Ok(Vec::new()),
+                            received = this.receive(asked as i32, wait) => received,
+                        };
+                        let mut outcome = BatchOutcome::default();
+                        let result = match received {
+                            Ok(batch) => this
+                                .process(&batch, &mut outcome)
+                                .await
+                                .map(|()| batch.len()),
+                            Err(e) => Err(WorkerError::from(e)),
+                        };
+                        (asked, outcome, result)
+                    });
+                }
+                if flow.is_over() {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut stop, if !signalled => {
+                        signalled = true;
+                        flow.stop();
+                        stopping.send_replace(true);
+                    }
+                    Some((asked, outcome, result)) = batches.next() => {
+                        let failed = outcome.signer_error.is_some() || result.is_err();
+                        merged.tally.add(outcome.tally);
+                        merged.warnings.extend(outcome.warnings);
+                        merged.signer_error = merged.signer_error.or(outcome.signer_error);
+                        match result {
+                            Ok(received) => flow.batch_ended(asked, received),
+                            Err(e) => {
+                                flow.batch_ended(asked, 0);
+                                error.get_or_insert(e);
+                            }
+                        }
+                        if failed {
+                            // The other batches in hand finish; no new one starts.
+                            flow.stop();
+                            stopping.send_replace(true);
+                        }
+                    }
+                }
             }
-            handled += count as u64;
         }
-        Ok(())
+        self.absorb(merged);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(flow.end().unwrap_or(DrainEnd::Stopped)),
+        }
     }
 
-    /// Receives one batch (long-polling up to `wait` s) and processes it; returns its size.
-    pub async fn batch(&mut self, max: i32, wait: i32) -> Result<usize, WorkerError> {
-        let batch = self.receive(max, wait).await?;
-        self.process(&batch).await?;
-        Ok(batch.len())
+    /// Adds a batch's (or a drain's) outcome to the worker's.
+    pub fn absorb(&mut self, outcome: BatchOutcome) {
+        self.tally.add(outcome.tally);
+        self.warnings.extend(outcome.warnings);
+        if self.signer_error.is_none() {
+            self.signer_error = outcome.signer_error;
+        }
     }
 
     /// Receives up to `max` requests. Cancelling this loses nothing (a service stops here).
@@ -530,17 +665,16 @@ impl<'a> Worker<'a> {
     /// requests'. A record line is a barrier: the batch's requests run to their next line, the
     /// lines are committed together (one fsync), and only then do they go on. The requests the
     /// core deletes are deleted in one batch call at the end. Not to be cancelled midway.
-    pub async fn process(&mut self, batch: &[Received]) -> Result<(), WorkerError> {
+    pub async fn process(
+        &self,
+        batch: &[Received],
+        outcome: &mut BatchOutcome,
+    ) -> Result<(), WorkerError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let judged = match self.backend {
-            Backend::SigningKey { signer, .. } => match &self.remote_pool {
-                Some(pool) => {
-                    pool.install(|| judge_batch(&self.policy, &self.routes, signer, batch))
-                }
-                None => judge_batch(&self.policy, &self.routes, signer, batch),
-            },
+        let judged = match &*self.backend {
+            Backend::SigningKey { signer, .. } => self.judge_off_thread(signer, batch).await,
             Backend::PrivateCa(pca) => self.issue_batch_through_pca(pca, batch).await?,
         };
         let verdicts: Vec<Verdict> = judged
@@ -554,7 +688,7 @@ impl<'a> Worker<'a> {
             .collect();
         for verdict in &verdicts {
             if let Verdict::Sign { warnings, .. } = verdict {
-                self.warnings.extend(warnings.iter().cloned());
+                outcome.warnings.extend(warnings.iter().cloned());
             }
         }
         let mut slots: Vec<Slot> = batch
@@ -568,13 +702,12 @@ impl<'a> Worker<'a> {
             })
             .collect();
         loop {
-            let this = &*self;
             futures_util::future::join_all(
                 slots
                     .iter_mut()
                     .zip(batch)
                     .filter(|(slot, _)| !slot.done)
-                    .map(|(slot, received)| this.advance(received, slot)),
+                    .map(|(slot, received)| self.advance(received, slot)),
             )
             .await;
             let lines: Vec<AuditRecord> =
@@ -582,14 +715,14 @@ impl<'a> Worker<'a> {
             if lines.is_empty() {
                 break;
             }
-            self.commit(&lines)?;
+            self.commit(lines).await?;
         }
         let mut done = Vec::new();
         for (received, slot) in batch.iter().zip(&slots) {
             if slot.delete {
                 done.push(received.receipt_handle.clone());
             }
-            self.count(received, &slot.disposition);
+            self.count(received, &slot.disposition, outcome);
         }
         crash_point(crash::BEFORE_DELETE);
         // Delete only what was settled; a failed delete means a duplicate answer later, which
@@ -600,12 +733,33 @@ impl<'a> Worker<'a> {
             .await?;
         crash_point(crash::AFTER_DELETE);
         if !failed.is_empty() {
-            self.warnings.push(format!(
+            outcome.warnings.push(format!(
                 "{} processed request(s) could not be deleted and will be answered again",
                 failed.len()
             ));
         }
         Ok(())
+    }
+
+    /// Judges a batch on rayon's threads (a KMS key's on its wider pool) while this thread goes
+    /// on with the SQS calls of the other batches in flight.
+    async fn judge_off_thread(
+        &self,
+        signer: &Arc<CaSigner>,
+        batch: &[Received],
+    ) -> Vec<(Verdict, Duration)> {
+        let (policy, routes, signer) = (self.policy.clone(), self.routes.clone(), signer.clone());
+        let batch = batch.to_vec();
+        let (done, judged) = tokio::sync::oneshot::channel();
+        let job = move || {
+            let _ = done.send(judge_batch(&policy, &routes, &signer, &batch));
+        };
+        match &self.remote_pool {
+            Some(pool) => pool.spawn(job),
+            None => rayon::spawn(job),
+        }
+        // The job always sends (with panic=abort a panic ends the process).
+        judged.await.unwrap_or_default()
     }
 
     /// Performs one request's actions in its disposition's order until it reaches a record line
@@ -659,12 +813,11 @@ impl<'a> Worker<'a> {
         slot.done = true;
     }
 
-    /// Makes `lines` durable in the issuance record (one fsync), stamped with this worker's
-    /// clock; in service mode they go to stdout too.
-    fn commit(&self, lines: &[AuditRecord]) -> Result<(), RecordError> {
-        let written = self
-            .record
-            .commit(lines, &rfc3339(time::OffsetDateTime::now_utc()))?;
+    /// Makes `lines` durable in the issuance record (one fsync, shared with the other batches
+    /// committing meanwhile), stamped with this worker's clock; in service mode they go to
+    /// stdout too.
+    async fn commit(&self, lines: Vec<AuditRecord>) -> Result<(), RecordError> {
+        let written = self.record.commit(lines, now_rfc3339).await?;
         if self.audit_to_stdout {
             for line in written {
                 println!("{line}");
@@ -673,7 +826,7 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn count(&mut self, received: &Received, disposition: &Disposition) {
+    fn count(&self, received: &Received, disposition: &Disposition, outcome: &mut BatchOutcome) {
         let message = disposition.message();
         if let Some(fate) = disposition.fate() {
             let queued_for = received.sent_at_ms.and_then(|sent| {
@@ -689,24 +842,24 @@ impl<'a> Worker<'a> {
         }
         match disposition.fate() {
             Some(Fate::Issued(issued)) => {
-                self.tally.issued += 1;
-                self.tally.serials.push(issued.serial_hex.clone());
+                outcome.tally.issued += 1;
+                outcome.tally.serials.push(issued.serial_hex.clone());
             }
-            Some(Fate::Rejected(_)) => self.tally.rejected += 1,
-            Some(Fate::DeadLettered(_)) => self.tally.dead_lettered += 1,
+            Some(Fate::Rejected(_)) => outcome.tally.rejected += 1,
+            Some(Fate::DeadLettered(_)) => outcome.tally.dead_lettered += 1,
             Some(Fate::Retry(warning)) => {
-                self.tally.failed += 1;
-                self.warnings.push(warning.clone());
+                outcome.tally.failed += 1;
+                outcome.warnings.push(warning.clone());
             }
             Some(Fate::SignerUnavailable(error)) => {
-                self.tally.failed += 1;
-                self.tally.retries.push(json!({
+                outcome.tally.failed += 1;
+                outcome.tally.retries.push(json!({
                     "message_id": received.message_id,
                     "instance_id": message.map(|m| m.instance_id.clone()),
                     "request_id": message.and_then(|m| m.request_id.clone()),
                     "reason": format!("signer_unavailable: {error}"),
                 }));
-                self.signer_error = Some(error.clone());
+                outcome.signer_error = Some(error.clone());
             }
             None => {}
         }
@@ -733,7 +886,7 @@ impl<'a> Worker<'a> {
                 Err(_) => None,
             })
             .collect();
-        self.commit(&intents)?;
+        self.commit(intents).await?;
         Ok(
             futures_util::future::join_all(planned.into_iter().map(|plan| async move {
                 let started = Instant::now();
@@ -748,6 +901,10 @@ impl<'a> Worker<'a> {
             .await,
         )
     }
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
 }
 
 /// What the checks read of a received message.

@@ -1,12 +1,14 @@
 //! The issuance record on disk: the worker's append-only, hash-chained audit log
 //! (`fleetpki_core::record` is its format). Lines are appended under an exclusive lock (a
 //! one-shot drain and the service may share a file) and made durable with one fsync per commit,
-//! before the worker sends anything they describe.
+//! before the worker sends anything they describe. The batches a drain keeps in flight commit
+//! through [`GroupCommit`]: one fsync for the lines of all the batches that waited for it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use fleetpki_core::record::{chain_line, next_prev};
 use fleetpki_core::worker::AuditRecord;
@@ -15,12 +17,13 @@ use fleetpki_core::worker::AuditRecord;
 /// usually under 4 KiB; a longer one is read in more steps).
 const TAIL_BYTES: u64 = 64 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloned for every batch of a group commit that failed.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot write the issuance record {path}: {source}")]
 pub struct RecordError {
     path: String,
     #[source]
-    source: std::io::Error,
+    source: Arc<std::io::Error>,
 }
 
 /// An issuance record file.
@@ -52,7 +55,7 @@ impl IssuanceRecord {
     fn error(&self, source: std::io::Error) -> RecordError {
         RecordError {
             path: self.path.display().to_string(),
-            source,
+            source: Arc::new(source),
         }
     }
 
@@ -141,6 +144,94 @@ impl IssuanceRecord {
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
         Ok(lines)
+    }
+}
+
+/// The commits of the batches in flight, grouped: while one commit (append and fsync) runs on a
+/// blocking thread, the lines of the batches that come meanwhile wait, and go together in the
+/// next one. Each batch goes on only once its own lines are durable, as with a commit of its
+/// own; the runtime's thread keeps serving the other batches' SQS calls during the fsync.
+pub struct GroupCommit {
+    record: IssuanceRecord,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    waiting: Vec<Waiter>,
+    /// A commit's caller is writing groups (it goes on until nothing waits).
+    leading: bool,
+}
+
+struct Waiter {
+    records: Vec<AuditRecord>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<String>, RecordError>>,
+}
+
+impl GroupCommit {
+    pub fn new(record: IssuanceRecord) -> GroupCommit {
+        GroupCommit {
+            record,
+            state: Mutex::new(GroupState::default()),
+        }
+    }
+
+    /// Makes `records` durable, stamped with `clock()` when their group is written; returns
+    /// their lines. The first caller with nothing being written writes its group and every
+    /// group that gathers meanwhile. Not to be cancelled (a batch's processing never is).
+    pub async fn commit(
+        &self,
+        records: Vec<AuditRecord>,
+        clock: fn() -> String,
+    ) -> Result<Vec<String>, RecordError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.waiting.push(Waiter { records, done });
+            !std::mem::replace(&mut state.leading, true)
+        };
+        if lead {
+            loop {
+                let mut group = {
+                    let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    if state.waiting.is_empty() {
+                        state.leading = false;
+                        break;
+                    }
+                    std::mem::take(&mut state.waiting)
+                };
+                let counts: Vec<usize> = group.iter().map(|w| w.records.len()).collect();
+                let all: Vec<AuditRecord> = group
+                    .iter_mut()
+                    .flat_map(|w| std::mem::take(&mut w.records))
+                    .collect();
+                let record = self.record.clone();
+                let written = tokio::task::spawn_blocking(move || record.commit(&all, &clock()))
+                    .await
+                    .unwrap_or_else(|e| Err(self.record.error(std::io::Error::other(e))));
+                match written {
+                    Ok(lines) => {
+                        let mut lines = lines.into_iter();
+                        for (waiter, count) in group.into_iter().zip(counts) {
+                            let _ = waiter.done.send(Ok(lines.by_ref().take(count).collect()));
+                        }
+                    }
+                    Err(e) => {
+                        for waiter in group {
+                            let _ = waiter.done.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        committed.await.unwrap_or_else(|_| {
+            Err(self.record.error(std::io::Error::other(
+                "the commit of these lines was abandoned",
+            )))
+        })
     }
 }
 

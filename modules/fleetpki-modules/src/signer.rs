@@ -161,11 +161,12 @@ pub enum Backend {
     /// We build and sign each certificate with the intermediate's key: a key file, or a KMS key
     /// through `Sign` (`kms`, with its client's runtime).
     SigningKey {
-        signer: CaSigner,
+        /// Shared with the threads that judge a batch while the runtime goes on.
+        signer: Arc<CaSigner>,
         kms: Option<Arc<KmsKey>>,
     },
     /// AWS Private CA issues each certificate; `ca` is its certificate (from mtls_ca_init).
-    PrivateCa(PcaBackend),
+    PrivateCa(Box<PcaBackend>),
 }
 
 pub struct PcaBackend {
@@ -236,7 +237,7 @@ impl Backend {
                     ));
                 }
                 Ok(Backend::SigningKey {
-                    signer,
+                    signer: Arc::new(signer),
                     kms: Some(key),
                 })
             }
@@ -266,7 +267,7 @@ impl Backend {
                         Failure::new(e.to_string()).with("acmpca_calls", calls_json(pca.calls())),
                     ));
                 }
-                Ok(Backend::PrivateCa(PcaBackend {
+                Ok(Backend::PrivateCa(Box::new(PcaBackend {
                     pca,
                     arn,
                     ca,
@@ -274,7 +275,7 @@ impl Backend {
                     algorithm,
                     template_arn: pca_template_arn,
                     runtime,
-                }))
+                })))
             }
             SignerKind::File => {
                 refuse_foreign_options(
@@ -295,7 +296,10 @@ impl Backend {
                     Path::new(key_path),
                     Path::new(chain_path),
                 )?;
-                Ok(Backend::SigningKey { signer, kms: None })
+                Ok(Backend::SigningKey {
+                    signer: Arc::new(signer),
+                    kms: None,
+                })
             }
         }
     }

@@ -1,0 +1,108 @@
+//! A drain's flow control: how many batches the worker keeps in flight, how many requests each
+//! receive asks for, and when it takes no more. No I/O: the worker asks what to start, performs
+//! it, and reports how it ended.
+//!
+//! A batch is one receive (up to `batch_size` requests) and the processing of what it brought:
+//! checks, signatures, record lines, answers and the batch's delete. Several batches in flight
+//! hide the queue's round trips (a batch waits on three of them, one after the other), so the
+//! worker is bound by its CPU on a fast queue and by `concurrency × batch_size / round trips` on
+//! a slow one. Each request's own actions stay in the order of its disposition.
+//!
+//! A drain starts with one batch in flight and doubles that each time a batch comes back full,
+//! up to `concurrency`: a busy queue reaches it within a few batches, while a quiet one (a
+//! service long-polling an empty queue) keeps one receive waiting, not `concurrency` of them.
+
+/// Why a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// A receive came back empty: the queue has nothing visible left.
+    QueueEmpty,
+    /// As many requests as the limit allowed were received.
+    LimitReached,
+    /// Told to stop (a signal, an error, the signer gone): the batches in hand were finished.
+    Stopped,
+}
+
+/// The flow control of one drain.
+#[derive(Debug, Clone)]
+pub struct DrainFlow {
+    /// Requests that may still be asked for (the limit minus what receives asked for and got).
+    remaining: u64,
+    batch_size: u32,
+    concurrency: usize,
+    /// Batches that may be in flight now: 1 at first, doubled by each full batch.
+    window: usize,
+    in_flight: usize,
+    end: Option<DrainEnd>,
+}
+
+impl DrainFlow {
+    /// `limit` requests at most (`u64::MAX`: until the queue is empty), receives of up to
+    /// `batch_size` (1 to 10, as SQS allows), `concurrency` batches in flight at most (at
+    /// least one).
+    pub fn new(limit: u64, batch_size: u32, concurrency: usize) -> DrainFlow {
+        DrainFlow {
+            remaining: limit,
+            batch_size: batch_size.clamp(1, 10),
+            concurrency: concurrency.max(1),
+            window: 1,
+            in_flight: 0,
+            end: None,
+        }
+    }
+
+    /// The next batch to start, as the number of requests its receive asks for; `None` while
+    /// the batches in flight fill the window, or once no batch may start.
+    pub fn next_batch(&mut self) -> Option<u32> {
+        if self.end.is_some() || self.in_flight >= self.window {
+            return None;
+        }
+        if self.remaining == 0 {
+            // What is in flight may still give back requests it did not get.
+            return None;
+        }
+        let asked = self.remaining.min(u64::from(self.batch_size)) as u32;
+        self.remaining -= u64::from(asked);
+        self.in_flight += 1;
+        Some(asked)
+    }
+
+    /// A batch that asked for `asked` requests ended, having received `received` of them
+    /// (processed, or handed back when it failed).
+    pub fn batch_ended(&mut self, asked: u32, received: usize) {
+        debug_assert!(self.in_flight > 0, "a batch ended that was never started");
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let received = (received as u64).min(u64::from(asked));
+        self.remaining += u64::from(asked) - received;
+        if received == u64::from(asked) {
+            // The queue had more than was asked for: more in flight would have found work too.
+            self.window = (self.window * 2).min(self.concurrency);
+        }
+        if received == 0 && self.end.is_none() {
+            self.end = Some(DrainEnd::QueueEmpty);
+        }
+    }
+
+    /// Takes no more batches; those in flight finish.
+    pub fn stop(&mut self) {
+        self.end.get_or_insert(DrainEnd::Stopped);
+    }
+
+    /// Whether the drain is over: no batch in flight, and none may start.
+    pub fn is_over(&mut self) -> bool {
+        if self.end.is_none() && self.remaining == 0 && self.in_flight == 0 {
+            self.end = Some(DrainEnd::LimitReached);
+        }
+        self.end.is_some() && self.in_flight == 0
+    }
+
+    /// Why the drain ended (once it is over).
+    pub fn end(&self) -> Option<DrainEnd> {
+        self.end
+    }
+
+    /// Batches in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}

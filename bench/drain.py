@@ -18,13 +18,29 @@ measures what an option costs; the metrics' cost, for instance:
 
 The issuance record (audit_log_path) is given to every binary (it is required since the record is
 written before each answer; an older binary writes it after).
+
+`--latency-ms 10` (repeatable; 0 is the server as it is) puts bench/latency_proxy.py between the
+worker and the server, adding 10 ms (plus `--jitter-ms`, default 2) to every SQS call, as a queue
+in a remote region would; the queue is filled directly. The drain at concurrency 1 against the
+default, with and without the proxy:
+
+    bench/drain.py --binary c1=$B --options 'c1={"concurrency": 1}' --binary c16=$B \
+                   --latency-ms 0 --latency-ms 10 --requests 10000 --rounds 3
+
+For each drain: the rate, the worker's CPU (wait4), the SQS server's CPU over the drain
+(/proc/PID/stat) and the cores they kept busy together, (worker + server CPU-s) / wall-s. Every
+drain runs with `wait_time_seconds: 0` unless its --options say otherwise: its last receive, on the
+emptied queue, then returns at once instead of long-polling 1 s, a second that is not the drain's
+work and would be a third of a 3-second drain.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +85,27 @@ def fill(sqs, queue: str, nodes: list[tuple[str, str]]) -> None:
             raise SystemExit(f"SendMessageBatch failed: {failed}")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_proxy(endpoint: str, delay_ms: float, jitter_ms: float) -> tuple[subprocess.Popen, str]:
+    """bench/latency_proxy.py in front of `endpoint` (http://HOST:PORT); returns it and its URL."""
+    target = endpoint.split("://", 1)[1].rstrip("/")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "latency_proxy.py"), "--target", target,
+         "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms)],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"latency_proxy.py did not start: {line!r}")
+    return proc, "http://" + line.removeprefix("listening on ")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", action="append", required=True, help="LABEL=PATH of an mtls_ca_sign binary")
@@ -76,7 +113,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine", default="local-aws-sqs", choices=["local-aws-sqs", "moto"])
     parser.add_argument("--options", action="append", default=[], help="LABEL=JSON: module options added for that label")
+    parser.add_argument("--latency-ms", action="append", type=float, help="delay added to every SQS call by a proxy (repeatable; default 0: none)")
+    parser.add_argument("--jitter-ms", type=float, default=2.0, help="random extra delay per call with --latency-ms, 0 to this much (default 2)")
     args = parser.parse_args()
+    latencies = args.latency_ms or [0.0]
     binaries = {label: str(Path(path).resolve()) for label, path in (b.split("=", 1) for b in args.binary)}
     extra = {label: json.loads(text) for label, text in (o.split("=", 1) for o in args.options)}
     unknown = set(extra) - set(binaries)
@@ -104,26 +144,48 @@ def main() -> int:
         nodes = requests(args.requests, 0x0D0000000000000)
         for instance, _ in nodes:
             sqs.create_queue(QueueName=f"fleetpki-reply-{instance}")
-        results: dict[str, list[dict[str, float]]] = {label: [] for label in binaries}
-        for rnd in range(args.rounds):
-            for label, binary in binaries.items():
-                fill(sqs, csr_queue, nodes)
-                opts = {"csr_queue_url": csr_queue, "ownca_path": ca_opts["intermediate_cert_path"],
-                        "ownca_privatekey_path": ca_opts["intermediate_privatekey_path"], "ca_chain_path": ca_opts["chain_path"],
-                        "policy_path": str(ca / "policy.json"), "audit_log_path": str(base / f"record-{label}.jsonl"),
-                        **extra.get(label, {})}  # fmt: skip
-                fleet.BIN_DIR = Path(binary).parent
-                args_file = fleet.write_args(base / f"sign-{label}-{rnd}.json", "mtls_ca_sign", opts)
-                result = fleet.run_binary(Path(binary).name, args_file, env, 1800)
-                if result.get("failed") or result.get("issued") != args.requests:
-                    raise SystemExit(f"{label}: {json.dumps(result)[:2000]}")
-                rate = args.requests / result["_elapsed"]
-                results[label].append({"wall_s": result["_elapsed"], "cpu_s": result["_cpu"], "per_s": rate})
-                fleet.log(f"round {rnd + 1} {label}: {args.requests} in {result['_elapsed']:.2f} s = {rate:.0f}/s, CPU {result['_cpu']:.2f} s")
-        summary = {label: {"median_per_s": round(statistics.median(r["per_s"] for r in runs), 1),
-                           "median_cpu_s": round(statistics.median(r["cpu_s"] for r in runs), 3), "runs": runs}
-                   for label, runs in results.items()}  # fmt: skip
-        print(json.dumps({"requests": args.requests, "engine": args.engine, "options": extra, "results": summary}, indent=2))
+        server_pid = int((base / "sqs" / "sqs.pid").read_text())
+        proxies = {}
+        for latency in latencies:
+            if latency > 0:
+                proc, url = start_proxy(values["AWS_ENDPOINT_URL_SQS"], latency, args.jitter_ms)
+                proxies[latency] = (proc, dict(env, AWS_ENDPOINT_URL_SQS=url))
+        results: dict[str, list[dict[str, float]]] = {}
+        try:
+            for rnd in range(args.rounds):
+                for latency in latencies:
+                    run_env = proxies[latency][1] if latency > 0 else env
+                    for label, binary in binaries.items():
+                        key = f"{label} @ {latency:g} ms" if len(latencies) > 1 or latency > 0 else label
+                        fill(sqs, csr_queue, nodes)
+                        opts = {"wait_time_seconds": 0, "csr_queue_url": csr_queue, "ownca_path": ca_opts["intermediate_cert_path"],
+                                "ownca_privatekey_path": ca_opts["intermediate_privatekey_path"], "ca_chain_path": ca_opts["chain_path"],
+                                "policy_path": str(ca / "policy.json"), "audit_log_path": str(base / f"record-{label}.jsonl"),
+                                **extra.get(label, {})}  # fmt: skip
+                        fleet.BIN_DIR = Path(binary).parent
+                        args_file = fleet.write_args(base / f"sign-{label}-{rnd}.json", "mtls_ca_sign", opts)
+                        server_before = process_cpu_seconds(server_pid)
+                        result = fleet.run_binary(Path(binary).name, args_file, run_env, 1800)
+                        server_cpu = process_cpu_seconds(server_pid) - server_before
+                        if result.get("failed") or result.get("issued") != args.requests:
+                            raise SystemExit(f"{key}: {json.dumps(result)[:2000]}")
+                        rate = args.requests / result["_elapsed"]
+                        busy = (result["_cpu"] + server_cpu) / result["_elapsed"]
+                        results.setdefault(key, []).append({"wall_s": result["_elapsed"], "cpu_s": result["_cpu"], "server_cpu_s": server_cpu,
+                                                            "cores_busy": busy, "per_s": rate})  # fmt: skip
+                        fleet.log(f"round {rnd + 1} {key}: {args.requests} in {result['_elapsed']:.2f} s = {rate:.0f}/s, "
+                                  f"CPU worker {result['_cpu']:.2f} s + server {server_cpu:.2f} s = {busy:.2f} cores busy")  # fmt: skip
+        finally:
+            for proc, _ in proxies.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+        summary = {key: {"median_per_s": round(statistics.median(r["per_s"] for r in runs), 1),
+                         "median_cpu_s": round(statistics.median(r["cpu_s"] for r in runs), 3),
+                         "median_server_cpu_s": round(statistics.median(r["server_cpu_s"] for r in runs), 3),
+                         "median_cores_busy": round(statistics.median(r["cores_busy"] for r in runs), 2), "runs": runs}
+                   for key, runs in results.items()}  # fmt: skip
+        print(json.dumps({"requests": args.requests, "engine": args.engine, "options": extra, "latency_ms": latencies,
+                          "jitter_ms": args.jitter_ms, "results": summary}, indent=2))  # fmt: skip
     finally:
         fleet.stop_sqs(base / "sqs")
     return 0

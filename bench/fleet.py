@@ -29,6 +29,11 @@ copy the binary and the args file to the host per task (see the SSH play, bench/
 SQS calls are the `sqs_calls` every module returns (operation -> count; queue creation, empty polls,
 lookups and hand-backs included), summed per phase. The benchmark's own calls (creating the three
 queues at server start, the final queue-depth check) are not module calls and are not counted.
+The SQS server's own CPU (from /proc/PID/stat) is taken per phase, and per call.
+
+N=100,000 is a command of its own (about 20 minutes here; not part of any test run):
+
+    .venv/bin/python bench/fleet.py --nodes 100000 --engine local-aws-sqs --out fleet-100000.json
 """
 
 from __future__ import annotations
@@ -215,12 +220,33 @@ def run_phase(name: str, jobs: list[tuple[str, Path]], env: dict[str, str], fork
     """Runs (module, args_file) jobs with at most `forks` at a time; results in job order."""
     log(f"phase {name}: {len(jobs)} run(s), {forks} at a time")
     started = time.monotonic()
+    server_before = server_cpu_seconds()
     with cf.ThreadPoolExecutor(max_workers=max(1, forks)) as pool:
         results = list(pool.map(lambda job: run_binary(job[0], job[1], env, timeout), jobs))
     wall = time.monotonic() - started
     summary = summarize_runs(name, results, wall)
+    if server_before is not None and (server_after := server_cpu_seconds()) is not None:
+        server = server_after - server_before
+        summary["server_cpu_seconds"] = round(server, 3)
+        calls = summary["sqs_calls_total"]
+        summary["server_cpu_ms_per_call"] = round(1000 * server / calls, 4) if calls else None
     log(f"phase {name}: {wall:.2f} s, {summary['sqs_calls_total']} SQS calls, {summary['failed_runs']} failed")
     return summary, results
+
+
+# The SQS server's PID while a benchmark runs (its CPU is counted per phase).
+SERVER_PID: int | None = None
+
+
+def server_cpu_seconds() -> float | None:
+    """User + system CPU seconds of the SQS server so far (None when it is not known)."""
+    if SERVER_PID is None:
+        return None
+    try:
+        fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def verify_node(node: Node, root: Path) -> tuple[bool, str]:
@@ -325,6 +351,8 @@ def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     log(f"starting {args.engine} in {sqs_dir}")
     sqs_values = start_sqs(args.engine, sqs_dir, args.receive)
     try:
+        global SERVER_PID
+        SERVER_PID = int((sqs_dir / "sqs.pid").read_text())
         env = module_env({k: sqs_values[k] for k in SQS_ENV_KEYS})
         csr_queue = sqs_values["FLEETPKI_CSR_QUEUE_URL"]
         dlq = sqs_values["FLEETPKI_CSR_DLQ_URL"]
@@ -443,7 +471,7 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
     print(f"\nfleet benchmark: {r['nodes']} nodes, {engine}, forks {r['forks']}, workers {r['workers']}", file=out)
     head = (
         f"{'phase':<8} {'wall s':>9} {'runs':>6} {'failed':>6} {'SQS calls':>10} {'ms/cert':>8} "
-        f"{'run p50 s':>10} {'run p95 s':>10} {'CPU ms/run':>10}  calls by operation"
+        f"{'run p50 s':>10} {'run p95 s':>10} {'CPU ms/run':>10} {'CPU s':>8} {'server CPU s':>12} {'server ms/call':>14}  calls by operation"
     )
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -453,7 +481,8 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
         print(
             f"{p['phase']:<8} {p['wall_seconds']:>9.2f} {p['module_runs']:>6} {p['failed_runs']:>6} {p['sqs_calls_total']:>10} "
             f"{1000 * p['wall_seconds'] / installed:>8.2f} {p['run_seconds_p50']:>10.3f} {p['run_seconds_p95']:>10.3f} "
-            f"{1000 * p['run_cpu_seconds_p50']:>10.1f}  {ops}",
+            f"{1000 * p['run_cpu_seconds_p50']:>10.1f} {p['cpu_seconds']:>8.1f} {p.get('server_cpu_seconds', float('nan')):>12.1f} "
+            f"{p.get('server_cpu_ms_per_call') or float('nan'):>14.3f}  {ops}",
             file=out,
         )
     print(

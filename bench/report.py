@@ -8,7 +8,9 @@ checks them against the benchmarks' acceptance criteria (the `checks` below).
 Files read (each optional): fleet-local-aws-sqs-100.json, fleet-local-aws-sqs-1000.json,
 fleet-moto-200.json (bench/fleet.py), fleet-local-aws-sqs-100-package.json (the package's own
 receive semantics), openssl-speed.txt (`openssl speed -seconds 3 ecdsap256`), sign-rate.json (the
-`sign_rate` example), ssh-play.json (bench/ssh_play.py), binaries.json (sizes, newest GLIBC symbol).
+`sign_rate` example), ssh-play.json (bench/ssh_play.py), binaries.json (sizes, newest GLIBC symbol),
+drain.json (bench/drain.py: concurrency 1 and 16, the default, with and without 10 ms per SQS call),
+node-cpu.json (bench/node_cpu.py: CPU per run of the node modules).
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     sign_rate = load(d / "sign-rate.json")
     ssh = load(d / "ssh-play.json")
     binaries = load(d / "binaries.json")
+    drain = load(d / "drain.json")
+    node_cpu = load(d / "node-cpu.json")
     meta = load(d / "meta.json") or {}
 
     lines: list[str] = []
@@ -206,6 +210,23 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
         lines.append(f"Module binary {ssh['module_binary_bytes']:,} bytes.")
         lines.append("")
+    if drain:
+        lines.append(f"### The worker's drain of {drain['requests']:,} queued requests (bench/drain.py, {drain['engine']}, medians)")
+        lines.append("")
+        lines.append("| drain | certificates/s | worker CPU s | server CPU s | cores busy (worker + server) |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for key, r in drain["results"].items():
+            lines.append(f"| {key} | {r['median_per_s']:,.0f} | {r['median_cpu_s']:.2f} | {r['median_server_cpu_s']:.2f} | {r['median_cores_busy']:.2f} |")
+        lines.append("")
+    if node_cpu:
+        lines.append("### CPU per module run (bench/node_cpu.py, medians, ms of user + system CPU)")
+        lines.append("")
+        labels = list(node_cpu["figures"])
+        lines.append("| run | " + " | ".join(labels) + " |")
+        lines.append("|---|" + "---:|" * len(labels))
+        for module in next(iter(node_cpu["figures"].values())):
+            lines.append(f"| {module} | " + " | ".join(f"{node_cpu['figures'][lab][module]['cpu_ms_median']:.2f}" for lab in labels) + " |")
+        lines.append("")
     if binaries:
         lines.append("### Module binaries")
         lines.append("")
@@ -243,8 +264,33 @@ def main(argv: list[str] | None = None) -> int:
         for f in srf:
             checks.append((f"worker's signing rate ≥ 80 % of the raw verify+sign rate ({f['setting']})", f["ratio"] >= 0.8,
                            f"{f['worker_per_second']:,.0f}/s vs {f['raw_per_second']:,.0f}/s ({f['ratio']:.3f})"))
+        one_core = next((f for f in srf if f["setting"] == "one core"), None)
+        if one_core and speed:
+            ratio = one_core["worker_per_second"] / speed["verify_and_sign_per_second"]
+            checks.append(("worker's CPU path per certificate, one core, ≥ 0.8 × openssl speed's verify+sign rate", ratio >= 0.8,
+                           f"{one_core['worker_per_second']:,.0f}/s vs {speed['verify_and_sign_per_second']:,.0f}/s ({ratio:.2f})"))
     else:
         checks.append(("worker's signing rate ≥ 80 % of the raw verify+sign rate", None, "not measured (sign_rate example missing or unreadable)"))
+    if drain:
+        res = drain["results"]
+        fast, slow = res.get("c16 @ 0 ms"), res.get("c1 @ 0 ms")
+        if fast and slow:
+            checks.append(("drain, local queue: worker and server keep ≥ 1.7 of 2 cores busy", fast["median_cores_busy"] >= 1.7,
+                           f"{fast['median_cores_busy']:.2f} cores"))
+            ratio = fast["median_per_s"] / slow["median_per_s"]
+            checks.append(("drain, local queue: ≥ 3× the rate at concurrency 1", ratio >= 3,
+                           f"{fast['median_per_s']:,.0f}/s vs {slow['median_per_s']:,.0f}/s ({ratio:.2f}×)"))
+        far, far1 = res.get("c16 @ 10 ms"), res.get("c1 @ 10 ms")
+        if far:
+            beside = f"; concurrency 1 through the same proxy: {far1['median_per_s']:,.0f}/s" if far1 else ""
+            checks.append(("drain, 10 ms added per SQS call: ≥ 1,000 certificates/s", far["median_per_s"] >= 1000,
+                           f"{far['median_per_s']:,.0f}/s{beside}"))
+    if node_cpu:
+        last = node_cpu["figures"][list(node_cpu["figures"])[-1]]
+        submit = last["mtls_csr_submit"]["cpu_ms_median"]
+        checks.append(("mtls_csr_submit (new key, one SendMessage) ≤ 5 ms CPU per run", submit <= 5.0,
+                       (f"{submit:.2f} ms; mtls_cert_fetch {last['mtls_cert_fetch']['cpu_ms_median']:.2f} ms, "
+                       f"mtls_ca_init {last['mtls_ca_init']['cpu_ms_median']:.2f} ms, start-up alone {last['startup']['cpu_ms_median']:.2f} ms")))
     if binaries:
         # The CA host is one machine, not the fleet: its worker may be larger (metrics server).
         small = all(b["bytes"] <= (8_000_000 if n == "mtls_ca_sign" else 6_000_000) for n, b in binaries.items())

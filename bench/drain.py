@@ -131,9 +131,7 @@ def main() -> int:
                            aws_access_key_id=values["AWS_ACCESS_KEY_ID"], aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
         csr_queue = values["FLEETPKI_CSR_QUEUE_URL"]
         ca = base / "ca"
-        ca_opts = {"root_cert_path": str(ca / "root.pem"), "root_privatekey_path": str(ca / "root.key"),
-                   "intermediate_cert_path": str(ca / "intermediate.pem"), "intermediate_privatekey_path": str(ca / "intermediate.key"),
-                   "chain_path": str(ca / "chain.pem")}  # fmt: skip
+        ca_opts = fleet.ca_init_options(ca)
         init = fleet.run_binary("mtls_ca_init", fleet.write_args(ca / "init.json", "mtls_ca_init", ca_opts), env, 60)
         if init.get("failed"):
             raise SystemExit(f"mtls_ca_init failed: {init}")

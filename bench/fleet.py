@@ -100,6 +100,17 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def ca_init_options(directory: Path) -> dict[str, str]:
+    """mtls_ca_init's options for a root and an intermediate made in `directory`."""
+    return {
+        "root_cert_path": str(directory / "root.pem"),
+        "root_privatekey_path": str(directory / "root.key"),
+        "intermediate_cert_path": str(directory / "intermediate.pem"),
+        "intermediate_privatekey_path": str(directory / "intermediate.key"),
+        "chain_path": str(directory / "chain.pem"),
+    }
+
+
 def write_args(path: Path, module: str, options: dict[str, Any], check: bool = False) -> Path:
     data = dict(ANSIBLE_INTERNAL_ARGS)
     data["_ansible_check_mode"] = check
@@ -360,13 +371,7 @@ def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 
         # The CA.
         ca = base / "ca"
-        ca_opts = {
-            "root_cert_path": str(ca / "root.pem"),
-            "root_privatekey_path": str(ca / "root.key"),
-            "intermediate_cert_path": str(ca / "intermediate.pem"),
-            "intermediate_privatekey_path": str(ca / "intermediate.key"),
-            "chain_path": str(ca / "chain.pem"),
-        }
+        ca_opts = ca_init_options(ca)
         init = run_binary("mtls_ca_init", write_args(ca / "args" / "mtls_ca_init.json", "mtls_ca_init", ca_opts), env, 60)
         if init.get("failed"):
             raise SystemExit(f"mtls_ca_init failed: {init}")

@@ -57,13 +57,7 @@ def one_round(label: str, bin_dir: Path, base: Path, runs: int, env: dict[str, s
     ca = work / "ca"
     for i in range(runs):
         d = work / f"ca-init-{i}"
-        opts = {
-            "root_cert_path": str(d / "root.pem"),
-            "root_privatekey_path": str(d / "root.key"),
-            "intermediate_cert_path": str(d / "intermediate.pem"),
-            "intermediate_privatekey_path": str(d / "intermediate.key"),
-            "chain_path": str(d / "chain.pem"),
-        }
+        opts = fleet.ca_init_options(d)
         cpu["mtls_ca_init"].append(checked("mtls_ca_init", fleet.write_args(d / "args.json", "mtls_ca_init", opts))["_cpu"])
         if i == 0:
             ca_opts = opts

@@ -24,6 +24,17 @@ SEED_CALL = re.compile(r"getrandom\(.*, (\d+), [^)]*\) = (\d+)")
 SEED_BYTES = 48
 
 
+def ca_init_args(directory) -> dict[str, str]:
+    """mtls_ca_init's options for a new root and intermediate (two keys) in `directory`."""
+    return {
+        "root_cert_path": str(directory / "root.pem"),
+        "root_privatekey_path": str(directory / "root.key"),
+        "intermediate_cert_path": str(directory / "intermediate.pem"),
+        "intermediate_privatekey_path": str(directory / "intermediate.key"),
+        "chain_path": str(directory / "chain.pem"),
+    }
+
+
 def getrandom_calls(trace: str) -> list[tuple[int, int]]:
     """(bytes asked, bytes returned) of each getrandom in an strace log."""
     return [(int(m.group(1)), int(m.group(2))) for m in SEED_CALL.finditer(trace)]
@@ -38,13 +49,7 @@ def test_a_run_that_makes_a_key_seeds_from_the_kernel(module, make_node, ca, tmp
         made = node.pending_key
     else:
         made_ca = tmp_path / "ca"
-        args = {
-            "root_cert_path": str(made_ca / "root.pem"),
-            "root_privatekey_path": str(made_ca / "root.key"),
-            "intermediate_cert_path": str(made_ca / "intermediate.pem"),
-            "intermediate_privatekey_path": str(made_ca / "intermediate.key"),
-            "chain_path": str(made_ca / "chain.pem"),
-        }
+        args = ca_init_args(made_ca)
         made = made_ca / "intermediate.key"
     args_file = helpers.write_args(tmp_path / f"{module}.json", module, args)
     trace = tmp_path / "trace"
@@ -67,14 +72,7 @@ def test_keys_made_by_processes_started_together_all_differ(tmp_path, module_env
     for n in range(16):
         d = tmp_path / f"ca{n}"
         d.mkdir()
-        args = {
-            "root_cert_path": str(d / "root.pem"),
-            "root_privatekey_path": str(d / "root.key"),
-            "intermediate_cert_path": str(d / "intermediate.pem"),
-            "intermediate_privatekey_path": str(d / "intermediate.key"),
-            "chain_path": str(d / "chain.pem"),
-        }
-        runs.append((d, helpers.write_args(d / "args.json", "mtls_ca_init", args)))
+        runs.append((d, helpers.write_args(d / "args.json", "mtls_ca_init", ca_init_args(d))))
     procs = [
         subprocess.Popen([str(helpers.binary_path("mtls_ca_init")), str(args_file)], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=module_env, cwd=str(d))

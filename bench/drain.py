@@ -28,10 +28,11 @@ default, with and without the proxy:
                    --latency-ms 0 --latency-ms 10 --requests 10000 --rounds 3
 
 For each drain: the rate, the worker's CPU (wait4), the SQS server's CPU over the drain
-(/proc/PID/stat) and the cores they kept busy together, (worker + server CPU-s) / wall-s. Every
-drain runs with `wait_time_seconds: 0` unless its --options say otherwise: its last receive, on the
-emptied queue, then returns at once instead of long-polling 1 s, a second that is not the drain's
-work and would be a third of a 3-second drain.
+(/proc/PID/stat) and the cores they kept busy together, (worker + server CPU-s) / wall-s. A drain
+ends with one receive that long-polls the emptied queue for `wait_time_seconds` (1 s by default):
+counted in its time, as it is part of every drain. (`wait_time_seconds: 0` would end it sooner,
+and too soon: a short poll may come back empty while requests wait, on SQS as on local-aws-sqs
+under load, and the drain then stops there.)
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def main() -> int:
                     for label, binary in binaries.items():
                         key = f"{label} @ {latency:g} ms" if len(latencies) > 1 or latency > 0 else label
                         fill(sqs, csr_queue, nodes)
-                        opts = {"wait_time_seconds": 0, "csr_queue_url": csr_queue, "ownca_path": ca_opts["intermediate_cert_path"],
+                        opts = {"csr_queue_url": csr_queue, "ownca_path": ca_opts["intermediate_cert_path"],
                                 "ownca_privatekey_path": ca_opts["intermediate_privatekey_path"], "ca_chain_path": ca_opts["chain_path"],
                                 "policy_path": str(ca / "policy.json"), "audit_log_path": str(base / f"record-{label}.jsonl"),
                                 **extra.get(label, {})}  # fmt: skip

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -84,12 +83,6 @@ def fill(sqs, queue: str, nodes: list[tuple[str, str]]) -> None:
         failed = sqs.send_message_batch(QueueUrl=queue, Entries=entries).get("Failed")
         if failed:
             raise SystemExit(f"SendMessageBatch failed: {failed}")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_proxy(endpoint: str, delay_ms: float, jitter_ms: float) -> tuple[subprocess.Popen, str]:
@@ -163,9 +156,9 @@ def main() -> int:
                                 **extra.get(label, {})}  # fmt: skip
                         fleet.BIN_DIR = Path(binary).parent
                         args_file = fleet.write_args(base / f"sign-{label}-{rnd}.json", "mtls_ca_sign", opts)
-                        server_before = process_cpu_seconds(server_pid)
+                        server_before = fleet.process_cpu_seconds(server_pid)
                         result = fleet.run_binary(Path(binary).name, args_file, run_env, 1800)
-                        server_cpu = process_cpu_seconds(server_pid) - server_before
+                        server_cpu = fleet.process_cpu_seconds(server_pid) - server_before
                         if result.get("failed") or result.get("issued") != args.requests:
                             raise SystemExit(f"{key}: {json.dumps(result)[:2000]}")
                         rate = args.requests / result["_elapsed"]

@@ -249,15 +249,20 @@ def run_phase(name: str, jobs: list[tuple[str, Path]], env: dict[str, str], fork
 SERVER_PID: int | None = None
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_cpu_seconds() -> float | None:
     """User + system CPU seconds of the SQS server so far (None when it is not known)."""
     if SERVER_PID is None:
         return None
     try:
-        fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu_seconds(SERVER_PID)
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def verify_node(node: Node, root: Path) -> tuple[bool, str]:

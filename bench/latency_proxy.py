@@ -64,6 +64,9 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], delay: float, 
             await asyncio.gather(requests_in(), requests_out(), answers_back())
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # The proxy is stopping (SIGTERM): the connection just closes.
+            pass
         finally:
             for writer in (client_writer, server_writer):
                 writer.close()

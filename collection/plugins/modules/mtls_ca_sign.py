@@ -198,6 +198,10 @@ options:
       - At most O(concurrency) x O(batch_size) requests are in hand at once; those of a worker that dies come back
         after O(visibility_timeout), and none is issued without its record line.
       - V(1) receives the next batch only once the last is deleted.
+      - A drain starts with one batch in flight and doubles that with each full batch. It keeps no more receives in
+        flight than the requests the CSR queue counted when the worker started need (its C(ApproximateNumberOfMessages),
+        read in the same C(GetQueueAttributes) call as its dead-letter queue), so the end of a drain costs one empty
+        receive, not O(concurrency) of them.
     type: int
     default: 16
   visibility_timeout:

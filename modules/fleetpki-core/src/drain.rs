@@ -11,6 +11,13 @@
 //! A drain starts with one batch in flight and doubles that each time a batch comes back full,
 //! up to `concurrency`: a busy queue reaches it within a few batches, while a quiet one (a
 //! service long-polling an empty queue) keeps one receive waiting, not `concurrency` of them.
+//!
+//! When the queue said how many requests it held before the drain (`expecting`), receives are
+//! not started for more than that: with every counted request asked for by a receive in flight,
+//! the next one waits until none is, and goes alone. Without the count, the receives in flight
+//! when the queue runs dry all come back empty, up to `concurrency` calls wasted per drain. The
+//! count is approximate, so it only holds receives back, never ends the drain: a full batch once
+//! it is used up shows that requests came in since, and the drain goes on without it.
 
 /// Why a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +40,11 @@ pub struct DrainFlow {
     /// Batches that may be in flight now: 1 at first, doubled by each full batch.
     window: usize,
     in_flight: usize,
+    /// Requests the queue counted before the drain that no receive has asked for yet (`None`:
+    /// no count, or one that proved too low).
+    unclaimed: Option<u64>,
+    /// The batch in flight was started with the count used up (it is then the only one).
+    probing: bool,
     end: Option<DrainEnd>,
 }
 
@@ -47,8 +59,17 @@ impl DrainFlow {
             concurrency: concurrency.max(1),
             window: 1,
             in_flight: 0,
+            unclaimed: None,
+            probing: false,
             end: None,
         }
+    }
+
+    /// The queue held about `waiting` requests before the drain (its ApproximateNumberOfMessages):
+    /// no more receives are kept in flight than those requests need.
+    pub fn expecting(mut self, waiting: u64) -> DrainFlow {
+        self.unclaimed = Some(waiting);
+        self
     }
 
     /// The next batch to start, as the number of requests its receive asks for; `None` while
@@ -61,9 +82,17 @@ impl DrainFlow {
             // What is in flight may still give back requests it did not get.
             return None;
         }
+        if self.unclaimed == Some(0) && self.in_flight > 0 {
+            // Every counted request is asked for: one more receive would most likely be empty.
+            return None;
+        }
         let asked = self.remaining.min(u64::from(self.batch_size)) as u32;
         self.remaining -= u64::from(asked);
         self.in_flight += 1;
+        if let Some(unclaimed) = &mut self.unclaimed {
+            self.probing = *unclaimed == 0;
+            *unclaimed = unclaimed.saturating_sub(u64::from(asked));
+        }
         Some(asked)
     }
 
@@ -74,6 +103,13 @@ impl DrainFlow {
         self.in_flight = self.in_flight.saturating_sub(1);
         let received = (received as u64).min(u64::from(asked));
         self.remaining += u64::from(asked) - received;
+        if std::mem::take(&mut self.probing) && received == u64::from(asked) {
+            // Requests came in since the count: it no longer says how many wait.
+            self.unclaimed = None;
+        } else if let Some(unclaimed) = &mut self.unclaimed {
+            // Counted, but not received by this batch: another receive may still find them.
+            *unclaimed += u64::from(asked) - received;
+        }
         if received == u64::from(asked) {
             // The queue had more than was asked for: more in flight would have found work too.
             self.window = (self.window * 2).min(self.concurrency);

@@ -168,3 +168,115 @@ fn out_of_range_settings_are_clamped_to_what_sqs_and_a_drain_allow() {
     let mut flow = DrainFlow::new(u64::MAX, 0, 1);
     assert_eq!(start_all(&mut flow), vec![1]);
 }
+
+/// Drains a queue of `queued` requests through `flow`, the batches ending in the order they
+/// started, each receive taking what is visible when it starts (up to what it asks for), plus
+/// `arriving` more requests that show up after the first receive. Returns the receives made, the
+/// most batches in flight at once, and the requests received.
+fn drain_queue(mut flow: DrainFlow, queued: u64, arriving: u64) -> (usize, usize, u64) {
+    let mut visible = queued;
+    let mut in_flight = std::collections::VecDeque::new();
+    let (mut receives, mut most, mut received) = (0, 0, 0);
+    loop {
+        while let Some(asked) = flow.next_batch() {
+            let got = visible.min(u64::from(asked));
+            visible -= got;
+            if receives == 0 {
+                visible += arriving;
+            }
+            receives += 1;
+            in_flight.push_back((asked, got));
+            most = most.max(in_flight.len());
+        }
+        let Some((asked, got)) = in_flight.pop_front() else {
+            break;
+        };
+        received += got;
+        flow.batch_ended(asked, got as usize);
+    }
+    assert!(flow.is_over());
+    (receives, most, received)
+}
+
+#[test]
+fn a_counted_queue_gets_no_more_receives_than_its_requests_need() {
+    for queued in [100, 1_000, 100_000] {
+        let batches = (queued / 10) as usize;
+        let (receives, most, received) = drain_queue(
+            DrainFlow::new(u64::MAX, 10, 16).expecting(queued),
+            queued,
+            0,
+        );
+        assert_eq!(received, queued);
+        assert_eq!(
+            receives,
+            batches + 1,
+            "{queued} counted requests: one receive per batch and one that finds the queue empty"
+        );
+        if queued >= 1_000 {
+            assert_eq!(
+                most, 16,
+                "the count does not hold a long drain below concurrency"
+            );
+        }
+        let (uncounted, _, received) = drain_queue(DrainFlow::new(u64::MAX, 10, 16), queued, 0);
+        assert_eq!(received, queued);
+        assert_eq!(
+            uncounted,
+            batches + 16,
+            "without a count, every receive in flight when the queue runs dry comes back empty"
+        );
+    }
+}
+
+#[test]
+fn a_count_that_proved_too_low_is_dropped_and_the_drain_goes_on_at_full_concurrency() {
+    // 20 counted, 500 more arriving once the drain has begun.
+    let (receives, most, received) =
+        drain_queue(DrainFlow::new(u64::MAX, 10, 8).expecting(20), 20, 500);
+    assert_eq!(
+        received, 520,
+        "the requests that came in after the count are drained too"
+    );
+    assert_eq!(
+        most, 8,
+        "a full receive past the count lets the batches in flight grow again"
+    );
+    assert!(receives <= 52 + 8, "{receives} receives");
+}
+
+#[test]
+fn a_count_that_is_too_high_still_ends_on_the_first_empty_receive() {
+    let (receives, _, received) =
+        drain_queue(DrainFlow::new(u64::MAX, 10, 16).expecting(1_000), 30, 0);
+    assert_eq!(received, 30);
+    assert!(receives <= 3 + 16, "{receives} receives");
+}
+
+#[test]
+fn a_count_of_zero_makes_one_receive_and_an_empty_queue_ends_the_drain() {
+    let mut flow = DrainFlow::new(u64::MAX, 10, 16).expecting(0);
+    assert_eq!(start_all(&mut flow), vec![10], "one receive, alone");
+    flow.batch_ended(10, 0);
+    assert!(flow.is_over());
+    assert_eq!(flow.end(), Some(DrainEnd::QueueEmpty));
+}
+
+#[test]
+fn counted_requests_a_short_batch_did_not_get_are_asked_for_again() {
+    let mut flow = DrainFlow::new(u64::MAX, 10, 16).expecting(20);
+    let first = start_all(&mut flow);
+    end_full(&mut flow, &first);
+    let started = start_all(&mut flow);
+    assert_eq!(
+        started,
+        vec![10],
+        "10 counted requests left: one receive for them"
+    );
+    flow.batch_ended(10, 4);
+    assert_eq!(
+        start_all(&mut flow),
+        vec![10],
+        "the 6 counted requests the short batch did not get are asked for again"
+    );
+}

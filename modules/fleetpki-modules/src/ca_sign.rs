@@ -430,6 +430,8 @@ pub struct Worker<'a> {
     routes: Arc<Routes>,
     pub tally: Tally,
     pub warnings: Vec<String>,
+    /// The CSR queue's depth when the worker started, for its first drain's flow control.
+    waiting_at_start: Option<u64>,
     /// Counted whether or not anything exposes them: a few atomics per request.
     pub metrics: Arc<WorkerMetrics>,
 }
@@ -482,9 +484,16 @@ impl<'a> Worker<'a> {
         for url in queues.into_iter().flatten() {
             sqs.check_region(url)?;
         }
-        let dead_letter_queue = match &args.dead_letter_queue_url {
-            Some(url) => Some(url.clone()),
-            None => sqs.dead_letter_queue_of(&args.csr_queue_url).await?,
+        // One call: the dead-letter queue the RedrivePolicy names, and how many requests wait
+        // (which bounds the receives the first drain keeps in flight).
+        let csr_queue = sqs.redrive_and_depth(&args.csr_queue_url).await?;
+        let dead_letter_queue = match (
+            &args.dead_letter_queue_url,
+            csr_queue.dead_letter_queue_name,
+        ) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(name)) => sqs.queue_url(&name).await?,
+            (None, None) => None,
         };
         let mut warnings = Vec::new();
         if dead_letter_queue.is_none() {
@@ -518,6 +527,7 @@ impl<'a> Worker<'a> {
             audit_to_stdout: false,
             record: GroupCommit::new(record),
             routes: Arc::new(routes),
+            waiting_at_start: csr_queue.visible,
             tally: Tally::default(),
             warnings,
             metrics,
@@ -574,6 +584,9 @@ impl<'a> Worker<'a> {
             self.args.batch_size as u32,
             self.args.concurrency as usize,
         );
+        if let Some(waiting) = self.waiting_at_start.take() {
+            flow = flow.expecting(waiting);
+        }
         let (stopping, stopped) = tokio::sync::watch::channel(false);
         let mut merged = BatchOutcome::default();
         let mut error = None;

@@ -487,26 +487,44 @@ impl Sqs {
         }
     }
 
-    /// The dead-letter queue URL named by a queue's RedrivePolicy, if it has one.
-    pub async fn dead_letter_queue_of(&self, queue_url: &str) -> Result<Option<String>, SqsError> {
+    /// One GetQueueAttributes for what a drain needs before its first receive: the name of the
+    /// dead-letter queue its RedrivePolicy names, if any, and how many messages are visible.
+    pub async fn redrive_and_depth(&self, queue_url: &str) -> Result<RedriveAndDepth, SqsError> {
         let attrs = self
-            .attributes(queue_url, &[QueueAttributeName::RedrivePolicy])
+            .attributes(
+                queue_url,
+                &[
+                    QueueAttributeName::RedrivePolicy,
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                ],
+            )
             .await?;
-        let Some(policy) = attrs.get(&QueueAttributeName::RedrivePolicy) else {
-            return Ok(None);
-        };
-        let arn = serde_json::from_str::<serde_json::Value>(policy)
-            .ok()
+        let dead_letter_queue_name = attrs
+            .get(&QueueAttributeName::RedrivePolicy)
+            .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
             .and_then(|v| {
                 v.get("deadLetterTargetArn")
                     .and_then(|a| a.as_str())
+                    .and_then(|arn| arn.rsplit(':').next())
                     .map(str::to_string)
             });
-        match arn.as_deref().and_then(|a| a.rsplit(':').next()) {
-            Some(name) => self.queue_url(name).await,
-            None => Ok(None),
-        }
+        let visible = attrs
+            .get(&QueueAttributeName::ApproximateNumberOfMessages)
+            .and_then(|v| v.parse().ok());
+        Ok(RedriveAndDepth {
+            dead_letter_queue_name,
+            visible,
+        })
     }
+}
+
+/// A queue's redrive target and depth, read in one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedriveAndDepth {
+    /// The dead-letter queue's name (its URL is looked up apart: GetQueueUrl).
+    pub dead_letter_queue_name: Option<String>,
+    /// ApproximateNumberOfMessages, when the queue gave a number.
+    pub visible: Option<u64>,
 }
 
 #[cfg(test)]

@@ -436,8 +436,8 @@ pub struct Worker<'a> {
     pub metrics: Arc<WorkerMetrics>,
 }
 
-/// What one batch adds to the drain's counts, warnings and signer state; the drain merges the
-/// batches' outcomes as they end (`Worker::absorb`).
+/// What one batch adds to the drain's counts, warnings and signer state; the worker adds each
+/// batch's outcome to its own (`Worker::absorb`).
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
     pub tally: Tally,
@@ -588,7 +588,8 @@ impl<'a> Worker<'a> {
             flow = flow.expecting(waiting);
         }
         let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let mut merged = BatchOutcome::default();
+        // Each ended batch's outcome, absorbed once the batches no longer borrow the worker.
+        let mut ended = Vec::new();
         let mut error = None;
         {
             let this = &*self;
@@ -626,9 +627,7 @@ impl<'a> Worker<'a> {
                     }
                     Some((asked, outcome, result)) = batches.next() => {
                         let failed = outcome.signer_error.is_some() || result.is_err();
-                        merged.tally.add(outcome.tally);
-                        merged.warnings.extend(outcome.warnings);
-                        merged.signer_error = merged.signer_error.or(outcome.signer_error);
+                        ended.push(outcome);
                         match result {
                             Ok(received) => flow.batch_ended(asked, received),
                             Err(e) => {
@@ -645,14 +644,16 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        self.absorb(merged);
+        for outcome in ended {
+            self.absorb(outcome);
+        }
         match error {
             Some(e) => Err(e),
             None => Ok(flow.end().unwrap_or(DrainEnd::Stopped)),
         }
     }
 
-    /// Adds a batch's (or a drain's) outcome to the worker's.
+    /// Adds a batch's outcome to the worker's: counts, warnings, and the first signer error.
     pub fn absorb(&mut self, outcome: BatchOutcome) {
         self.tally.add(outcome.tally);
         self.warnings.extend(outcome.warnings);

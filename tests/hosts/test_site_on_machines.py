@@ -1,0 +1,619 @@
+"""The collection's site playbook on booted machines (scripts/machines): one CA and three nodes.
+
+The module brings up ca2 (CA, on its own /30 link) and web1..web3 (nodes, on the host bridge), a
+moto SQS server on the host that the machines reach at their host address (moto listens on
+loopback; a relay in this process listens on the bridge's and the CA link's host addresses and
+forwards to it, so the Host header, from which moto builds queue URLs, is the address the machine
+used), installs the collection tarball into an empty collections path and runs, over SSH with the
+inventory of `scripts/machines inventory`:
+
+- a play that sets up the CA (ca_setup, the offline root on the control node) and installs the CA
+  worker as its hardened systemd service (ca_worker, ca_worker_service: true);
+- the site playbook, fleetpki.mtls.site, relying on that service (fleetpki_ca_drain_host: ""),
+  with nginx as each node's service (reload handler: systemd, nginx.service);
+- a play that makes each node's nginx serve its certificate on 443, client certificates required.
+
+Then: the second run and a --check run change nothing; the worker service is active and enabled;
+every node's certificate verifies against the root on the control node; the nodes talk mTLS to
+each other through nginx; the worker is restarted by systemd after `kill -9` and signs a new CSR;
+the CA cannot reach the nodes. The figures (playbook times, restart time) are printed (pytest -s).
+
+Needs root, the machines' tools (scripts/system-packages) and the built module binaries; it fails,
+never skips.
+
+    .venv/bin/python -m pytest -q tests/hosts/test_site_on_machines.py -x
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "collection"))
+from collection_helpers import BUILD_COLLECTION, MODULES, describe_run, helpers, play_recap, run, tool  # noqa: E402
+
+SCRIPT = REPO_ROOT / "scripts" / "machines"
+RUN_DIR = REPO_ROOT / ".run" / "machines" / "run"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+
+CA = "ca2"
+NODES = ("web1", "web2", "web3")
+UP_TIMEOUT = 900  # builds the base on a cold cache (1 to 1.5 minutes), then boots in seconds
+DOWN_TIMEOUT = 180
+SSH_TIMEOUT = 60
+PLAYBOOK_TIMEOUT = 900
+REGION = "us-east-1"
+QUEUE_PREFIX = "site"
+WORKER = "fleetpki-ca-worker.service"
+NGINX_PORT = 443
+TLS_PATH = "/etc/fleetpki/tls"
+
+FIGURES: dict[str, float] = {}
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/machines and commands in the machines
+# --------------------------------------------------------------------------------------------
+
+
+def machines(*args: str, timeout: float = SSH_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"scripts/machines {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}",
+            pytrace=False,
+        )
+    return proc
+
+
+def run_in(name: str, command: str, check: bool = True, timeout: float = SSH_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run a shell command line in machine NAME as root, over SSH (scripts/machines ssh)."""
+    proc = subprocess.run([str(SCRIPT), "ssh", name, command], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    if check and proc.returncode != 0:
+        pytest.fail(f"in {name}: {command!r} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", pytrace=False)
+    return proc
+
+
+def wait_for(what: str, condition, timeout: float = 30.0, interval: float = 0.2):
+    """Poll CONDITION until it returns something true, or fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {result!r})", pytrace=False)
+        time.sleep(interval)  # the pace of the polling, not a wait standing in for the condition
+
+
+# --------------------------------------------------------------------------------------------
+# SQS: moto on loopback, relayed to the machines' host addresses
+# --------------------------------------------------------------------------------------------
+
+
+class Relay:
+    """TCP relay: listens on ADDR:PORT and forwards every connection to 127.0.0.1:TARGET."""
+
+    def __init__(self, addr: str, port: int, target: int):
+        self.target = target
+        self.sock = socket.create_server((addr, port))
+        self.sock.settimeout(0.5)
+        self.stopped = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, name=f"relay-{addr}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            self.conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        for conn in self.conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self.thread.join(5)
+
+
+class Moto:
+    """moto (scripts/moto_server.py) on a free loopback port, started and stopped by PID."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        python = VENV_BIN / "python"
+        log = open(self.dir / "moto.log", "wb")  # noqa: SIM115 - kept open by the child
+        self.proc = subprocess.Popen(
+            [str(python), str(REPO_ROOT / "scripts" / "moto_server.py"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        up = helpers.sqs_admin.wait_until_up(self.endpoint, timeout=30, pid=self.proc.pid)
+        assert up, f"moto did not answer on {self.endpoint}; log: {(self.dir / 'moto.log').read_text(errors='replace')[-2000:]}"
+
+    def client(self):
+        return helpers.sqs_admin.make_client(self.endpoint, REGION)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# The collection and the playbook
+# --------------------------------------------------------------------------------------------
+
+
+def build_tarball() -> Path:
+    given = os.environ.get("FLEETPKI_COLLECTION_TARBALL", "").strip()
+    if given:
+        assert Path(given).is_file(), f"FLEETPKI_COLLECTION_TARBALL={given} is not a file"
+        return Path(given)
+    for m in MODULES:
+        helpers.binary_path(m)  # fails naming the missing binary
+    proc = run([str(BUILD_COLLECTION), "--no-cargo"], env=dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}"))
+    assert proc.returncode == 0, describe_run(proc)
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file(), f"scripts/build-collection's last line is not a file: {path}"
+    return path
+
+
+def ansible_env(home: Path, collections: Path) -> dict[str, str]:
+    """As tests/collection's: nothing of the developer's ansible or AWS setup, only our collection."""
+    (home / "ansible.cfg").write_text("# empty: the test sets everything through the environment\n", encoding="utf-8")
+    env = helpers.module_env()
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+            "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
+            "ANSIBLE_HOME": str(home),
+            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_COLLECTIONS_PATH": str(collections),
+            "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
+            "ANSIBLE_ROLES_PATH": str(home / "roles"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_RETRY_FILES_ENABLED": "false",
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+            "ANSIBLE_DEPRECATION_WARNINGS": "false",
+            "ANSIBLE_PIPELINING": "true",
+            # Short-lived SSH masters: none outlives the machines for long.
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=15s",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    for key in ("ANSIBLE_CALLBACKS_ENABLED", "ANSIBLE_CALLBACK_WHITELIST", "ANSIBLE_INVENTORY", "ANSIBLE_VAULT_PASSWORD_FILE"):
+        env.pop(key, None)
+    return env
+
+
+NGINX_CONF = f"""\
+# Written by tests/hosts/test_site_on_machines.py: the node's certificate, client certificates
+# from the fleet's CA required.
+server {{
+    listen {NGINX_PORT} ssl;
+    server_name _;
+    ssl_certificate {TLS_PATH}/current/fullchain.pem;
+    ssl_certificate_key {TLS_PATH}/current/privkey.pem;
+    ssl_client_certificate {TLS_PATH}/ca.pem;
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+    location / {{
+        return 200 "mtls-ok $ssl_client_s_dn\\n";
+    }}
+}}
+"""
+
+PLAYBOOK = f"""\
+---
+# The CA worker runs as its systemd service; the site playbook then relies on it
+# (fleetpki_ca_drain_host: "").
+- name: Set up the CA and its worker service
+  hosts: ca
+  gather_facts: false
+  roles:
+    - role: fleetpki.mtls.ca_setup
+      vars:
+        ca_setup_root_cert_fetch_dest: "{{{{ fleetpki_root_ca_file }}}}"
+    - role: fleetpki.mtls.ca_worker
+      vars:
+        ca_worker_service: true
+        ca_worker_drain: false
+
+- name: The site playbook
+  ansible.builtin.import_playbook: fleetpki.mtls.site
+
+- name: Each node's nginx serves its certificate, client certificates required
+  hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: Write the mTLS server
+      ansible.builtin.copy:
+        dest: /etc/nginx/sites-enabled/fleetpki-mtls.conf
+        content: {json.dumps(NGINX_CONF)}
+        mode: "0644"
+      notify: Reload nginx
+  handlers:
+    - name: Reload nginx
+      ansible.builtin.systemd_service:
+        name: nginx.service
+        state: reloaded
+"""
+
+
+@dataclass
+class Site:
+    dir: Path
+    inventory: Path
+    playbook: Path
+    env: dict[str, str]
+    root_ca: Path
+    moto: Moto
+    ca_addr: str
+    node_addrs: dict[str, str]
+    runs: list[subprocess.CompletedProcess] = field(default_factory=list)
+    first: subprocess.CompletedProcess | None = None
+
+    def play(self, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+        cmd = [tool("ansible-playbook"), "-i", str(self.inventory), "--forks", "8", str(self.playbook), *args]
+        start = time.monotonic()
+        proc = run(cmd, env=self.env, cwd=self.dir, timeout=PLAYBOOK_TIMEOUT)
+        seconds = time.monotonic() - start
+        (self.dir / f"play-{len(self.runs) + 1}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        self.runs.append(proc)
+        return proc, seconds
+
+
+def write_site(base: Path, inventory_ini: str, moto: Moto, csr_queue: str, env: dict[str, str], layout: dict) -> Site:
+    q = json.dumps
+    inv = base / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    (inv / "host_vars").mkdir()
+    ini = inventory_ini.rstrip("\n") + "\n\n[fleet:children]\nnodes\n\n[control]\n"
+    ini += f"offline_root ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+    (inv / "hosts.ini").write_text(ini, encoding="utf-8")
+
+    port = moto.port
+    path = urlsplit(csr_queue).path  # /ACCOUNT/NAME
+    ca_endpoint = f"http://{{{{ hostvars[groups['ca'][0]].machines_host_addr }}}}:{port}"
+    own_endpoint = f"http://{{{{ machines_host_addr }}}}:{port}"
+    all_vars = [
+        "ca_setup_root_host: offline_root",
+        f"ca_setup_root_dir: {q(str(base / 'offline-root'))}",
+        "ca_setup_owner: fleetpki-ca",
+        "ca_setup_group: fleetpki-ca",
+        # Both roles may create the service's user (ca_worker does by default): the second run,
+        # with the worker running as it, must change nothing of it (no usermod).
+        "ca_setup_create_user: true",
+        "ca_worker_service_create_user: true",
+        "ca_setup_organization_name: fleetpki machines test",
+        "ca_worker_identity_proof: enrollment_secret",
+        f"ca_worker_csr_queue_url: {q(ca_endpoint + path)}",
+        f"ca_worker_reply_queue_prefix: {q(QUEUE_PREFIX + '-reply-')}",
+        f"ca_worker_aws_endpoint_url: {q(ca_endpoint)}",
+        f"ca_worker_aws_region: {REGION}",
+        "ca_worker_aws_access_key: testing",
+        "ca_worker_aws_secret_key: testing",
+        "ca_worker_service_environment: {AWS_EC2_METADATA_DISABLED: 'true'}",
+        f"mtls_client_csr_queue_url: {q(own_endpoint + path)}",
+        f"mtls_client_reply_queue_prefix: {q(QUEUE_PREFIX + '-reply-')}",
+        f"mtls_client_aws_endpoint_url: {q(own_endpoint)}",
+        f"mtls_client_aws_region: {REGION}",
+        "mtls_client_aws_access_key: testing",
+        "mtls_client_aws_secret_key: testing",
+        "mtls_client_fetch_timeout: 120",
+        "mtls_client_reload: systemd",
+        "mtls_client_reload_unit: nginx.service",
+        f"mtls_client_path: {TLS_PATH}",
+        f"fleetpki_root_ca_file: {q(str(base / 'root-ca.pem'))}",
+        'fleetpki_ca_drain_host: ""',
+    ]
+    (inv / "group_vars" / "all.yml").write_text("---\n" + "\n".join(all_vars) + "\n", encoding="utf-8")
+    for i, node in enumerate(NODES, start=1):
+        addr = layout[node]["addr"]
+        host_vars = [
+            f"mtls_client_instance_id: i-{i:017d}",
+            f"mtls_client_enrollment_secret: {os.urandom(32).hex()}",
+            "mtls_client_subject_alt_name:",
+            f"  - DNS:{node}.fleet.internal",
+            f"  - IP:{addr}",
+        ]
+        (inv / "host_vars" / f"{node}.yml").write_text("---\n" + "\n".join(host_vars) + "\n", encoding="utf-8")
+    playbook = base / "site-on-machines.yml"
+    playbook.write_text(PLAYBOOK, encoding="utf-8")
+    return Site(
+        dir=base,
+        inventory=inv / "hosts.ini",
+        playbook=playbook,
+        env=env,
+        root_ca=base / "root-ca.pem",
+        moto=moto,
+        ca_addr=layout[CA]["addr"],
+        node_addrs={n: layout[n]["addr"] for n in NODES},
+    )
+
+
+def assert_ok(proc: subprocess.CompletedProcess, hosts: tuple[str, ...] = (CA, *NODES)) -> dict[str, dict[str, int]]:
+    assert proc.returncode == 0, describe_run(proc)
+    recap = play_recap(proc.stdout)
+    # offline_root (the control node) appears only when a task was delegated to it.
+    assert set(recap) - {"offline_root"} == set(hosts), f"PLAY RECAP hosts {sorted(recap)}\n{describe_run(proc)}"
+    bad = {h: r for h, r in recap.items() if r["failed"] or r["unreachable"]}
+    assert not bad, f"failed or unreachable hosts: {bad}\n{describe_run(proc)}"
+    return recap
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The 'changed: [host]' lines with the task they belong to (for failure messages)."""
+    task, found = "", []
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith("changed:"):
+            found.append(f"{task} {line}")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The fixture: machines, SQS, collection, first run
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    assert os.geteuid() == 0, "these tests need root (network namespaces, systemd-nspawn)"
+    base = tmp_path_factory.mktemp("site-on-machines")
+    moto: Moto | None = None
+    relays: list[Relay] = []
+    try:
+        machines("up", f"{CA}:ca", *(f"{n}:node" for n in NODES), timeout=UP_TIMEOUT)
+        layout_json = json.loads((RUN_DIR / "machines.json").read_text())
+        layout = {m["name"]: m for m in layout_json["machines"]}
+        assert set(layout) == {CA, *NODES}, f"machines.json: {sorted(layout)}"
+
+        moto = Moto(base)
+        moto.start()
+        host_addrs = sorted({layout_json["bridge"]["host_addr"], layout[CA]["host_addr"]})
+        relays = [Relay(addr, moto.port, moto.port) for addr in host_addrs]
+        urls = helpers.sqs_admin.create_prefixed(moto.client(), QUEUE_PREFIX)
+
+        tarball = build_tarball()
+        home = base / "ansible-home"
+        home.mkdir()
+        collections = base / "collections"
+        env = ansible_env(home, collections)
+        proc = run([tool("ansible-galaxy"), "collection", "install", str(tarball), "-p", str(collections)], env=env, timeout=120)
+        assert proc.returncode == 0, describe_run(proc)
+
+        inventory_ini = machines("inventory").stdout
+        s = write_site(base, inventory_ini, moto, urls["csr_queue_url"], env, layout)
+        proc, seconds = s.play()
+        FIGURES["first_run_s"] = round(seconds, 1)
+        s.first = proc
+        yield s
+    finally:
+        print(f"\nfigures: {json.dumps(FIGURES)}")
+        down = subprocess.run([str(SCRIPT), "down"], capture_output=True, text=True, timeout=DOWN_TIMEOUT, cwd=REPO_ROOT)
+        for relay in relays:
+            relay.stop()
+        if moto is not None:
+            moto.stop()
+        assert down.returncode == 0, f"scripts/machines down exited {down.returncode}\n{down.stdout}\n{down.stderr}"
+        clean = subprocess.run([str(SCRIPT), "check-clean"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert clean.returncode == 0, f"scripts/machines check-clean after down:\n{clean.stdout}\n{clean.stderr}"
+
+
+# --------------------------------------------------------------------------------------------
+# The tests, in order (-x stops at the first failure)
+# --------------------------------------------------------------------------------------------
+
+
+def test_first_run_converges(site):
+    recap = assert_ok(site.first)
+    unchanged = [h for h in (CA, *NODES) if recap[h]["changed"] == 0]
+    assert not unchanged, f"first run: these hosts changed nothing: {unchanged}\n{describe_run(site.first)}"
+    assert site.root_ca.is_file(), "the root CA certificate was not fetched to the control node"
+    assert (site.dir / "offline-root" / "root.key.pem").is_file(), "the root key is not on the control node"
+    assert run_in(CA, "test ! -e /etc/fleetpki/ca/root.key.pem", check=False).returncode == 0, "the root key reached the CA"
+
+
+def test_second_run_changes_nothing(site):
+    proc, seconds = site.play()
+    FIGURES["second_run_s"] = round(seconds, 1)
+    recap = assert_ok(proc)
+    changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
+    assert not changed, f"the second run changed: {changed}\n" + "\n".join(changed_tasks(proc.stdout))
+    # Nothing in flight: the CSR queue drained, every answer consumed, one reply queue per node.
+    depths = helpers.snapshot_queues(site.moto.client(), QUEUE_PREFIX)
+    assert all(sum(d.values()) == 0 for d in depths.values()), f"messages left in the queues: {depths}"
+    assert len([u for u in depths if "-reply-" in u]) == len(NODES), f"expected one reply queue per node: {sorted(depths)}"
+
+
+def test_check_run_changes_nothing(site):
+    proc, seconds = site.play("--check")
+    FIGURES["check_run_s"] = round(seconds, 1)
+    recap = assert_ok(proc)
+    changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
+    assert not changed, f"--check reports changes: {changed}\n" + "\n".join(changed_tasks(proc.stdout))
+
+
+def test_worker_service_active_and_enabled(site):
+    assert run_in(CA, f"systemctl is-active {WORKER}", check=False).stdout.strip() == "active", run_in(
+        CA, f"systemctl status --no-pager {WORKER}; journalctl -u {WORKER} --no-pager -n 30", check=False
+    ).stdout
+    assert run_in(CA, f"systemctl is-enabled {WORKER}", check=False).stdout.strip() == "enabled"
+    # It runs as its own user, the only one that can read the intermediate key.
+    pid = run_in(CA, f"systemctl show -p MainPID --value {WORKER}").stdout.strip()
+    assert run_in(CA, f"ps -o user= -p {pid}").stdout.strip() == "fleetpki-ca"
+    key = run_in(CA, "stat -c '%U %a' /etc/fleetpki/ca/intermediate.key.pem", check=False)
+    assert key.stdout.strip() == "fleetpki-ca 400", f"intermediate key: {key.stdout}{key.stderr}"
+
+
+def node_file(node: str, path: str) -> str:
+    return run_in(node, f"cat {shlex.quote(path)}").stdout
+
+
+def test_every_node_certificate_verifies_against_the_root(site, tmp_path):
+    for node in NODES:
+        cert = tmp_path / f"{node}-cert.pem"
+        chain = tmp_path / f"{node}-chain.pem"
+        cert.write_text(node_file(node, f"{TLS_PATH}/current/cert.pem"))
+        chain.write_text(node_file(node, f"{TLS_PATH}/current/chain.pem"))
+        for purpose in ("sslclient", "sslserver"):
+            proc = subprocess.run(
+                ["openssl", "verify", "-CAfile", str(site.root_ca), "-untrusted", str(chain), "-purpose", purpose, str(cert)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert proc.returncode == 0 and ": OK" in proc.stdout, f"{node} ({purpose}): {proc.stdout}{proc.stderr}"
+        pinned = node_file(node, f"{TLS_PATH}/ca.pem")
+        assert pinned == site.root_ca.read_text(), f"{node}: the pinned CA is not the root"
+
+
+def s_client(client: str, server: str, addr: str, with_cert: bool) -> subprocess.CompletedProcess[str]:
+    """From CLIENT: an HTTPS GET to SERVER's nginx by openssl s_client, the client's own pair or none."""
+    cert = f"-cert {TLS_PATH}/current/cert.pem -key {TLS_PATH}/current/privkey.pem -cert_chain {TLS_PATH}/current/chain.pem " if with_cert else ""
+    cmd = (
+        f"printf 'GET / HTTP/1.0\\r\\nHost: {server}\\r\\n\\r\\n' | timeout 20 openssl s_client -connect {addr}:{NGINX_PORT} "
+        f"-servername {server}.fleet.internal -verify_hostname {server}.fleet.internal -CAfile {TLS_PATH}/ca.pem "
+        f"-verify_return_error -ign_eof {cert}2>&1"
+    )
+    return run_in(client, cmd, check=False)
+
+
+def served_serial(client: str, addr: str) -> str:
+    cmd = (
+        f"timeout 20 openssl s_client -connect {addr}:{NGINX_PORT} -CAfile {TLS_PATH}/ca.pem -cert {TLS_PATH}/current/cert.pem "
+        f"-key {TLS_PATH}/current/privkey.pem -cert_chain {TLS_PATH}/current/chain.pem </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    )
+    return run_in(client, cmd).stdout.strip()
+
+
+def installed_serial(node: str) -> str:
+    return run_in(node, f"openssl x509 -noout -serial -in {TLS_PATH}/current/cert.pem").stdout.strip()
+
+
+def test_nodes_talk_mtls_through_nginx(site):
+    for i, server in enumerate(NODES):
+        client = NODES[(i + 1) % len(NODES)]
+        addr = site.node_addrs[server]
+        ok = s_client(client, server, addr, with_cert=True)
+        assert ok.returncode == 0, f"{client} -> {server} with its certificate:\n{ok.stdout}{ok.stderr}"
+        assert "Verify return code: 0 (ok)" in ok.stdout, ok.stdout
+        assert "HTTP/1.1 200" in ok.stdout and "mtls-ok" in ok.stdout, f"{client} -> {server}:\n{ok.stdout}"
+        assert served_serial(client, addr) == installed_serial(server), f"{server} serves another certificate than it installed"
+        # Without a client certificate nginx refuses the request (TLS 1.3: after the handshake,
+        # with its 400 "No required SSL certificate was sent").
+        refused = s_client(client, server, addr, with_cert=False)
+        assert "mtls-ok" not in refused.stdout, f"{client} -> {server} without a certificate was served:\n{refused.stdout}"
+        assert "HTTP/1.1 400" in refused.stdout and "No required SSL certificate was sent" in refused.stdout, refused.stdout
+
+
+def worker_state() -> dict[str, str]:
+    out = run_in(CA, f"systemctl show -p MainPID,NRestarts,ActiveState,SubState {WORKER}").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_worker_restarts_after_kill9_and_signs_a_new_csr(site):
+    before = worker_state()
+    pid = int(before["MainPID"])
+    assert pid > 0 and before["ActiveState"] == "active", before
+    restarts = int(before["NRestarts"])
+    start = time.monotonic()
+    run_in(CA, f"kill -9 {pid}")
+
+    def restarted():
+        state = worker_state()
+        new_pid = int(state["MainPID"])
+        if state["ActiveState"] == "active" and new_pid not in (0, pid) and int(state["NRestarts"]) > restarts:
+            return state
+        return None
+
+    after = wait_for("systemd to restart the CA worker after kill -9", restarted, timeout=60)
+    FIGURES["worker_restart_after_kill9_s"] = round(time.monotonic() - start, 1)
+    assert int(after["NRestarts"]) == restarts + 1, after
+
+    # A new CSR after the restart is signed by the restarted worker: web1 forced to rotate.
+    old = installed_serial("web1")
+    proc, seconds = site.play("--limit", f"web1,{CA},offline_root", "-e", "mtls_client_force=true")
+    FIGURES["forced_rotation_run_s"] = round(seconds, 1)
+    assert_ok(proc, hosts=("web1", CA))
+    new = installed_serial("web1")
+    assert new != old, "web1's certificate did not change after a forced rotation"
+    assert served_serial("web2", site.node_addrs["web1"]) == new, "web1's nginx does not serve the rotated certificate"
+    # The restarted worker (its new PID) logged the decision: its audit line names web1's instance.
+    journal = run_in(CA, f"journalctl --no-pager -o cat _PID={after['MainPID']}", check=False).stdout
+    serial = new.split("=", 1)[1].lower()
+    lines = [line for line in journal.splitlines() if "i-00000000000000001" in line]
+    assert lines, f"the restarted worker (pid {after['MainPID']}) logged nothing for web1:\n{journal[-3000:]}"
+    assert any(serial in line.lower().replace(":", "") for line in lines), f"no audit line with serial {serial}:\n" + "\n".join(lines)
+
+
+def test_ca_cannot_reach_the_nodes(site):
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n"
+        "    print('connected')\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+    )
+    for node, addr in site.node_addrs.items():
+        for port in (22, NGINX_PORT):
+            out = run_in(CA, f"python3 -c {shlex.quote(probe)} {addr} {port}").stdout.strip()
+            assert out == "101", f"from {CA} to {node} {addr}:{port}: {out} (expected ENETUNREACH, 101)"

@@ -201,7 +201,8 @@ options:
       - A drain starts with one batch in flight and doubles that with each full batch. It keeps no more receives in
         flight than the requests the CSR queue counted when the worker started need (its C(ApproximateNumberOfMessages),
         read in the same C(GetQueueAttributes) call as its dead-letter queue), so the end of a drain costs one empty
-        receive, not O(concurrency) of them.
+        receive, not O(concurrency) of them. An empty receive ends the drain; while requests of that count remain
+        unreceived, only once one more receive, started alone, comes back empty too.
     type: int
     default: 16
   visibility_timeout:

@@ -17,7 +17,9 @@
 //! the next one waits until none is, and goes alone. Without the count, the receives in flight
 //! when the queue runs dry all come back empty, up to `concurrency` calls wasted per drain. The
 //! count is approximate, so it only holds receives back, never ends the drain: a full batch once
-//! it is used up shows that requests came in since, and the drain goes on without it.
+//! it is used up shows that requests came in since, and the drain goes on without it. An empty
+//! receive ends the drain, but while counted requests remain unreceived, only once a receive
+//! started alone after it comes back empty too.
 
 /// Why a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,9 @@ pub struct DrainFlow {
     unclaimed: Option<u64>,
     /// The batch in flight was started with the count used up (it is then the only one).
     probing: bool,
+    /// After an empty receive while counted requests waited: `Some(started)`, whether the one
+    /// receive that decides (started alone once the others ended) is out.
+    confirming: Option<bool>,
     end: Option<DrainEnd>,
 }
 
@@ -61,6 +66,7 @@ impl DrainFlow {
             in_flight: 0,
             unclaimed: None,
             probing: false,
+            confirming: None,
             end: None,
         }
     }
@@ -89,6 +95,9 @@ impl DrainFlow {
         let asked = self.remaining.min(u64::from(self.batch_size)) as u32;
         self.remaining -= u64::from(asked);
         self.in_flight += 1;
+        if let Some(started) = &mut self.confirming {
+            *started = true;
+        }
         if let Some(unclaimed) = &mut self.unclaimed {
             self.probing = *unclaimed == 0;
             *unclaimed = unclaimed.saturating_sub(u64::from(asked));
@@ -103,6 +112,8 @@ impl DrainFlow {
         self.in_flight = self.in_flight.saturating_sub(1);
         let received = (received as u64).min(u64::from(asked));
         self.remaining += u64::from(asked) - received;
+        // Counted requests that no receive has asked for, apart from what this one hands back.
+        let counted_waiting = self.unclaimed.is_some_and(|n| n > 0);
         if std::mem::take(&mut self.probing) && received == u64::from(asked) {
             // Requests came in since the count: it no longer says how many wait.
             self.unclaimed = None;
@@ -114,8 +125,21 @@ impl DrainFlow {
             // The queue had more than was asked for: more in flight would have found work too.
             self.window = (self.window * 2).min(self.concurrency);
         }
-        if received == 0 && self.end.is_none() {
-            self.end = Some(DrainEnd::QueueEmpty);
+        if received > 0 {
+            self.confirming = None;
+        } else if self.end.is_none() {
+            match self.confirming {
+                // Started before the first empty one: its answer decides nothing.
+                Some(false) => {}
+                // While the count says requests wait that no receive got, an empty receive may
+                // be the server's (seen on a loaded local server with 47,000 requests waiting):
+                // one more receive, started alone once the others ended, decides.
+                None if counted_waiting => {
+                    self.confirming = Some(false);
+                    self.window = 1;
+                }
+                _ => self.end = Some(DrainEnd::QueueEmpty),
+            }
         }
     }
 

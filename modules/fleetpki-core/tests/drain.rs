@@ -280,3 +280,56 @@ fn counted_requests_a_short_batch_did_not_get_are_asked_for_again() {
         "the 6 counted requests the short batch did not get are asked for again"
     );
 }
+
+#[test]
+fn one_empty_receive_while_counted_requests_wait_is_tried_again_alone() {
+    let mut flow = DrainFlow::new(u64::MAX, 10, 16).expecting(1_000);
+    let first = start_all(&mut flow);
+    end_full(&mut flow, &first);
+    let second = start_all(&mut flow);
+    end_full(&mut flow, &second);
+    let third = start_all(&mut flow);
+    assert_eq!(third.len(), 8);
+    // The server answers all 8 receives empty with 950 counted requests still waiting.
+    for asked in third {
+        flow.batch_ended(asked, 0);
+    }
+    assert!(
+        !flow.is_over(),
+        "an empty receive does not end a drain the count says is not done"
+    );
+    assert_eq!(
+        start_all(&mut flow),
+        vec![10],
+        "the next receive goes alone"
+    );
+    flow.batch_ended(10, 10);
+    assert_eq!(
+        start_all(&mut flow).len(),
+        2,
+        "a receive that got requests lets the window grow again"
+    );
+}
+
+#[test]
+fn an_empty_receive_started_alone_after_an_empty_one_ends_the_drain_whatever_the_count_says() {
+    // Another worker took the requests the count saw.
+    let mut flow = DrainFlow::new(u64::MAX, 10, 16).expecting(1_000);
+    let first = start_all(&mut flow);
+    flow.batch_ended(first[0], 0);
+    assert!(!flow.is_over());
+    let second = start_all(&mut flow);
+    assert_eq!(second, vec![10]);
+    flow.batch_ended(10, 0);
+    assert!(flow.is_over());
+    assert_eq!(flow.end(), Some(DrainEnd::QueueEmpty));
+}
+
+#[test]
+fn without_a_count_the_first_empty_receive_ends_the_drain() {
+    let mut flow = DrainFlow::new(u64::MAX, 10, 16);
+    let first = start_all(&mut flow);
+    flow.batch_ended(first[0], 0);
+    assert!(flow.is_over());
+    assert_eq!(flow.end(), Some(DrainEnd::QueueEmpty));
+}

@@ -29,25 +29,20 @@ import shutil
 import socketserver
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from machines_helpers import RUN_DIR, VENV_BIN, machines, run_in, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "scripts" / "machines"
-RUN_DIR = REPO_ROOT / ".run" / "machines" / "run"
-VENV_BIN = REPO_ROOT / ".venv" / "bin"
 PREFIX = "fpm-"
 CGROUP_NAME = "fleetpki-machines"
 
 BUILD_TIMEOUT = 900  # a cold debootstrap took 1 to 1.5 minutes here (the mirror sets the pace); a warm `build` under a second
 UP_TIMEOUT = 300  # the script's own boot deadline is 120 s; three machines boot in a few seconds
 DOWN_TIMEOUT = 180
-SSH_TIMEOUT = 60
 
 # Run in a machine by `python3 - HOST PORT [http]`: one TCP connection, its outcome as JSON. For
 # http it sends a request; otherwise it reads what the server says first (an SSH banner, the
@@ -76,24 +71,8 @@ GREETING = b"fleetpki host listener\n"
 # --------------------------------------------------------------------------------------------
 
 
-def machines(*args: str, timeout: float = SSH_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"scripts/machines {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}",
-            pytrace=False,
-        )
-    return proc
 
 
-def run_in(name: str, command: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a shell command line in machine NAME as root, over SSH (scripts/machines ssh)."""
-    proc = subprocess.run(
-        [str(SCRIPT), "ssh", name, command], input=stdin or "", capture_output=True, text=True, timeout=SSH_TIMEOUT, cwd=REPO_ROOT
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"in {name}: {command!r} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", pytrace=False)
-    return proc
 
 
 def probe(name: str, host: str, port: int, http: bool = False) -> dict[str, Any]:
@@ -102,16 +81,6 @@ def probe(name: str, host: str, port: int, http: bool = False) -> dict[str, Any]
     return json.loads(proc.stdout)
 
 
-def wait_for(what: str, condition, timeout: float = 20.0, interval: float = 0.2):
-    """Poll CONDITION until it returns something true, or fail after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {result!r})", pytrace=False)
-        time.sleep(interval)  # the pace of the polling, not a wait standing in for the condition
 
 
 def proc_start_time(pid: int) -> str | None:

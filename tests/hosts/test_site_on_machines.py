@@ -16,7 +16,19 @@ inventory of `scripts/machines inventory`:
 Then: the second run and a --check run change nothing; the worker service is active and enabled;
 every node's certificate verifies against the root on the control node; the nodes talk mTLS to
 each other through nginx; the worker is restarted by systemd after `kill -9` and signs a new CSR;
-the CA cannot reach the nodes. The figures (playbook times, restart time) are printed (pytest -s).
+the CA cannot reach the nodes. Then, with no Ansible run on the CA:
+
+- the renewal timer of mtls_client (on web3, mtls_client_timer) rotates the node's certificate
+  by itself once one run of the role has set it to fire every minute with a renewal window wider
+  than the lifetime; the new certificate verifies and nginx serves it (the timer's reload);
+- the CA powered off while the nodes submit (a node-only play, forced rotation, no waiting): the
+  requests wait in the CSR queue; booted again, the worker service drains them by itself, each
+  request issued once (the issuance record, its chain unbroken), nothing dead-lettered; the nodes
+  then fetch and install;
+- the same with the CA's link cut instead (scripts/machines link ca2 down, then up).
+
+The figures (playbook times, restart time, rotation and drain times, requests submitted, issued,
+lost, duplicated, dead-lettered) are printed (pytest -s).
 
 Needs root, the machines' tools (scripts/system-packages) and the built module binaries; it fails,
 never skips.
@@ -39,28 +51,31 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from machines_helpers import REPO_ROOT, RUN_DIR, SCRIPT, VENV_BIN, machines, run_in, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "collection"))
-from collection_helpers import BUILD_COLLECTION, MODULES, describe_run, helpers, play_recap, run, tool  # noqa: E402
-
-SCRIPT = REPO_ROOT / "scripts" / "machines"
-RUN_DIR = REPO_ROOT / ".run" / "machines" / "run"
-VENV_BIN = REPO_ROOT / ".venv" / "bin"
+from collection_helpers import BUILD_COLLECTION, MODULES, describe_run, helpers, play_recap, run, tool
 
 CA = "ca2"
 NODES = ("web1", "web2", "web3")
 UP_TIMEOUT = 900  # builds the base on a cold cache (1 to 1.5 minutes), then boots in seconds
 DOWN_TIMEOUT = 180
-SSH_TIMEOUT = 60
 PLAYBOOK_TIMEOUT = 900
 REGION = "us-east-1"
 QUEUE_PREFIX = "site"
 WORKER = "fleetpki-ca-worker.service"
 NGINX_PORT = 443
 TLS_PATH = "/etc/fleetpki/tls"
+# The node whose certificate is also renewed by mtls_client's systemd timer (mtls_client_timer).
+TIMER_NODE = "web3"
+RENEW_UNIT = "fleetpki-renew"  # mtls_client_timer_name's default: .timer and .service
+AUDIT_LOG = "/var/log/fleetpki-ca-worker/audit.jsonl"  # ca_worker_service_audit_log_path's default
+# Seconds for the CSR queue to drain once the CA is back: a boot, or TCP's retransmission backoff
+# after a link outage, on a loaded host.
+DRAIN_TIMEOUT = 600
+LINK_OUTAGE_S = 25  # how long the CA's link stays down: past the long poll and the visibility timeout
 
-FIGURES: dict[str, float] = {}
+FIGURES: dict[str, float | int] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,34 +83,10 @@ FIGURES: dict[str, float] = {}
 # --------------------------------------------------------------------------------------------
 
 
-def machines(*args: str, timeout: float = SSH_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"scripts/machines {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}",
-            pytrace=False,
-        )
-    return proc
 
 
-def run_in(name: str, command: str, check: bool = True, timeout: float = SSH_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run a shell command line in machine NAME as root, over SSH (scripts/machines ssh)."""
-    proc = subprocess.run([str(SCRIPT), "ssh", name, command], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    if check and proc.returncode != 0:
-        pytest.fail(f"in {name}: {command!r} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", pytrace=False)
-    return proc
 
 
-def wait_for(what: str, condition, timeout: float = 30.0, interval: float = 0.2):
-    """Poll CONDITION until it returns something true, or fail after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {result!r})", pytrace=False)
-        time.sleep(interval)  # the pace of the polling, not a wait standing in for the condition
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +298,8 @@ class Site:
     node_addrs: dict[str, str]
     runs: list[subprocess.CompletedProcess] = field(default_factory=list)
     first: subprocess.CompletedProcess | None = None
+    csr_queue_url: str = ""  # as the control node reaches it (moto on loopback)
+    dlq_url: str = ""
 
     def play(self, *args: str) -> tuple[subprocess.CompletedProcess, float]:
         cmd = [tool("ansible-playbook"), "-i", str(self.inventory), "--forks", "8", str(self.playbook), *args]
@@ -342,6 +335,9 @@ def write_site(base: Path, inventory_ini: str, moto: Moto, csr_queue: str, env: 
         "ca_worker_service_create_user: true",
         "ca_setup_organization_name: fleetpki machines test",
         "ca_worker_identity_proof: enrollment_secret",
+        # Requests a receive took just before an outage come back after this: short, so the
+        # fault tests converge in seconds rather than a minute.
+        "ca_worker_visibility_timeout: 20",
         f"ca_worker_csr_queue_url: {q(ca_endpoint + path)}",
         f"ca_worker_reply_queue_prefix: {q(QUEUE_PREFIX + '-reply-')}",
         f"ca_worker_aws_endpoint_url: {q(ca_endpoint)}",
@@ -372,6 +368,9 @@ def write_site(base: Path, inventory_ini: str, moto: Moto, csr_queue: str, env: 
             f"  - DNS:{node}.fleet.internal",
             f"  - IP:{addr}",
         ]
+        if node == TIMER_NODE:
+            # The renewal timer, on its default schedule (every 6 h): nothing is due between the runs.
+            host_vars.append("mtls_client_timer: true")
         (inv / "host_vars" / f"{node}.yml").write_text("---\n" + "\n".join(host_vars) + "\n", encoding="utf-8")
     playbook = base / "site-on-machines.yml"
     playbook.write_text(PLAYBOOK, encoding="utf-8")
@@ -441,6 +440,7 @@ def site(tmp_path_factory):
 
         inventory_ini = machines("inventory").stdout
         s = write_site(base, inventory_ini, moto, urls["csr_queue_url"], env, layout)
+        s.csr_queue_url, s.dlq_url = urls["csr_queue_url"], urls["csr_dlq_url"]
         proc, seconds = s.play()
         FIGURES["first_run_s"] = round(seconds, 1)
         s.first = proc
@@ -536,12 +536,12 @@ def s_client(client: str, server: str, addr: str, with_cert: bool) -> subprocess
     return run_in(client, cmd, check=False)
 
 
-def served_serial(client: str, addr: str) -> str:
+def served_serial(client: str, addr: str, check: bool = True) -> str:
     cmd = (
         f"timeout 20 openssl s_client -connect {addr}:{NGINX_PORT} -CAfile {TLS_PATH}/ca.pem -cert {TLS_PATH}/current/cert.pem "
         f"-key {TLS_PATH}/current/privkey.pem -cert_chain {TLS_PATH}/current/chain.pem </dev/null 2>/dev/null | openssl x509 -noout -serial"
     )
-    return run_in(client, cmd).stdout.strip()
+    return run_in(client, cmd, check=check).stdout.strip()
 
 
 def installed_serial(node: str) -> str:
@@ -617,3 +617,263 @@ def test_ca_cannot_reach_the_nodes(site):
         for port in (22, NGINX_PORT):
             out = run_in(CA, f"python3 -c {shlex.quote(probe)} {addr} {port}").stdout.strip()
             assert out == "101", f"from {CA} to {node} {addr}:{port}: {out} (expected ENETUNREACH, 101)"
+
+
+# --------------------------------------------------------------------------------------------
+# Renewal without Ansible, and the CA away while requests wait
+# --------------------------------------------------------------------------------------------
+
+
+def instance_id(node: str) -> str:
+    return f"i-{NODES.index(node) + 1:017d}"  # as write_site's host_vars
+
+
+def norm_serial(serial: str) -> str:
+    """A serial as openssl prints it (serial=0A1B...) or the audit log writes it, comparable."""
+    return serial.split("=", 1)[-1].strip().replace(":", "").lower().lstrip("0")
+
+
+def verify_against_root(site: Site, node: str, tmp_path: Path) -> None:
+    cert = tmp_path / f"{node}-{time.monotonic_ns()}-cert.pem"
+    chain = tmp_path / f"{node}-{time.monotonic_ns()}-chain.pem"
+    cert.write_text(node_file(node, f"{TLS_PATH}/current/cert.pem"))
+    chain.write_text(node_file(node, f"{TLS_PATH}/current/chain.pem"))
+    proc = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(site.root_ca), "-untrusted", str(chain), "-purpose", "sslserver", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and ": OK" in proc.stdout, f"{node}: {proc.stdout}{proc.stderr}"
+
+
+def wait_served(site: Site, server: str, serial: str, timeout: float = 60) -> None:
+    """Until SERVER's nginx presents SERIAL (seen from another node): a reload takes a moment."""
+    client = NODES[(NODES.index(server) + 1) % len(NODES)]
+    addr = site.node_addrs[server]
+    wait_for(f"{server}'s nginx to serve {serial}", lambda: served_serial(client, addr, check=False) == serial, timeout=timeout, interval=1)
+
+
+def unit_props(node: str, unit: str, *props: str) -> dict[str, str]:
+    out = run_in(node, f"systemctl show -p {','.join(props)} {unit}").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def unit_time(node: str, unit: str, prop: str) -> int | None:
+    """A unit's timestamp property in seconds since the epoch (the machine's clock), None when unset."""
+    cmd = f'v=$(systemctl show -p {prop} --value {unit}); [ -n "$v" ] && [ "$v" != n/a ] && date -d "$v" +%s'
+    out = run_in(node, cmd, check=False).stdout.strip()
+    return int(out) if out.isdigit() else None
+
+
+def machine_now(node: str) -> int:
+    return int(run_in(node, "date +%s").stdout.strip())
+
+
+def wait_unit_settled(node: str, unit: str, timeout: float = 600) -> dict[str, str]:
+    """Until a oneshot service is not running (a timer run in progress has finished)."""
+
+    def settled():
+        props = unit_props(node, unit, "ActiveState", "Result", "ExecMainStatus")
+        return props if props.get("ActiveState") not in ("activating", "deactivating", "reloading") else None
+
+    return wait_for(f"{unit} on {node} to finish its run", settled, timeout=timeout, interval=1)
+
+
+def test_renewal_timer_rotates_a_node_without_ansible(site, tmp_path):
+    node = TIMER_NODE
+    timer, service = f"{RENEW_UNIT}.timer", f"{RENEW_UNIT}.service"
+    # The first run installed the timer: enabled and waiting.
+    assert run_in(node, f"systemctl is-enabled {timer}", check=False).stdout.strip() == "enabled"
+    assert run_in(node, f"systemctl is-active {timer}", check=False).stdout.strip() == "active"
+
+    # One Ansible run, through the role's variables: every minute, no random delay, and a renewal
+    # window wider than any lifetime, so every run of the timer finds a renewal due. The run
+    # itself renews too (it is due for it as well); what follows is the timer's alone.
+    extra = {"mtls_client_timer_on_calendar": "*:*:00", "mtls_client_timer_randomized_delay": "0", "mtls_client_renew_before": "3650d"}
+    # Before the run: only the schedule it writes can trigger the timer after this (the default
+    # one, every 6 h, does not within the test).
+    began = machine_now(node)
+    proc, seconds = site.play("--limit", node, "-e", json.dumps(extra))
+    FIGURES["timer_setup_run_s"] = round(seconds, 1)
+    assert_ok(proc, hosts=(node,))
+    try:
+        played = machine_now(node)
+        start = time.monotonic()
+        before = installed_serial(node)
+        calendar = unit_props(node, timer, "TimersCalendar")["TimersCalendar"]
+        assert "OnCalendar=*-*-* *:*:00" in calendar, f"{timer} did not take the role's schedule: {calendar}"
+        nxt = unit_time(node, timer, "NextElapseUSecRealtime")
+        assert nxt is not None and nxt - played <= 70, f"{timer}: next elapse {nxt} is not within a minute of {played} (daemon-reload not applied?)"
+
+        # No ansible-playbook from here on: the timer fires, the service renews and reloads nginx.
+        new = wait_for(
+            f"{timer} to install a new certificate on {node}",
+            lambda: (serial := installed_serial(node)) != before and serial,
+            timeout=300,
+            interval=2,
+        )
+        FIGURES["timer_rotation_after_run_s"] = round(time.monotonic() - start, 1)
+        wait_unit_settled(node, service)
+        run_in(node, f"systemctl stop {timer}")  # no more rotations: the role's next run starts it again
+        result = wait_unit_settled(node, service)
+        journal = run_in(node, f"journalctl --no-pager -o cat -u {service} --since @{began}", check=False).stdout
+        assert result.get("Result") == "success", f"{service}: {result}\n{journal[-4000:]}"
+        triggered = unit_time(node, timer, "LastTriggerUSec")
+        assert triggered is not None and triggered >= began, f"{timer} last triggered at {triggered}, before the run began ({began})"
+        assert "a new certificate was installed: reloading nginx.service" in journal, journal[-4000:]
+
+        final = installed_serial(node)  # the last of the timer's rotations (one a minute)
+        assert final != before and new != before
+        verify_against_root(site, node, tmp_path)
+        wait_served(site, node, final)
+        FIGURES["timer_rotations"] = journal.count("a new certificate was installed")
+    finally:
+        run_in(node, f"systemctl stop {timer}", check=False)
+
+
+# The outages: the nodes submit while the CA is away; the worker service, once the CA is back,
+# drains the queue with no Ansible run on the CA; then the nodes fetch.
+
+
+def submit_on_nodes(site: Site, what: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The node side only (no CA host in the play): a forced rotation, not waiting for the answer.
+    Returns each node's installed serial before and its pending request id."""
+    before = {n: installed_serial(n) for n in NODES}
+    proc, seconds = site.play("--limit", "nodes", "-e", json.dumps({"mtls_client_force": True, "mtls_client_fetch_wait": False}))
+    FIGURES[f"{what}_submit_run_s"] = round(seconds, 1)
+    assert_ok(proc, hosts=NODES)
+    requests = {}
+    for node in NODES:
+        pending = run_in(node, f"cat {TLS_PATH}/pending/request.json", check=False)
+        assert pending.returncode == 0, f"{node}: no pending request after the submit:\n{pending.stdout}{pending.stderr}\n{describe_run(proc)}"
+        requests[node] = json.loads(pending.stdout)["request_id"]
+    assert len(set(requests.values())) == len(NODES), requests
+    return before, requests
+
+
+def csr_depth(site: Site) -> dict[str, int]:
+    return helpers.queue_attributes(site.moto.client(), site.csr_queue_url)
+
+
+def audit_records() -> list[dict]:
+    text = run_in(CA, f"cat {AUDIT_LOG}").stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def audit_chain_problems(text: str) -> list[int]:
+    """The line numbers whose prev_sha256 is not the SHA-256 of the line before (the issuance
+    record's chain, modules/fleetpki-core/src/record.rs)."""
+    import hashlib
+
+    prev, bad = "0" * 64, []
+    for no, line in enumerate(text.splitlines(), start=1):
+        if json.loads(line).get("prev_sha256") != prev:
+            bad.append(no)
+        prev = hashlib.sha256(line.encode()).hexdigest()
+    return bad
+
+
+def drain_and_fetch(site: Site, what: str, prefix: str, before: dict[str, str], requests: dict[str, str], back: float, tmp_path: Path) -> None:
+    """After the CA came back (at monotonic BACK): the queue drains by itself, the record shows
+    each request issued once, the nodes fetch and install. The figures go to FIGURES (PREFIX_*)."""
+    def drained():
+        depth = csr_depth(site)
+        return depth if sum(depth.values()) == 0 else None
+
+    wait_for(f"the CA worker to drain the CSR queue after the {what}", drained, timeout=DRAIN_TIMEOUT, interval=1)
+    drained_s = round(time.monotonic() - back, 1)
+    FIGURES[f"{prefix}_back_to_queue_empty_s"] = drained_s
+
+    # The record: queue empty means each request was recorded, answered and deleted.
+    ids = set(requests.values())
+
+    def all_issued():
+        records = audit_records()
+        return records if ids <= {r.get("request_id") for r in records if r.get("decision") == "issued"} else None
+
+    records = wait_for("the issuance record to show every request issued", all_issued, timeout=60, interval=1)
+    mine = [r for r in records if r.get("request_id") in ids]
+    issued = {r["request_id"]: r for r in mine if r.get("decision") == "issued"}
+    serials = {rid: {norm_serial(r["serial"]) for r in mine if r.get("request_id") == rid and r.get("serial")} for rid in ids}
+    for node, rid in requests.items():
+        assert issued[rid].get("instance_id") == instance_id(node), f"request {rid} of {node}: {issued[rid]}"
+    dlq = helpers.queue_attributes(site.moto.client(), site.dlq_url)
+
+    # The nodes fetch (the role, not waiting on any drain) and install; nginx reloads.
+    proc, seconds = site.play("--limit", "nodes")
+    assert_ok(proc, hosts=NODES)
+    installed = {n: installed_serial(n) for n in NODES}
+    lost = [n for n in NODES if installed[n] == before[n] or norm_serial(installed[n]) not in serials[requests[n]]]
+    figures = {
+        "submitted": len(ids),
+        "issued": len(issued),
+        "lost": len(lost) + len(ids - set(issued)),
+        "duplicated": sum(1 for s in serials.values() if len(s) > 1),
+        "dead_lettered": sum(dlq.values()) + sum(1 for r in mine if r.get("decision") == "dead_lettered"),
+        "retried": sum(1 for r in mine if r.get("decision") == "retry"),
+        "back_to_queue_empty_s": drained_s,
+        "fetch_run_s": round(seconds, 1),
+    }
+    FIGURES.update({f"{prefix}_{k}": v for k, v in figures.items()})
+    assert not lost, f"{what}: nodes without the certificate of their request: {lost}; installed {installed}, issued {serials}"
+    assert figures["duplicated"] == 0, f"{what}: a request got several certificates: {serials}"
+    assert figures["dead_lettered"] == 0, f"{what}: dead-lettered: DLQ {dlq}; record {[r for r in mine if r.get('decision') == 'dead_lettered']}"
+    for node in NODES:
+        verify_against_root(site, node, tmp_path)
+        wait_served(site, node, installed[node])
+    # Nothing left in flight: the CSR queue and every reply queue are empty.
+    depths = helpers.snapshot_queues(site.moto.client(), QUEUE_PREFIX)
+    assert all(sum(d.values()) == 0 for d in depths.values()), f"messages left in the queues: {depths}"
+
+
+def test_ca_powered_off_while_requests_wait_then_booted(site, tmp_path):
+    machines("poweroff", CA, timeout=DOWN_TIMEOUT)
+    try:
+        before, requests = submit_on_nodes(site, "ca_poweroff")
+        # All three wait in the CSR queue. Some may be in flight: a long poll the worker had sent
+        # before it stopped stays open at the server (up to 20 s) and takes what arrives; those
+        # come back after the visibility timeout (ca_worker_visibility_timeout, 20 s here).
+        depth = csr_depth(site)
+        assert sum(depth.values()) == len(NODES), f"CSR queue with the CA off: {depth}"
+        FIGURES["ca_poweroff_in_flight_while_off"] = depth["in_flight"]
+    finally:
+        back = time.monotonic()
+        machines("start", CA, timeout=UP_TIMEOUT)
+    FIGURES["ca_poweroff_start_cmd_s"] = round(time.monotonic() - back, 1)
+    # The service came back with the machine (enabled), not by any Ansible run.
+    state = wait_for("the CA worker service to be active after the boot", lambda: (s := worker_state())["ActiveState"] == "active" and s, timeout=120)
+    assert int(state["MainPID"]) > 0, state
+    drain_and_fetch(site, "CA's reboot", "ca_poweroff", before, requests, back, tmp_path)
+    # The issuance record survived the poweroff whole: its chain is unbroken.
+    text = run_in(CA, f"cat {AUDIT_LOG}").stdout
+    assert not audit_chain_problems(text), f"the issuance record's chain breaks at lines {audit_chain_problems(text)}"
+
+
+def test_ca_link_down_while_requests_wait_then_up(site, tmp_path):
+    restarts = int(worker_state()["NRestarts"])
+    since = machine_now(CA)
+    machines("link", CA, "down")
+    cut = time.monotonic()
+    try:
+        before, requests = submit_on_nodes(site, "ca_link_down")
+        # The queue holds them, all through an outage longer than the worker's long poll (20 s)
+        # and the visibility timeout (20 s). In flight: taken by a long poll already under way,
+        # whose answer was cut off; they come back after the visibility timeout.
+        def held():
+            depth = csr_depth(site)
+            assert sum(depth.values()) == len(NODES), f"CSR queue with the CA's link down: {depth}"
+            return depth if time.monotonic() - cut >= LINK_OUTAGE_S else None
+
+        depth = wait_for(f"the link outage to last {LINK_OUTAGE_S} s", held, timeout=LINK_OUTAGE_S + 120, interval=2)
+        FIGURES["ca_link_down_in_flight_at_up"] = depth["in_flight"]
+    finally:
+        back = time.monotonic()
+        machines("link", CA, "up")
+    FIGURES["ca_link_down_for_s"] = round(back - cut, 1)
+    drain_and_fetch(site, "CA's link outage", "ca_link_down", before, requests, back, tmp_path)
+    state = worker_state()
+    FIGURES["ca_link_down_worker_restarts"] = int(state["NRestarts"]) - restarts
+    journal = run_in(CA, f"journalctl --no-pager -o cat -u {WORKER} --since @{since}", check=False).stdout
+    FIGURES["ca_link_down_worker_sqs_errors_logged"] = journal.count("SQS error")
+    assert state["ActiveState"] == "active", state

@@ -55,6 +55,7 @@ from machines_helpers import REPO_ROOT, RUN_DIR, SCRIPT, VENV_BIN, machines, run
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "collection"))
 from collection_helpers import BUILD_COLLECTION, MODULES, describe_run, helpers, play_recap, run, tool
+from sqs_fixtures import OwnMotoServer  # tests/integration, on the path through collection_helpers
 
 CA = "ca2"
 NODES = ("web1", "web2", "web3")
@@ -144,43 +145,6 @@ class Relay:
                 pass
         self.thread.join(5)
 
-
-class Moto:
-    """moto (scripts/moto_server.py) on a free loopback port, started and stopped by PID."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        python = VENV_BIN / "python"
-        log = open(self.dir / "moto.log", "wb")  # noqa: SIM115 - kept open by the child
-        self.proc = subprocess.Popen(
-            [str(python), str(REPO_ROOT / "scripts" / "moto_server.py"), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        up = helpers.sqs_admin.wait_until_up(self.endpoint, timeout=30, pid=self.proc.pid)
-        assert up, f"moto did not answer on {self.endpoint}; log: {(self.dir / 'moto.log').read_text(errors='replace')[-2000:]}"
-
-    def client(self):
-        return helpers.sqs_admin.make_client(self.endpoint, REGION)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +257,7 @@ class Site:
     playbook: Path
     env: dict[str, str]
     root_ca: Path
-    moto: Moto
+    moto: OwnMotoServer
     ca_addr: str
     node_addrs: dict[str, str]
     runs: list[subprocess.CompletedProcess] = field(default_factory=list)
@@ -311,7 +275,7 @@ class Site:
         return proc, seconds
 
 
-def write_site(base: Path, inventory_ini: str, moto: Moto, csr_queue: str, env: dict[str, str], layout: dict) -> Site:
+def write_site(base: Path, inventory_ini: str, moto: OwnMotoServer, csr_queue: str, env: dict[str, str], layout: dict) -> Site:
     q = json.dumps
     inv = base / "inventory"
     (inv / "group_vars").mkdir(parents=True)
@@ -416,7 +380,7 @@ def changed_tasks(output: str) -> list[str]:
 def site(tmp_path_factory):
     assert os.geteuid() == 0, "these tests need root (network namespaces, systemd-nspawn)"
     base = tmp_path_factory.mktemp("site-on-machines")
-    moto: Moto | None = None
+    moto: OwnMotoServer | None = None
     relays: list[Relay] = []
     try:
         machines("up", f"{CA}:ca", *(f"{n}:node" for n in NODES), timeout=UP_TIMEOUT)
@@ -424,7 +388,7 @@ def site(tmp_path_factory):
         layout = {m["name"]: m for m in layout_json["machines"]}
         assert set(layout) == {CA, *NODES}, f"machines.json: {sorted(layout)}"
 
-        moto = Moto(base)
+        moto = OwnMotoServer(base)
         moto.start()
         host_addrs = sorted({layout_json["bridge"]["host_addr"], layout[CA]["host_addr"]})
         relays = [Relay(addr, moto.port, moto.port) for addr in host_addrs]

@@ -54,7 +54,7 @@ import pytest
 from machines_helpers import REPO_ROOT, RUN_DIR, SCRIPT, VENV_BIN, machines, run_in, wait_for
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "collection"))
-from collection_helpers import BUILD_COLLECTION, MODULES, describe_run, helpers, play_recap, run, tool
+from collection_helpers import BUILD_COLLECTION, MODULES, base_env, describe_run, helpers, play_recap, run, tool
 from sqs_fixtures import OwnMotoServer  # tests/integration, on the path through collection_helpers
 
 CA = "ca2"
@@ -167,32 +167,20 @@ def build_tarball() -> Path:
 
 
 def ansible_env(home: Path, collections: Path) -> dict[str, str]:
-    """As tests/collection's: nothing of the developer's ansible or AWS setup, only our collection."""
+    """tests/collection's environment (nothing of the developer's ansible or AWS setup, only our
+    collection), over SSH to the machines."""
     (home / "ansible.cfg").write_text("# empty: the test sets everything through the environment\n", encoding="utf-8")
-    env = helpers.module_env()
+    env = base_env(home, collections)
+    # The machines keep Ansible's own remote temporary directory (not a path of the control node).
+    env.pop("ANSIBLE_REMOTE_TEMP")
     env.update(
         {
-            "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-            "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
-            "ANSIBLE_HOME": str(home),
-            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-            "ANSIBLE_COLLECTIONS_PATH": str(collections),
-            "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
-            "ANSIBLE_ROLES_PATH": str(home / "roles"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_RETRY_FILES_ENABLED": "false",
-            "ANSIBLE_STDOUT_CALLBACK": "default",
-            "ANSIBLE_DEPRECATION_WARNINGS": "false",
             "ANSIBLE_PIPELINING": "true",
             # Short-lived SSH masters: none outlives the machines for long.
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=15s",
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"),
-            "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
-    for key in ("ANSIBLE_CALLBACKS_ENABLED", "ANSIBLE_CALLBACK_WHITELIST", "ANSIBLE_INVENTORY", "ANSIBLE_VAULT_PASSWORD_FILE"):
-        env.pop(key, None)
     return env
 
 

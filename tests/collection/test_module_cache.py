@@ -416,3 +416,20 @@ def test_over_ssh_each_host_gets_the_binary_once(tmp_path, ansible_env, installe
     finally:
         ssh_play.close_masters(control_root)
         sshd.stop()
+
+
+def test_a_module_that_dies_reports_its_own_exit_status(make_fleet):
+    """A module killed on the host (here by the test crash switch: SIGABRT, exit status 134 from
+    the shell) fails with its own status and stderr, on the path that sends the binary and on the
+    one that runs the cached copy: no shell syntax error of the command around it in their place."""
+    fleet = make_fleet(1)
+    # Run 1 sends mtls_cert_fetch to the host and dies once the answer is staged (point 2); run 2
+    # runs the cached copy, which completes the staged install and dies before the switch (point 3).
+    # The local connection passes the controller's environment to the module.
+    for run_no, point in ((1, 2), (2, 3)):
+        proc = run(fleet.site_command(), env=dict(fleet.env, FLEETPKI_TEST_CRASH_AT=str(point)), cwd=fleet.dir)
+        fatal = [line for line in proc.stdout.splitlines() if line.startswith("fatal: [") and "test crash at point" in line]
+        assert proc.returncode != 0 and len(fatal) == 1, f"run {run_no}: expected one task killed at point {point}\n{describe_run(proc)}"
+        result = json.loads(fatal[0].split(" => ", 1)[1])
+        assert result["rc"] == 134, f"run {run_no}: exit status {result['rc']} (the module's is 134, SIGABRT): {result}"
+        assert result["module_stderr"].strip().splitlines() == [f"fleetpki: test crash at point {point}", "Aborted"], result["module_stderr"]

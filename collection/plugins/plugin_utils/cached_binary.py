@@ -358,10 +358,13 @@ class CachedBinaryAction(ActionBase):
             )})),
         }
 
-        res = self._low_level_execute_command((_PROLOGUE + _HIT) % values, in_data=args_json)
+        # No final newline: Ansible appends " && sleep 0" to the command, which must join its last
+        # line (on a line of its own it is a syntax error, and the shell's exit status 2 would
+        # replace the module's).
+        res = self._low_level_execute_command(((_PROLOGUE + _HIT) % values).rstrip("\n"), in_data=args_json)
         if _printed(res, CACHE_MISS):
             display.vvv(f"fleetpki.mtls: {name} is not cached on this host: sending it ({len(module_data)} bytes)")
-            res = self._low_level_execute_command((_PROLOGUE + _INSTALL) % values, in_data=module_data + args_json)
+            res = self._low_level_execute_command(((_PROLOGUE + _INSTALL) % values).rstrip("\n"), in_data=module_data + args_json)
         elif not _printed(res, CACHE_UNAVAILABLE):
             display.vvv(f"fleetpki.mtls: ran {name} from the module cache")
         if _printed(res, CACHE_UNAVAILABLE):

@@ -10,7 +10,7 @@ over SSH or on the host:
 - the CA reaches the host on its own link and nothing else: connecting to a node fails at once with
   "network unreachable", and its only route is the link;
 - a machine's link can be cut and restored; a machine can be powered off and booted again with its
-  disk kept;
+  disk kept, in order (its units stopped) or by a power cut (`poweroff --hard`: none stopped);
 - `down` leaves nothing: no namespace, link, mount, cgroup or process.
 
 Needs root, debootstrap and systemd-nspawn (scripts/system-packages installs them); without them the
@@ -441,9 +441,24 @@ def test_a_cut_link_isolates_the_machine_until_restored(fleet):
     wait_for(f"{node1.name} to reach {node2.name}:22 again", lambda: probe(node1.name, node2.addr, 22)["ok"])
 
 
+# A unit whose stop leaves a mark: an orderly poweroff stops it, a power cut does not.
+STOP_MARK_UNIT = """\
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/rm -f /root/stopped-in-order
+ExecStop=/bin/touch /root/stopped-in-order
+"""
+
+
+def start_stop_mark_unit(name: str) -> None:
+    run_in(name, "cat >/etc/systemd/system/fpm-stop-mark.service && systemctl daemon-reload && systemctl start fpm-stop-mark.service", stdin=STOP_MARK_UNIT)
+
+
 def test_poweroff_and_start_keep_the_machines_disk(fleet):
     node1, node2 = fleet.nodes
     run_in(node2.name, "echo kept-across-reboot >/root/marker")
+    start_stop_mark_unit(node2.name)
     machines("poweroff", node2.name)
     assert not alive(node2.pid, node2.start_times[node2.pid]), "systemd-nspawn of node2 still runs"
     assert not alive(node2.init_pid, node2.start_times[node2.init_pid]), "node2's systemd still runs"
@@ -456,6 +471,26 @@ def test_poweroff_and_start_keep_the_machines_disk(fleet):
     assert state["init_pid"] != node2.init_pid and alive(state["init_pid"], SEEN_PIDS[state["init_pid"]]), state
     assert run_in(node2.name, "systemctl is-system-running", check=False).stdout.strip() == "running"
     assert probe(node1.name, node2.addr, 80, http=True)["ok"]
+    # The poweroff was orderly: systemd stopped the machine's units.
+    assert run_in(node2.name, "test -e /root/stopped-in-order", check=False).returncode == 0, "poweroff did not stop the units"
+
+
+def test_hard_poweroff_is_a_power_cut(fleet):
+    node1, node2 = fleet.nodes
+    start_stop_mark_unit(node2.name)
+    state = {m["name"]: m for m in load_state()["machines"]}[node2.name]  # this boot's PIDs
+    machines("poweroff", "--hard", node2.name)
+    assert not alive(state["pid"], SEEN_PIDS[state["pid"]]), "systemd-nspawn of node2 still runs"
+    assert not alive(state["init_pid"], SEEN_PIDS[state["init_pid"]]), "node2's systemd still runs"
+    assert not probe(node1.name, node2.addr, 22)["ok"]
+    machines("start", node2.name, timeout=UP_TIMEOUT)
+    state = {m["name"]: m for m in load_state()["machines"]}[node2.name]
+    for pid in (state["pid"], state["init_pid"]):
+        SEEN_PIDS[pid] = proc_start_time(pid)
+    # Nothing was stopped: no unit's ExecStop ran. The machine boots as after any crash.
+    assert run_in(node2.name, "test ! -e /root/stopped-in-order", check=False).returncode == 0, "--hard stopped the units in order"
+    assert run_in(node2.name, "cat /root/marker").stdout.strip() == "kept-across-reboot"
+    assert run_in(node2.name, "systemctl is-system-running", check=False).stdout.strip() == "running"
 
 
 # --------------------------------------------------------------------------------------------

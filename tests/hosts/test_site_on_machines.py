@@ -25,7 +25,11 @@ the CA cannot reach the nodes. Then, with no Ansible run on the CA:
   requests wait in the CSR queue; booted again, the worker service drains them by itself, each
   request issued once (the issuance record, its chain unbroken), nothing dead-lettered; the nodes
   then fetch and install;
-- the same with the CA's link cut instead (scripts/machines link ca2 down, then up).
+- the same with the CA's link cut instead (scripts/machines link ca2 down, then up);
+- each node's install stopped at a different point (the modules' test crash switch,
+  FLEETPKI_TEST_CRASH_AT) and the node's power cut right after (scripts/machines poweroff --hard):
+  booted again, nginx starts with a whole certificate and key, old or new; the next run completes
+  the install, each request issued once, and a run after it changes nothing.
 
 The figures (playbook times, restart time, rotation and drain times, requests submitted, issued,
 lost, duplicated, dead-lettered) are printed (pytest -s).
@@ -77,17 +81,6 @@ DRAIN_TIMEOUT = 600
 LINK_OUTAGE_S = 25  # how long the CA's link stays down: past the long poll and the visibility timeout
 
 FIGURES: dict[str, float | int] = {}
-
-
-# --------------------------------------------------------------------------------------------
-# scripts/machines and commands in the machines
-# --------------------------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -829,3 +822,94 @@ def test_ca_link_down_while_requests_wait_then_up(site, tmp_path):
     journal = run_in(CA, f"journalctl --no-pager -o cat -u {WORKER} --since @{since}", check=False).stdout
     FIGURES["ca_link_down_worker_sqs_errors_logged"] = journal.count("SQS error")
     assert state["ActiveState"] == "active", state
+
+
+# A node rebooted in the middle of an install: the install stops at a crash point (the modules'
+# test switch aborts the process there), then the node's power is cut, then it boots.
+
+# What each node's install has done when it stops (layout.rs and cert_fetch.rs name the points):
+# 2: the answer staged beside the pending key, not yet deleted from the reply queue;
+# 4: the new version's directory in place, `current` still the old one;
+# 5: `current` switched to the new version, the pending request not yet cleared.
+CRASH_POINTS = {"web1": 2, "web2": 4, "web3": 5}
+
+CRASH_PLAYBOOK = """\
+---
+- name: Rotate, the install stopping at each node's crash point
+  hosts: nodes
+  gather_facts: false
+  environment:
+    FLEETPKI_TEST_CRASH_AT: "{{ fleetpki_test_crash_points[inventory_hostname] }}"
+  roles:
+    - role: fleetpki.mtls.mtls_client
+      vars:
+        mtls_client_force: true
+        mtls_client_ca_cert_src: "{{ fleetpki_root_ca_file }}"
+"""
+
+
+def test_node_power_cut_in_the_middle_of_an_install(site, tmp_path):
+    nodes = tuple(CRASH_POINTS)
+    before = {n: installed_serial(n) for n in nodes}
+    records_before = len(audit_records())
+    playbook = site.dir / "crash-install.yml"
+    playbook.write_text(CRASH_PLAYBOOK, encoding="utf-8")
+    cmd = [tool("ansible-playbook"), "-i", str(site.inventory), str(playbook), "-e", json.dumps({"fleetpki_test_crash_points": CRASH_POINTS})]
+    crashed = run(cmd, env=site.env, cwd=site.dir, timeout=PLAYBOOK_TIMEOUT)
+    (site.dir / "crash-install.log").write_text(crashed.stdout + crashed.stderr, encoding="utf-8")
+    recap = play_recap(crashed.stdout)
+    # Each node's fetch died at its point: the play fails there, before any handler.
+    assert crashed.returncode != 0 and all(recap[n]["failed"] == 1 for n in nodes), describe_run(crashed)
+    for node, k in CRASH_POINTS.items():
+        assert f"test crash at point {k}" in crashed.stdout + crashed.stderr, f"{node} did not stop at crash point {k}:\n{describe_run(crashed)}"
+    requests = {n: json.loads(run_in(n, f"cat {TLS_PATH}/pending/request.json").stdout)["request_id"] for n in nodes}
+
+    for node in nodes:
+        machines("poweroff", "--hard", node, timeout=DOWN_TIMEOUT)
+    booted = time.monotonic()
+    for node in nodes:
+        machines("start", node, timeout=UP_TIMEOUT)
+    FIGURES["node_power_cut_boot_s"] = round(time.monotonic() - booted, 1)
+
+    # Booted, before any Ansible run: nginx started from whatever `current` is, and that is a whole
+    # version (the certificate it presents matches its key: the handshake with verification works).
+    for node in nodes:
+        peer = NODES[(NODES.index(node) + 1) % len(NODES)]
+        addr = site.node_addrs[node]
+        served = wait_for(
+            f"{node}'s nginx to serve after the boot", lambda peer=peer, addr=addr: served_serial(peer, addr, check=False), timeout=60, interval=1
+        )
+        current = installed_serial(node)
+        assert served == current, f"{node} after the boot serves {served}, its current certificate is {current}"
+        FIGURES[f"node_power_cut_{node}_serves_new_after_boot"] = int(current != before[node])
+
+    # The next run completes each install (no new request: the pending one is finished).
+    proc, seconds = site.play("--limit", "nodes")
+    assert_ok(proc, hosts=NODES)
+    FIGURES["node_power_cut_converge_run_s"] = round(seconds, 1)
+    records = audit_records()[records_before:]
+    issued = {}
+    for r in records:
+        if r.get("decision") == "issued":
+            issued.setdefault(r["request_id"], set()).add(norm_serial(r["serial"]))
+    installed = {n: installed_serial(n) for n in nodes}
+    for node in nodes:
+        serials = issued.get(requests[node], set())
+        assert len(serials) == 1, f"{node}: request {requests[node]} issued {len(serials)} times: {serials}"
+        assert norm_serial(installed[node]) in serials and installed[node] != before[node], (
+            f"{node} (crash point {CRASH_POINTS[node]}): installed {installed[node]}, before {before[node]}, issued {serials}"
+        )
+        verify_against_root(site, node, tmp_path)
+        wait_served(site, node, installed[node])
+        left = run_in(node, f"find {TLS_PATH} -name '*.tmp-*' -o -name request.json").stdout
+        assert not left.strip(), f"{node}: leftovers of the interrupted install:\n{left}"
+    FIGURES["node_power_cut_converged_s"] = round(time.monotonic() - booted, 1)
+    FIGURES["node_power_cut_requests"] = len(requests)
+    FIGURES["node_power_cut_issued"] = sum(len(issued.get(r, ())) for r in requests.values())
+    FIGURES["node_power_cut_new_requests_after"] = len([r for r in issued if r not in requests.values()])
+    assert FIGURES["node_power_cut_new_requests_after"] == 0, f"the converging run made new requests: {issued}"
+
+    proc, _ = site.play("--limit", "nodes")
+    recap = assert_ok(proc, hosts=NODES)
+    changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
+    assert not changed, "the run after the converging one changed:\n" + "\n".join(changed_tasks(proc.stdout))

@@ -16,7 +16,8 @@ inventory of `scripts/machines inventory`:
 Then: the second run and a --check run change nothing; the worker service is active and enabled;
 every node's certificate verifies against the root on the control node; the nodes talk mTLS to
 each other through nginx; the worker is restarted by systemd after `kill -9` and signs a new CSR;
-the CA cannot reach the nodes. Then, with no Ansible run on the CA:
+the CA cannot reach the nodes; in the running worker's sandbox only its log directory is writable.
+Then, with no Ansible run on the CA:
 
 - the renewal timer of mtls_client (on web3, mtls_client_timer) rotates the node's certificate
   by itself once one run of the role has set it to fire every minute with a renewal window wider
@@ -446,6 +447,30 @@ def test_worker_service_active_and_enabled(site):
     assert run_in(CA, f"ps -o user= -p {pid}").stdout.strip() == "fleetpki-ca"
     key = run_in(CA, "stat -c '%U %a' /etc/fleetpki/ca/intermediate.key.pem", check=False)
     assert key.stdout.strip() == "fleetpki-ca 400", f"intermediate key: {key.stdout}{key.stderr}"
+
+
+def test_worker_sandbox_allows_writing_its_log_directory_only(site):
+    """The hardening of the worker's unit in force: in the running worker's own mount namespace
+    (entered with nsenter as root: a read-only mount refuses even root) only the directory of the
+    issuance record is writable. Outside the sandbox the same paths are writable: the sandbox
+    refuses, not the file system."""
+    pid = int(worker_state()["MainPID"])
+    assert pid > 0
+    log_dir = AUDIT_LOG.rsplit("/", 1)[0]
+    forbidden = ("/etc/fleetpki/ca", "/usr/local/libexec/fleetpki", "/etc", "/var/lib", "/root")
+
+    def write(path: str, sandboxed: bool) -> str:
+        probe = f"{path}/.fleetpki-sandbox-probe"
+        enter = f"nsenter -t {pid} -m -- " if sandboxed else ""
+        cmd = f"{enter}sh -c {shlex.quote(f'touch {probe} && rm -f {probe}')} 2>&1; echo rc=$?"
+        return run_in(CA, cmd, check=False).stdout.strip()
+
+    assert write(log_dir, sandboxed=True).endswith("rc=0"), write(log_dir, sandboxed=True)
+    for path in forbidden:
+        assert write(path, sandboxed=False).endswith("rc=0"), f"{path} is not writable outside the sandbox either"
+        inside = write(path, sandboxed=True)
+        assert not inside.endswith("rc=0"), f"the worker's sandbox lets it write {path}"
+        assert "Read-only file system" in inside or "Permission denied" in inside, f"{path} in the sandbox: {inside}"
 
 
 def node_file(node: str, path: str) -> str:

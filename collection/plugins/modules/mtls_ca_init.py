@@ -235,7 +235,7 @@ RETURN = r"""
 error:
   description:
     - When an AWS call failed, what amazon.aws returns beside C(msg) - C(kind) (V(no_credentials),
-      V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(not_found), V(region_mismatch) or
+      V(bad_credentials), V(access_denied), V(throttling), V(unreachable), V(untrusted_certificate), V(not_found), V(region_mismatch) or
       V(other)), the service's C(code) (null when it gave none) and C(message) (or the SDK's whole error chain,
       which C(msg) leaves out), and the C(operation) that failed, when a call did.
   returned: when a KMS or ACM PCA call that finds, creates or describes the signer failed (a failed C(Sign) says so in C(msg) only)

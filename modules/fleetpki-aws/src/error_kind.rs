@@ -21,6 +21,8 @@ pub enum AwsErrorKind {
     Throttling,
     /// The endpoint could not be reached, or did not answer in time.
     Unreachable,
+    /// The endpoint's TLS certificate was refused (an unknown CA, another name, expired).
+    UntrustedCertificate,
     /// What the call named does not exist.
     NotFound,
     /// Any other answer of the service, or a request that could not be built.
@@ -37,6 +39,12 @@ impl AwsErrorKind {
         match error {
             SdkError::ServiceError(_) => error.code().map_or(AwsErrorKind::Other, Self::from_code),
             SdkError::DispatchFailure(failure) => {
+                let tls = failure
+                    .as_connector_error()
+                    .and_then(|c| source_of_type::<rustls::Error>(c));
+                if let Some(rustls::Error::InvalidCertificate(_)) = tls {
+                    return AwsErrorKind::UntrustedCertificate;
+                }
                 // The credentials are resolved just before the request is sent: their absence
                 // is reported as a failure to dispatch it.
                 let credentials = failure
@@ -94,6 +102,7 @@ impl AwsErrorKind {
             AwsErrorKind::AccessDenied => "access_denied",
             AwsErrorKind::Throttling => "throttling",
             AwsErrorKind::Unreachable => "unreachable",
+            AwsErrorKind::UntrustedCertificate => "untrusted_certificate",
             AwsErrorKind::NotFound => "not_found",
             AwsErrorKind::Other => "other",
         }
@@ -109,6 +118,7 @@ impl AwsErrorKind {
             AwsErrorKind::Unreachable => {
                 "the endpoint could not be reached, or gave no usable answer"
             }
+            AwsErrorKind::UntrustedCertificate => "the endpoint's TLS certificate was refused",
             AwsErrorKind::NotFound => "it does not exist",
             AwsErrorKind::Other => "the service refused the call",
         }
@@ -122,6 +132,7 @@ impl AwsErrorKind {
             AwsErrorKind::AccessDenied => "the IAM policy of this identity must allow this call (see docs/aws.md in the collection, \"What the stack creates\", and docs/signers.md, \"IAM policies\")",
             AwsErrorKind::Throttling => "run again later, or with fewer hosts at once",
             AwsErrorKind::Unreachable => "check endpoint_url (or the AWS_ENDPOINT_URL_* variable of the service), the region, and the network path to it",
+            AwsErrorKind::UntrustedCertificate => "check that endpoint_url names the service; for an endpoint behind your own CA, add that CA to the system's CA bundle or set SSL_CERT_FILE (docs/aws.md in the collection, \"HTTPS: which CAs the modules trust\")",
             AwsErrorKind::NotFound => "check the name or URL, and the region",
             AwsErrorKind::Other => "",
         }
@@ -145,14 +156,18 @@ pub fn capitalised(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The first of `error` and its sources that is a `T`.
+/// The first of `error` and its sources that is a `T`. An `io::Error`'s own payload is visited
+/// too (its `source()` skips it): the TLS layer's errors travel inside `io::Error`s.
 fn source_of_type<'a, T: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a T> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(found) = e.downcast_ref::<T>() {
             return Some(found);
         }
-        current = e.source();
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -189,6 +204,21 @@ mod tests {
         assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::BadCredentials);
         let slow = CredentialsError::provider_timed_out(std::time::Duration::from_secs(5));
         let error: Sdk = SdkError::dispatch_failure(ConnectorError::other(Box::new(slow), None));
+        assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn a_refused_endpoint_certificate_is_not_a_network_problem() {
+        // As hyper-rustls reports it: the rustls error inside an io::Error, inside another.
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        let outer = std::io::Error::other(inner);
+        let error: Sdk = SdkError::dispatch_failure(ConnectorError::io(Box::new(outer)));
+        assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::UntrustedCertificate);
+        // Another TLS failure (an alert from the server) is not about the certificate.
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let error: Sdk = SdkError::dispatch_failure(ConnectorError::io(Box::new(io)));
         assert_eq!(AwsErrorKind::of(&error), AwsErrorKind::Unreachable);
     }
 

@@ -1,0 +1,153 @@
+"""Whom the modules trust for HTTPS to AWS (docs/aws.md, "HTTPS: which CAs the modules trust"): an SQS endpoint
+on loopback behind a TLS server whose certificate comes from a CA of the test's own (a relay in
+this process, in front of moto), and mtls_csr_submit sending to it through the real binary.
+
+- SSL_CERT_FILE naming a bundle with that CA: the request goes through;
+- a bundle without it: refused, error.kind untrusted_certificate and a message that says what to
+  do (not "could not be reached"), nothing sent;
+- SSL_CERT_DIR naming a directory with that CA (and no SSL_CERT_FILE): the request goes through.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import helpers
+
+DEBUG_TEXT = ("Some(", "None", "DispatchFailure", "ConnectorError", "Error {", "kind: ")
+
+
+class TlsRelay:
+    """Listens on 127.0.0.1 with TLS (the given certificate chain and key) and forwards each
+    connection, decrypted, to 127.0.0.1:TARGET."""
+
+    def __init__(self, chain: Path, key: Path, target: int):
+        self.target = target
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(chain), str(key))
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        self.handshakes_failed = 0
+        self.thread = threading.Thread(target=self._serve, name="tls-relay", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                raw, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(raw,), daemon=True).start()
+
+    def _handle(self, raw: socket.socket) -> None:
+        raw.settimeout(10)
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.handshakes_failed += 1
+            raw.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def https_sqs(tmp_path, sqs_server):
+    """(relay, CA certificate PEM): moto behind TLS with a server certificate for 127.0.0.1 from
+    a CA of this test's own."""
+    root, inter, inter_key = helpers.make_ca()
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = helpers.sign_leaf(inter, inter_key, server_key.public_key(), "sqs.test", ["IP:127.0.0.1", "DNS:localhost"])
+    chain = tmp_path / "server-chain.pem"
+    chain.write_text(helpers.pem(leaf) + helpers.pem(inter), encoding="ascii")
+    key = tmp_path / "server-key.pem"
+    key.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)
+    port = int(sqs_server.endpoint.rsplit(":", 1)[1])
+    relay = TlsRelay(chain, key, port)
+    yield relay, helpers.pem(root)
+    relay.stop()
+
+
+def submit_over_https(make_node, sqs_env, queues, relay: TlsRelay, n: int, **trust: str):
+    """mtls_csr_submit of node N through the TLS relay, with only the SSL_CERT_* variables given:
+    (result, CompletedProcess)."""
+    node = make_node(n)
+    env = {k: v for k, v in helpers.module_env(sqs_env).items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "NIX_SSL_CERT_FILE")}
+    endpoint = f"https://127.0.0.1:{relay.port}"
+    env.update(AWS_ENDPOINT_URL_SQS=endpoint, AWS_ENDPOINT_URL=endpoint, **trust)
+    csr_path = queues.csr.split("://", 1)[1].split("/", 1)[1]
+    return node.run_module("mtls_csr_submit", node.submit_args(csr_queue_url=f"{endpoint}/{csr_path}"), env=env)
+
+
+def csr_depth(sqs, queues) -> int:
+    return sum(helpers.queue_attributes(sqs, queues.csr).values())
+
+
+def test_a_bundle_with_the_endpoints_ca_is_trusted(tmp_path, make_node, sqs_env, sqs, queues, https_sqs):
+    relay, ca_pem = https_sqs
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(helpers.pem(helpers.make_ca()[0]) + ca_pem, encoding="ascii")  # another CA, then ours
+    result, proc = submit_over_https(make_node, sqs_env, queues, relay, 1, SSL_CERT_FILE=str(bundle))
+    helpers.assert_ok(result, proc)
+    assert result["submitted"] is True and helpers.sqs_call_count(result, "SendMessage") == 1, result
+    assert csr_depth(sqs, queues) == 1
+
+
+def test_a_bundle_without_it_is_refused_and_nothing_is_sent(tmp_path, make_node, sqs_env, sqs, queues, https_sqs):
+    relay, _ = https_sqs
+    bundle = tmp_path / "other-bundle.pem"
+    bundle.write_text(helpers.pem(helpers.make_ca()[0]), encoding="ascii")
+    result, proc = submit_over_https(make_node, sqs_env, queues, relay, 2, SSL_CERT_FILE=str(bundle))
+    assert result["failed"] is True, helpers.describe(result, proc)
+    assert result["error"]["kind"] == "untrusted_certificate", result["error"]
+    msg = result["msg"]
+    # What failed, why, and what to do; not "the endpoint could not be reached".
+    assert "TLS certificate was refused" in msg and "SSL_CERT_FILE" in msg and "could not be reached" not in msg, msg
+    assert len(msg) < 600, f"{len(msg)} characters: {msg}"
+    for debug in DEBUG_TEXT:
+        assert debug not in msg, f"Rust debug text {debug!r} in {msg!r}"
+    assert relay.handshakes_failed >= 1, "the module never tried the endpoint"
+    assert csr_depth(sqs, queues) == 0
+
+
+def test_a_directory_named_by_ssl_cert_dir_is_trusted(tmp_path, make_node, sqs_env, sqs, queues, https_sqs):
+    relay, ca_pem = https_sqs
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "test-root.pem").write_text(ca_pem, encoding="ascii")
+    result, proc = submit_over_https(make_node, sqs_env, queues, relay, 3, SSL_CERT_DIR=str(certs))
+    helpers.assert_ok(result, proc)
+    assert result["submitted"] is True, result
+    assert csr_depth(sqs, queues) == 1

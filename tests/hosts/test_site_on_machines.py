@@ -46,10 +46,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +58,8 @@ from machines_helpers import REPO_ROOT, RUN_DIR, SCRIPT, VENV_BIN, machines, run
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "collection"))
 from collection_helpers import BUILD_COLLECTION, MODULES, base_env, describe_run, helpers, play_recap, run, tool
-from sqs_fixtures import OwnMotoServer  # tests/integration, on the path through collection_helpers
+from relay import Relay  # tests/integration, on the path through collection_helpers
+from sqs_fixtures import OwnMotoServer
 
 CA = "ca2"
 NODES = ("web1", "web2", "web3")
@@ -82,63 +81,6 @@ DRAIN_TIMEOUT = 600
 LINK_OUTAGE_S = 25  # how long the CA's link stays down: past the long poll and the visibility timeout
 
 FIGURES: dict[str, float | int] = {}
-
-
-# --------------------------------------------------------------------------------------------
-# SQS: moto on loopback, relayed to the machines' host addresses
-# --------------------------------------------------------------------------------------------
-
-
-class Relay:
-    """TCP relay: listens on ADDR:PORT and forwards every connection to 127.0.0.1:TARGET."""
-
-    def __init__(self, addr: str, port: int, target: int):
-        self.target = target
-        self.sock = socket.create_server((addr, port))
-        self.sock.settimeout(0.5)
-        self.stopped = threading.Event()
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, name=f"relay-{addr}", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            client.settimeout(None)
-            self.conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.sock.close()
-        for conn in self.conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
-        self.thread.join(5)
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Whom the modules trust for HTTPS to AWS (docs/aws.md, "HTTPS: which CAs the modules trust"): an SQS endpoint
 on loopback behind a TLS server whose certificate comes from a CA of the test's own (a relay in
-this process, in front of moto), and mtls_csr_submit sending to it through the real binary.
+this process, relay.py, in front of moto), and mtls_csr_submit sending to it through the real binary.
 
 - SSL_CERT_FILE naming a bundle with that CA: the request goes through;
 - a bundle without it: refused, error.kind untrusted_certificate and a message that says what to
@@ -10,76 +10,16 @@ this process, in front of moto), and mtls_csr_submit sending to it through the r
 
 from __future__ import annotations
 
-import socket
 import ssl
-import threading
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import helpers
+from relay import Relay
 
 DEBUG_TEXT = ("Some(", "None", "DispatchFailure", "ConnectorError", "Error {", "kind: ")
-
-
-class TlsRelay:
-    """Listens on 127.0.0.1 with TLS (the given certificate chain and key) and forwards each
-    connection, decrypted, to 127.0.0.1:TARGET."""
-
-    def __init__(self, chain: Path, key: Path, target: int):
-        self.target = target
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(str(chain), str(key))
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.5)
-        self.port = self.sock.getsockname()[1]
-        self.stopped = threading.Event()
-        self.handshakes_failed = 0
-        self.thread = threading.Thread(target=self._serve, name="tls-relay", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                raw, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(raw,), daemon=True).start()
-
-    def _handle(self, raw: socket.socket) -> None:
-        raw.settimeout(10)
-        try:
-            client = self.context.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):
-            self.handshakes_failed += 1
-            raw.close()
-            return
-        upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.sock.close()
-        self.thread.join(5)
 
 
 @pytest.fixture
@@ -94,13 +34,14 @@ def https_sqs(tmp_path, sqs_server):
     key = tmp_path / "server-key.pem"
     key.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     key.chmod(0o600)
-    port = int(sqs_server.endpoint.rsplit(":", 1)[1])
-    relay = TlsRelay(chain, key, port)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(chain), str(key))
+    relay = Relay("127.0.0.1", 0, int(sqs_server.endpoint.rsplit(":", 1)[1]), tls=context)
     yield relay, helpers.pem(root)
     relay.stop()
 
 
-def submit_over_https(make_node, sqs_env, queues, relay: TlsRelay, n: int, **trust: str):
+def submit_over_https(make_node, sqs_env, queues, relay: Relay, n: int, **trust: str):
     """mtls_csr_submit of node N through the TLS relay, with only the SSL_CERT_* variables given:
     (result, CompletedProcess)."""
     node = make_node(n)

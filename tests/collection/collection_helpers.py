@@ -21,6 +21,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 import helpers  # noqa: E402  (tests/integration/helpers.py: module env, SQS and openssl helpers)
+from helpers import base_env  # noqa: E402,F401  (the environment of every ansible command of the tests)
 from sqs_fixtures import OwnMotoServer, Queues  # noqa: E402,F401  (tests/integration/sqs_fixtures.py)
 
 SQS_SERVER = REPO_ROOT / "scripts" / "sqs-server"
@@ -31,34 +32,6 @@ MODULES = helpers.MODULES
 ROLES = ("ca_setup", "ca_worker", "mtls_client")
 PLAYBOOK_TIMEOUT = 600  # seconds for one ansible-playbook run
 SQS_ENV_KEYS = ("AWS_ENDPOINT_URL_SQS", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED")
-
-
-def base_env(ansible_home: Path, collections_path: Path | None) -> dict[str, str]:
-    """The environment of an ansible command: no AWS settings of the developer, our venv first on
-    PATH, only `collections_path` (if any) to find collections in, no colours, no retry files."""
-    env = helpers.module_env()
-    env.update(
-        {
-            "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-            "ANSIBLE_CONFIG": str(ansible_home / "ansible.cfg"),
-            "ANSIBLE_HOME": str(ansible_home),
-            "ANSIBLE_LOCAL_TEMP": str(ansible_home / "tmp"),
-            "ANSIBLE_REMOTE_TEMP": str(ansible_home / "remote-tmp"),
-            "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
-            "ANSIBLE_ROLES_PATH": str(ansible_home / "roles"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_RETRY_FILES_ENABLED": "false",
-            "ANSIBLE_STDOUT_CALLBACK": "default",
-            "ANSIBLE_DEPRECATION_WARNINGS": "false",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-    )
-    for key in ("ANSIBLE_CALLBACKS_ENABLED", "ANSIBLE_CALLBACK_WHITELIST", "ANSIBLE_INVENTORY", "ANSIBLE_VAULT_PASSWORD_FILE"):
-        env.pop(key, None)
-    if collections_path is not None:
-        env["ANSIBLE_COLLECTIONS_PATH"] = str(collections_path)
-    return env
 
 
 def tool(name: str) -> str:

@@ -1,15 +1,18 @@
-"""What the tests on booted machines share: running scripts/machines, commands in a machine, and
-polling for a condition."""
+"""What the tests on booted machines share: running scripts/machines and commands in a machine.
+Polling for a condition is tests/integration/helpers.py's wait_for, imported from here."""
 
 from __future__ import annotations
 
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
+from helpers import wait_for  # noqa: E402,F401  (tests/integration/helpers.py)
+
 SCRIPT = REPO_ROOT / "scripts" / "machines"
 RUN_DIR = REPO_ROOT / ".run" / "machines" / "run"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -37,15 +40,3 @@ def run_in(
     if check and proc.returncode != 0:
         pytest.fail(f"in {name}: {command!r} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", pytrace=False)
     return proc
-
-
-def wait_for(what: str, condition, timeout: float = 30.0, interval: float = 0.2):
-    """Poll CONDITION until it returns something true, or fail after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {result!r})", pytrace=False)
-        time.sleep(interval)  # the pace of the polling, not a wait standing in for the condition

@@ -438,7 +438,7 @@ def test_a_cut_link_isolates_the_machine_until_restored(fleet):
         assert not result["ok"], f"{node1.name} reached {node2.name} over a cut link"
     finally:
         machines("link", node2.name, "up")
-    wait_for(f"{node1.name} to reach {node2.name}:22 again", lambda: probe(node1.name, node2.addr, 22)["ok"])
+    wait_for(lambda: probe(node1.name, node2.addr, 22)["ok"], timeout=30, interval=0.2, what=f"{node1.name} to reach {node2.name}:22 again")
 
 
 # A unit whose stop leaves a mark: an orderly poweroff stops it, a power cut does not.

@@ -199,6 +199,11 @@ class Site:
         return proc, seconds
 
 
+def instance_id(node: str) -> str:
+    """The node's instance id (write_site's host_vars)."""
+    return f"i-{NODES.index(node) + 1:017d}"
+
+
 def write_site(base: Path, inventory_ini: str, moto: OwnMotoServer, csr_queue: str, env: dict[str, str], layout: dict) -> Site:
     q = json.dumps
     inv = base / "inventory"
@@ -247,10 +252,10 @@ def write_site(base: Path, inventory_ini: str, moto: OwnMotoServer, csr_queue: s
         'fleetpki_ca_drain_host: ""',
     ]
     (inv / "group_vars" / "all.yml").write_text("---\n" + "\n".join(all_vars) + "\n", encoding="utf-8")
-    for i, node in enumerate(NODES, start=1):
+    for node in NODES:
         addr = layout[node]["addr"]
         host_vars = [
-            f"mtls_client_instance_id: i-{i:017d}",
+            f"mtls_client_instance_id: {instance_id(node)}",
             f"mtls_client_enrollment_secret: {os.urandom(32).hex()}",
             "mtls_client_subject_alt_name:",
             f"  - DNS:{node}.fleet.internal",
@@ -496,7 +501,7 @@ def test_worker_restarts_after_kill9_and_signs_a_new_csr(site):
             return state
         return None
 
-    after = wait_for("systemd to restart the CA worker after kill -9", restarted, timeout=60)
+    after = wait_for(restarted, timeout=60, interval=0.2, what="systemd to restart the CA worker after kill -9")
     FIGURES["worker_restart_after_kill9_s"] = round(time.monotonic() - start, 1)
     assert int(after["NRestarts"]) == restarts + 1, after
 
@@ -511,7 +516,7 @@ def test_worker_restarts_after_kill9_and_signs_a_new_csr(site):
     # The restarted worker (its new PID) logged the decision: its audit line names web1's instance.
     journal = run_in(CA, f"journalctl --no-pager -o cat _PID={after['MainPID']}", check=False).stdout
     serial = new.split("=", 1)[1].lower()
-    lines = [line for line in journal.splitlines() if "i-00000000000000001" in line]
+    lines = [line for line in journal.splitlines() if instance_id("web1") in line]
     assert lines, f"the restarted worker (pid {after['MainPID']}) logged nothing for web1:\n{journal[-3000:]}"
     assert any(serial in line.lower().replace(":", "") for line in lines), f"no audit line with serial {serial}:\n" + "\n".join(lines)
 
@@ -534,10 +539,6 @@ def test_ca_cannot_reach_the_nodes(site):
 # --------------------------------------------------------------------------------------------
 # Renewal without Ansible, and the CA away while requests wait
 # --------------------------------------------------------------------------------------------
-
-
-def instance_id(node: str) -> str:
-    return f"i-{NODES.index(node) + 1:017d}"  # as write_site's host_vars
 
 
 def norm_serial(serial: str) -> str:
@@ -563,7 +564,7 @@ def wait_served(site: Site, server: str, serial: str, timeout: float = 60) -> No
     """Until SERVER's nginx presents SERIAL (seen from another node): a reload takes a moment."""
     client = NODES[(NODES.index(server) + 1) % len(NODES)]
     addr = site.node_addrs[server]
-    wait_for(f"{server}'s nginx to serve {serial}", lambda: served_serial(client, addr, check=False) == serial, timeout=timeout, interval=1)
+    wait_for(lambda: served_serial(client, addr, check=False) == serial, timeout=timeout, interval=1, what=f"{server}'s nginx to serve {serial}")
 
 
 def unit_props(node: str, unit: str, *props: str) -> dict[str, str]:
@@ -589,7 +590,7 @@ def wait_unit_settled(node: str, unit: str, timeout: float = 600) -> dict[str, s
         props = unit_props(node, unit, "ActiveState", "Result", "ExecMainStatus")
         return props if props.get("ActiveState") not in ("activating", "deactivating", "reloading") else None
 
-    return wait_for(f"{unit} on {node} to finish its run", settled, timeout=timeout, interval=1)
+    return wait_for(settled, timeout=timeout, interval=1, what=f"{unit} on {node} to finish its run")
 
 
 def test_renewal_timer_rotates_a_node_without_ansible(site, tmp_path):
@@ -620,10 +621,10 @@ def test_renewal_timer_rotates_a_node_without_ansible(site, tmp_path):
 
         # No ansible-playbook from here on: the timer fires, the service renews and reloads nginx.
         new = wait_for(
-            f"{timer} to install a new certificate on {node}",
             lambda: (serial := installed_serial(node)) != before and serial,
             timeout=300,
             interval=2,
+            what=f"{timer} to install a new certificate on {node}",
         )
         FIGURES["timer_rotation_after_run_s"] = round(time.monotonic() - start, 1)
         wait_unit_settled(node, service)
@@ -693,7 +694,7 @@ def drain_and_fetch(site: Site, what: str, prefix: str, before: dict[str, str], 
         depth = csr_depth(site)
         return depth if sum(depth.values()) == 0 else None
 
-    wait_for(f"the CA worker to drain the CSR queue after the {what}", drained, timeout=DRAIN_TIMEOUT, interval=1)
+    wait_for(drained, timeout=DRAIN_TIMEOUT, interval=1, what=f"the CA worker to drain the CSR queue after the {what}")
     drained_s = round(time.monotonic() - back, 1)
     FIGURES[f"{prefix}_back_to_queue_empty_s"] = drained_s
 
@@ -704,7 +705,7 @@ def drain_and_fetch(site: Site, what: str, prefix: str, before: dict[str, str], 
         records = audit_records()
         return records if ids <= {r.get("request_id") for r in records if r.get("decision") == "issued"} else None
 
-    records = wait_for("the issuance record to show every request issued", all_issued, timeout=60, interval=1)
+    records = wait_for(all_issued, timeout=60, interval=1, what="the issuance record to show every request issued")
     mine = [r for r in records if r.get("request_id") in ids]
     issued = {r["request_id"]: r for r in mine if r.get("decision") == "issued"}
     serials = {rid: {norm_serial(r["serial"]) for r in mine if r.get("request_id") == rid and r.get("serial")} for rid in ids}
@@ -754,7 +755,9 @@ def test_ca_powered_off_while_requests_wait_then_booted(site, tmp_path):
         machines("start", CA, timeout=UP_TIMEOUT)
     FIGURES["ca_poweroff_start_cmd_s"] = round(time.monotonic() - back, 1)
     # The service came back with the machine (enabled), not by any Ansible run.
-    state = wait_for("the CA worker service to be active after the boot", lambda: (s := worker_state())["ActiveState"] == "active" and s, timeout=120)
+    state = wait_for(
+        lambda: (s := worker_state())["ActiveState"] == "active" and s, timeout=120, interval=0.2, what="the CA worker service to be active after the boot"
+    )
     assert int(state["MainPID"]) > 0, state
     drain_and_fetch(site, "CA's reboot", "ca_poweroff", before, requests, back, tmp_path)
     # The issuance record survived the poweroff whole: its chain is unbroken.
@@ -777,7 +780,7 @@ def test_ca_link_down_while_requests_wait_then_up(site, tmp_path):
             assert sum(depth.values()) == len(NODES), f"CSR queue with the CA's link down: {depth}"
             return depth if time.monotonic() - cut >= LINK_OUTAGE_S else None
 
-        depth = wait_for(f"the link outage to last {LINK_OUTAGE_S} s", held, timeout=LINK_OUTAGE_S + 120, interval=2)
+        depth = wait_for(held, timeout=LINK_OUTAGE_S + 120, interval=2, what=f"the link outage to last {LINK_OUTAGE_S} s")
         FIGURES["ca_link_down_in_flight_at_up"] = depth["in_flight"]
     finally:
         back = time.monotonic()
@@ -844,7 +847,7 @@ def test_node_power_cut_in_the_middle_of_an_install(site, tmp_path):
         peer = NODES[(NODES.index(node) + 1) % len(NODES)]
         addr = site.node_addrs[node]
         served = wait_for(
-            f"{node}'s nginx to serve after the boot", lambda peer=peer, addr=addr: served_serial(peer, addr, check=False), timeout=60, interval=1
+            lambda peer=peer, addr=addr: served_serial(peer, addr, check=False), timeout=60, interval=1, what=f"{node}'s nginx to serve after the boot"
         )
         current = installed_serial(node)
         assert served == current, f"{node} after the boot serves {served}, its current certificate is {current}"

@@ -83,6 +83,35 @@ def module_env(sqs_env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def base_env(ansible_home: Path, collections_path: Path | None) -> dict[str, str]:
+    """The environment of an ansible command of the tests: no AWS settings of the developer, the
+    venv running the tests first on PATH, only `collections_path` (if any) to find collections in,
+    no colours, no retry files."""
+    env = module_env()
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+            "ANSIBLE_CONFIG": str(ansible_home / "ansible.cfg"),
+            "ANSIBLE_HOME": str(ansible_home),
+            "ANSIBLE_LOCAL_TEMP": str(ansible_home / "tmp"),
+            "ANSIBLE_REMOTE_TEMP": str(ansible_home / "remote-tmp"),
+            "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
+            "ANSIBLE_ROLES_PATH": str(ansible_home / "roles"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_RETRY_FILES_ENABLED": "false",
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+            "ANSIBLE_DEPRECATION_WARNINGS": "false",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    for key in ("ANSIBLE_CALLBACKS_ENABLED", "ANSIBLE_CALLBACK_WHITELIST", "ANSIBLE_INVENTORY", "ANSIBLE_VAULT_PASSWORD_FILE"):
+        env.pop(key, None)
+    if collections_path is not None:
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(collections_path)
+    return env
+
+
 def parse_single_json(stdout: str, what: str = "module") -> dict[str, Any]:
     """stdout must be exactly one JSON object (whitespace around it is allowed, nothing else)."""
     text = stdout.strip()
@@ -247,14 +276,16 @@ def free_port() -> int:
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
+    """Poll PREDICATE until it returns something true (returned), or fail after TIMEOUT seconds
+    naming WHAT and the last value."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)  # the pace of the polling, not a wait standing in for the condition
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,25 +96,7 @@ def ansible(collections_path, tmp_path):
     home = tmp_path / "ansible-home"
     home.mkdir()
     (home / "ansible.cfg").write_text("# empty\n", encoding="utf-8")
-    env = helpers.module_env()
-    env.update(
-        {
-            "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-            "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
-            "ANSIBLE_HOME": str(home),
-            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-            "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
-            "ANSIBLE_COLLECTIONS_PATH": str(collections_path),
-            "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_RETRY_FILES_ENABLED": "false",
-            "ANSIBLE_DEPRECATION_WARNINGS": "false",
-            "ANSIBLE_STDOUT_CALLBACK": "default",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-    )
-    for key in ("ANSIBLE_INVENTORY", "ANSIBLE_ROLES_PATH", "ANSIBLE_CALLBACKS_ENABLED"):
-        env.pop(key, None)
+    env = helpers.base_env(home, collections_path)
     counter = {"n": 0}
 
     def run(playbook: str, extra_vars: dict) -> subprocess.CompletedProcess:

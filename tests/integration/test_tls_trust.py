@@ -5,12 +5,17 @@ this process, relay.py, in front of moto), and mtls_csr_submit sending to it thr
 - SSL_CERT_FILE naming a bundle with that CA: the request goes through;
 - a bundle without it: refused, error.kind untrusted_certificate and a message that says what to
   do (not "could not be reached"), nothing sent;
-- SSL_CERT_DIR naming a directory with that CA (and no SSL_CERT_FILE): the request goes through.
+- SSL_CERT_DIR naming a directory with that CA (and no SSL_CERT_FILE): the request goes through;
+- the trust store is read only for an https:// endpoint: under strace, a run against moto's plain
+  http:// endpoint opens neither the bundle nor the directory; the same run through the TLS relay
+  opens both.
 """
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import subprocess
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -92,3 +97,41 @@ def test_a_directory_named_by_ssl_cert_dir_is_trusted(tmp_path, make_node, sqs_e
     helpers.assert_ok(result, proc)
     assert result["submitted"] is True, result
     assert csr_depth(sqs, queues) == 1
+
+
+def opened_paths(make_node, tmp_path, n: int, env: dict[str, str], csr_queue_url: str) -> tuple[dict, str]:
+    """mtls_csr_submit of node N under strace: (result, the trace of every file it opened or
+    looked up)."""
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: scripts/system-packages installs it"
+    node = make_node(n)
+    args_file = helpers.write_args(tmp_path / f"submit-{n}.json", "mtls_csr_submit", node.submit_args(csr_queue_url=csr_queue_url))
+    trace = tmp_path / f"trace-{n}"
+    proc = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=%file", "-o", str(trace), str(helpers.binary_path("mtls_csr_submit")), str(args_file)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path),
+    )  # fmt: skip
+    result = helpers.parse_single_json(proc.stdout, "mtls_csr_submit")
+    helpers.assert_ok(result, proc)
+    assert helpers.sqs_call_count(result, "SendMessage") == 1, result
+    return result, trace.read_text()
+
+
+def test_the_trust_store_is_read_only_for_an_https_endpoint(tmp_path, make_node, sqs_env, queues, https_sqs):
+    relay, ca_pem = https_sqs
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(ca_pem, encoding="ascii")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "test-root.pem").write_text(ca_pem, encoding="ascii")
+    trust = {"SSL_CERT_FILE": str(bundle), "SSL_CERT_DIR": str(certs)}
+
+    plain_env = {**helpers.module_env(sqs_env), **trust}
+    _, trace = opened_paths(make_node, tmp_path, 4, plain_env, queues.csr)
+    assert str(bundle) not in trace and str(certs) not in trace, f"a run against {queues.csr} read the trust store:\n{trace}"
+
+    endpoint = f"https://127.0.0.1:{relay.port}"
+    tls_env = {**plain_env, "AWS_ENDPOINT_URL_SQS": endpoint, "AWS_ENDPOINT_URL": endpoint}
+    csr_path = queues.csr.split("://", 1)[1].split("/", 1)[1]
+    _, trace = opened_paths(make_node, tmp_path, 5, tls_env, f"{endpoint}/{csr_path}")
+    assert str(bundle) in trace and str(certs) in trace, f"the run through {endpoint} did not read the trust store:\n{trace}"

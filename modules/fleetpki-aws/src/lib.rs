@@ -1,8 +1,10 @@
 //! The AWS plumbing fleetpki.mtls's SQS client and CA signers share: an SDK configuration from
-//! amazon.aws-style module options, a count of every call, and what kind of failure a call met
-//! (`AwsErrorKind`, decided once where the SDK's error enters).
+//! amazon.aws-style module options (with an HTTP client that reads the trust store only for
+//! HTTPS), a count of every call, and what kind of failure a call met (`AwsErrorKind`, decided
+//! once where the SDK's error enters).
 
 mod error_kind;
+mod http_client;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -102,7 +104,8 @@ impl CallCounter {
 
 /// The SDK configuration from amazon.aws-style options: the same for SQS, KMS and ACM PCA.
 pub async fn load_config(options: &AwsOptions) -> Result<SdkConfig, AwsConfigError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).http_client(http_client::http_client());
     if let Some(profile) = &options.profile {
         loader = loader.profile_name(profile);
     }

@@ -83,6 +83,9 @@ impl HttpClient for TlsWhenNeeded {
 struct SchemeConnector {
     settings: HttpConnectorSettings,
     sleep: Option<SharedAsyncSleep>,
+    /// Whether `http://` may go without TLS: not through an `https://` proxy. Read from the
+    /// environment once, as the connectors read their proxy.
+    plain_allowed: bool,
     plain: OnceLock<Connector>,
     tls: OnceLock<Connector>,
 }
@@ -92,6 +95,7 @@ impl SchemeConnector {
         Self {
             settings,
             sleep,
+            plain_allowed: !proxy_needs_tls(|name| std::env::var(name).ok()),
             plain: OnceLock::new(),
             tls: OnceLock::new(),
         }
@@ -99,7 +103,7 @@ impl SchemeConnector {
 
     /// The connector a request to `uri` goes through.
     fn for_uri(&self, uri: &str) -> &Connector {
-        if is_plain_http(uri) && !proxy_needs_tls(|name| std::env::var(name).ok()) {
+        if self.plain_allowed && is_plain_http(uri) {
             // The same connector type as the TLS one (so no second copy of its code in every
             // binary), trusting nothing: it never makes a TLS connection. (The context's build
             // cannot fail; were it to, the default context would only cost the load back.)

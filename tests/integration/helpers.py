@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -130,13 +131,23 @@ RETURNED_KEYS: dict[str, set[str]] = {}
 
 
 def run_args_file(
-    name: str, args_file: Path | str, env: dict[str, str] | None = None, timeout: float = MODULE_TIMEOUT
+    name: str,
+    args_file: Path | str,
+    env: dict[str, str] | None = None,
+    timeout: float = MODULE_TIMEOUT,
+    strace: tuple[str, Path] | None = None,
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess]:
-    """Run BIN_DIR/<name> <args_file> the way Ansible does (stdin closed, one argument)."""
-    binary = binary_path(name)
+    """Run BIN_DIR/<name> <args_file> the way Ansible does (stdin closed, one argument). With
+    strace=(FILTER, LOG), under `strace -f -e trace=FILTER -o LOG`."""
+    argv = [str(binary_path(name)), str(args_file)]
+    if strace is not None:
+        tracer = shutil.which("strace")
+        assert tracer, "strace is missing: scripts/system-packages installs it"
+        trace_filter, log = strace
+        argv = [tracer, "-f", "-qq", "-e", f"trace={trace_filter}", "-o", str(log), *argv]
     try:
         proc = subprocess.run(
-            [str(binary), str(args_file)],
+            argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -8,7 +8,6 @@ share no state, still make keys that all differ.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -17,7 +16,6 @@ from cryptography.hazmat.primitives import serialization
 import helpers
 from helpers import assert_ok, describe
 
-STRACE = shutil.which("strace")
 # getrandom(buf, 48, flags) = 48: aws-lc's seed is 48 bytes (its CTR-DRBG's entropy input); the
 # other calls in a run (Rust's hash keys, 8 or 16 bytes) are not a generator's seed.
 SEED_CALL = re.compile(r"getrandom\(.*, (\d+), [^)]*\) = (\d+)")
@@ -42,7 +40,6 @@ def getrandom_calls(trace: str) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("module", ["mtls_csr_submit", "mtls_ca_init"])
 def test_a_run_that_makes_a_key_seeds_from_the_kernel(module, make_node, ca, tmp_path, module_env):
-    assert STRACE, "strace is missing: scripts/system-packages installs it"
     if module == "mtls_csr_submit":
         node = make_node(1)
         args = node.submit_args(key_rotation="rotate")
@@ -53,11 +50,7 @@ def test_a_run_that_makes_a_key_seeds_from_the_kernel(module, make_node, ca, tmp
         made = made_ca / "intermediate.key"
     args_file = helpers.write_args(tmp_path / f"{module}.json", module, args)
     trace = tmp_path / "trace"
-    proc = subprocess.run(
-        [STRACE, "-f", "-qq", "-e", "trace=getrandom", "-o", str(trace), str(helpers.binary_path(module)), str(args_file)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=module_env, timeout=120, cwd=str(tmp_path),
-    )  # fmt: skip
-    result = helpers.parse_single_json(proc.stdout, module)
+    result, proc = helpers.run_args_file(module, args_file, env=module_env, strace=("getrandom", trace))
     assert_ok(result, proc)
     assert result["changed"] and made.is_file(), describe(result, proc)
     calls = getrandom_calls(trace.read_text())

@@ -13,9 +13,7 @@ this process, relay.py, in front of moto), and mtls_csr_submit sending to it thr
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -51,10 +49,16 @@ def submit_over_https(make_node, sqs_env, queues, relay: Relay, n: int, **trust:
     (result, CompletedProcess)."""
     node = make_node(n)
     env = {k: v for k, v in helpers.module_env(sqs_env).items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "NIX_SSL_CERT_FILE")}
+    endpoint_env, csr_queue_url = through_relay(relay, queues)
+    env.update(**endpoint_env, **trust)
+    return node.run_module("mtls_csr_submit", node.submit_args(csr_queue_url=csr_queue_url), env=env)
+
+
+def through_relay(relay: Relay, queues) -> tuple[dict[str, str], str]:
+    """(the endpoint variables, the CSR queue's URL) for calls through the TLS relay."""
     endpoint = f"https://127.0.0.1:{relay.port}"
-    env.update(AWS_ENDPOINT_URL_SQS=endpoint, AWS_ENDPOINT_URL=endpoint, **trust)
     csr_path = queues.csr.split("://", 1)[1].split("/", 1)[1]
-    return node.run_module("mtls_csr_submit", node.submit_args(csr_queue_url=f"{endpoint}/{csr_path}"), env=env)
+    return {"AWS_ENDPOINT_URL_SQS": endpoint, "AWS_ENDPOINT_URL": endpoint}, f"{endpoint}/{csr_path}"
 
 
 def csr_depth(sqs, queues) -> int:
@@ -99,22 +103,15 @@ def test_a_directory_named_by_ssl_cert_dir_is_trusted(tmp_path, make_node, sqs_e
     assert csr_depth(sqs, queues) == 1
 
 
-def opened_paths(make_node, tmp_path, n: int, env: dict[str, str], csr_queue_url: str) -> tuple[dict, str]:
-    """mtls_csr_submit of node N under strace: (result, the trace of every file it opened or
-    looked up)."""
-    strace = shutil.which("strace")
-    assert strace, "strace is missing: scripts/system-packages installs it"
+def opened_paths(make_node, tmp_path, n: int, env: dict[str, str], csr_queue_url: str) -> str:
+    """mtls_csr_submit of node N under strace: the trace of every file it opened or looked up."""
     node = make_node(n)
     args_file = helpers.write_args(tmp_path / f"submit-{n}.json", "mtls_csr_submit", node.submit_args(csr_queue_url=csr_queue_url))
     trace = tmp_path / f"trace-{n}"
-    proc = subprocess.run(
-        [strace, "-f", "-qq", "-e", "trace=%file", "-o", str(trace), str(helpers.binary_path("mtls_csr_submit")), str(args_file)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path),
-    )  # fmt: skip
-    result = helpers.parse_single_json(proc.stdout, "mtls_csr_submit")
+    result, proc = helpers.run_args_file("mtls_csr_submit", args_file, env=env, strace=("%file", trace))
     helpers.assert_ok(result, proc)
     assert helpers.sqs_call_count(result, "SendMessage") == 1, result
-    return result, trace.read_text()
+    return trace.read_text()
 
 
 def test_the_trust_store_is_read_only_for_an_https_endpoint(tmp_path, make_node, sqs_env, queues, https_sqs):
@@ -127,11 +124,9 @@ def test_the_trust_store_is_read_only_for_an_https_endpoint(tmp_path, make_node,
     trust = {"SSL_CERT_FILE": str(bundle), "SSL_CERT_DIR": str(certs)}
 
     plain_env = {**helpers.module_env(sqs_env), **trust}
-    _, trace = opened_paths(make_node, tmp_path, 4, plain_env, queues.csr)
+    trace = opened_paths(make_node, tmp_path, 4, plain_env, queues.csr)
     assert str(bundle) not in trace and str(certs) not in trace, f"a run against {queues.csr} read the trust store:\n{trace}"
 
-    endpoint = f"https://127.0.0.1:{relay.port}"
-    tls_env = {**plain_env, "AWS_ENDPOINT_URL_SQS": endpoint, "AWS_ENDPOINT_URL": endpoint}
-    csr_path = queues.csr.split("://", 1)[1].split("/", 1)[1]
-    _, trace = opened_paths(make_node, tmp_path, 5, tls_env, f"{endpoint}/{csr_path}")
-    assert str(bundle) in trace and str(certs) in trace, f"the run through {endpoint} did not read the trust store:\n{trace}"
+    endpoint_env, csr_queue_url = through_relay(relay, queues)
+    trace = opened_paths(make_node, tmp_path, 5, {**plain_env, **endpoint_env}, csr_queue_url)
+    assert str(bundle) in trace and str(certs) in trace, f"the run through {csr_queue_url} did not read the trust store:\n{trace}"
